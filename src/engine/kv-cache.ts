@@ -1,0 +1,200 @@
+// Per-sequence key/value cache for GroupQueryAttention, one (1, kvHeads, length, headDim) pair per layer.
+//
+// Two strategies, because the providers differ (PLATFORM.md):
+// - cpu: a fixed-capacity buffer passed both as `past_key` and as the preallocated `present_key`
+//   fetch, so GroupQueryAttention appends in place; it grows by doubling (one copy per doubling).
+// - gpu: a preallocated gpu output in fetches is ignored, so each run returns a new present tensor of
+//   (past + new) rows; it becomes the next past and the old one is disposed.
+import type { RtTensor, Runtime } from '../runtime/onnx-runtime.js';
+import { ATTN } from '../graphs/attention-block.js';
+
+export interface KvShape {
+  readonly numLayers: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  /** Longest sequence the model supports (max_position_embeddings). */
+  readonly maxPositions: number;
+}
+
+/** The prompt plus generated tokens would not fit in the model's context window. */
+export class ContextLengthError extends Error {
+  readonly code = 'context_length_exceeded';
+
+  constructor(
+    readonly requested: number,
+    readonly maxPositions: number,
+  ) {
+    super(`sequence of ${requested} tokens exceeds the model's context of ${maxPositions} tokens`);
+    this.name = 'ContextLengthError';
+  }
+}
+
+interface LayerKv {
+  /** past_key and past_value feeds, plus the seqlens inputs that describe them. */
+  feeds(): Record<string, RtTensor>;
+  /** Preallocated outputs, where the provider honours them. */
+  fetches(): Record<string, RtTensor | null> | undefined;
+  /** Takes the run's present tensors. */
+  accept(outputs: Record<string, RtTensor>): void;
+  dispose(): void;
+}
+
+const INITIAL_CAPACITY = 64;
+
+export class SequenceKvCache implements Disposable {
+  private tokens = 0;
+  private pending = 0;
+  private readonly layers: LayerKv[];
+
+  constructor(
+    private readonly runtime: Runtime,
+    readonly shape: KvShape,
+  ) {
+    this.layers = Array.from({ length: shape.numLayers }, () =>
+      runtime.onGpu ? new RollingLayerKv(runtime, shape) : new InPlaceLayerKv(runtime, shape),
+    );
+  }
+
+  /** Tokens already in the cache (the position of the next token). */
+  get length(): number {
+    return this.tokens;
+  }
+
+  /** Prepares every layer for `count` new tokens; call once per forward step, before the layers run. */
+  begin(count: number): void {
+    const total = this.tokens + count;
+    if (total > this.shape.maxPositions) throw new ContextLengthError(total, this.shape.maxPositions);
+    this.pending = count;
+    for (const l of this.layers) if (l instanceof InPlaceLayerKv) l.reserve(total);
+  }
+
+  /** GroupQueryAttention's view of the step: seqlens_k = total - 1 and total_sequence_length. */
+  layerFeeds(layer: number): Record<string, RtTensor> {
+    const total = this.tokens + this.pending;
+    return {
+      ...this.layer(layer).feeds(),
+      [ATTN.seqlensK]: this.runtime.int32(Int32Array.of(total - 1), [1]),
+      [ATTN.totalSeqLen]: this.runtime.int32(Int32Array.of(total), []),
+    };
+  }
+
+  layerFetches(layer: number): Record<string, RtTensor | null> | undefined {
+    return this.layer(layer).fetches();
+  }
+
+  accept(layer: number, outputs: Record<string, RtTensor>): void {
+    this.layer(layer).accept(outputs);
+  }
+
+  /** Marks the step's tokens as cached; call after every layer has run. */
+  commit(): void {
+    this.tokens += this.pending;
+    this.pending = 0;
+  }
+
+  private layer(i: number): LayerKv {
+    const l = this.layers[i];
+    if (!l) throw new RangeError(`no layer ${i}`);
+    return l;
+  }
+
+  [Symbol.dispose](): void {
+    for (const l of this.layers) l.dispose();
+  }
+}
+
+class InPlaceLayerKv implements LayerKv {
+  private capacity = 0;
+  private key: RtTensor | null = null;
+  private value: RtTensor | null = null;
+  private used = 0;
+
+  constructor(
+    private readonly runtime: Runtime,
+    private readonly shape: KvShape,
+  ) {}
+
+  reserve(total: number): void {
+    if (total <= this.capacity) {
+      this.used = total;
+      return;
+    }
+    let capacity = Math.max(this.capacity, INITIAL_CAPACITY);
+    while (capacity < total) capacity *= 2;
+    capacity = Math.min(capacity, this.shape.maxPositions);
+    this.key = this.grow(this.key, capacity);
+    this.value = this.grow(this.value, capacity);
+    this.capacity = capacity;
+    this.used = total;
+  }
+
+  /** Copies the cached rows of every head into a buffer of the new capacity. */
+  private grow(old: RtTensor | null, capacity: number): RtTensor {
+    const { numKvHeads: nKv, headDim: D } = this.shape;
+    const data = new Float32Array(nKv * capacity * D);
+    if (old) {
+      const src = old.data as Float32Array;
+      const rows = this.capacity * D;
+      for (let h = 0; h < nKv; h++) data.set(src.subarray(h * rows, h * rows + rows), h * capacity * D);
+    }
+    return this.runtime.float32(data, [1, nKv, capacity, D]);
+  }
+
+  feeds(): Record<string, RtTensor> {
+    if (!this.key || !this.value || this.used === 0) throw new Error('KV cache used before reserve()');
+    return { [ATTN.pastKey]: this.key, [ATTN.pastValue]: this.value };
+  }
+
+  fetches(): Record<string, RtTensor | null> {
+    return { [ATTN.presentKey]: this.key, [ATTN.presentValue]: this.value };
+  }
+
+  accept(): void {
+    // Written in place.
+  }
+
+  dispose(): void {
+    this.key = this.value = null;
+  }
+}
+
+class RollingLayerKv implements LayerKv {
+  private key: RtTensor;
+  private value: RtTensor;
+
+  constructor(
+    private readonly runtime: Runtime,
+    shape: KvShape,
+  ) {
+    const empty = () => runtime.float32(new Float32Array(0), [1, shape.numKvHeads, 0, shape.headDim]);
+    this.key = empty();
+    this.value = empty();
+  }
+
+  feeds(): Record<string, RtTensor> {
+    return { [ATTN.pastKey]: this.key, [ATTN.pastValue]: this.value };
+  }
+
+  fetches(): undefined {
+    return undefined;
+  }
+
+  accept(outputs: Record<string, RtTensor>): void {
+    const key = outputs[ATTN.presentKey];
+    const value = outputs[ATTN.presentValue];
+    if (!key || !value) throw new Error('attention block returned no present key/value');
+    this.release();
+    this.key = key;
+    this.value = value;
+  }
+
+  private release(): void {
+    if (this.key.location === 'gpu-buffer') this.key.dispose();
+    if (this.value.location === 'gpu-buffer') this.value.dispose();
+  }
+
+  dispose(): void {
+    this.release();
+    this.key = this.value = this.runtime.float32(new Float32Array(0), [1, 1, 0, 1]);
+  }
+}

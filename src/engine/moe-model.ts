@@ -1,0 +1,76 @@
+// A loaded model: config -> weights -> sessions -> forward pass, plus its tokenizer.
+import { ExpertStore } from '../experts/expert-store.js';
+import { loadGenerationEosIds, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
+import { SafetensorsArchive } from '../model/safetensors.js';
+import { Runtime, type DeviceKind } from '../runtime/onnx-runtime.js';
+import { TextTokenizer } from '../tokenizer/tokenizer.js';
+import { ForwardPass } from './forward.js';
+import { SequenceKvCache } from './kv-cache.js';
+import { ModelSessions } from './model-sessions.js';
+import { ResidentWeights, type LoadProgress } from './resident-weights.js';
+import { RopeTable } from './rope.js';
+
+export interface ModelLoadOptions {
+  readonly device: DeviceKind;
+  /** CPU provider threads (0: onnxruntime's default). */
+  readonly cpuThreads?: number;
+  /** Most experts per run of the routed-experts graph (default: 2 x top-k). */
+  readonly maxSlotsPerRun?: number;
+  readonly onProgress?: LoadProgress;
+}
+
+export class MoeModel implements AsyncDisposable {
+  private constructor(
+    readonly dir: string,
+    readonly spec: ModelSpec,
+    readonly tokenizer: TextTokenizer,
+    readonly eosTokenIds: readonly number[],
+    readonly runtime: Runtime,
+    readonly experts: ExpertStore,
+    readonly forward: ForwardPass,
+    private readonly archive: SafetensorsArchive,
+    private readonly weights: ResidentWeights,
+    private readonly sessions: ModelSessions,
+  ) {}
+
+  static async load(dir: string, options: ModelLoadOptions): Promise<MoeModel> {
+    const spec = await loadModelConfig(dir);
+    const tokenizer = await TextTokenizer.fromModelDir(dir);
+    const eosTokenIds = (await loadGenerationEosIds(dir)) ?? spec.eosTokenIds;
+    const runtime = await Runtime.create({ device: options.device, cpuThreads: options.cpuThreads ?? 0 });
+    const archive = await SafetensorsArchive.open(dir);
+    try {
+      const weights = await ResidentWeights.load(archive, spec, runtime, options.onProgress);
+      const sessions = await ModelSessions.create(runtime, spec, weights.variants);
+      const experts = new ExpertStore(archive, spec, runtime);
+      const rope = new RopeTable(spec.ropeTheta, spec.headDim);
+      const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK);
+      const forward = new ForwardPass({ spec, runtime, weights, experts, sessions, rope, maxSlotsPerRun });
+      return new MoeModel(dir, spec, tokenizer, eosTokenIds, runtime, experts, forward, archive, weights, sessions);
+    } catch (err) {
+      await archive.close();
+      throw err;
+    }
+  }
+
+  /** A fresh KV cache for one sequence. */
+  newSequence(): SequenceKvCache {
+    return new SequenceKvCache(this.runtime, {
+      numLayers: this.spec.numLayers,
+      numKvHeads: this.spec.numKvHeads,
+      headDim: this.spec.headDim,
+      maxPositions: this.spec.maxPositions,
+    });
+  }
+
+  get residentBytes(): number {
+    return this.weights.residentBytes + this.experts.stats.residentBytes;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.experts[Symbol.dispose]();
+    this.weights[Symbol.dispose]();
+    await this.sessions.release();
+    await this.archive.close();
+  }
+}

@@ -1,0 +1,143 @@
+// A small typed front end over the ONNX protobuf types of `onnx-proto`: the graphs moe-serve runs are
+// built here, in memory, when a model loads (no Python, no exported .onnx files).
+import onnxProto from 'onnx-proto';
+
+const { onnx } = onnxProto;
+
+export type ElemType = 'float32' | 'float16' | 'int32' | 'int64';
+
+const ELEM_TYPE_CODE: Record<ElemType, number> = {
+  float32: onnx.TensorProto.DataType.FLOAT,
+  float16: onnx.TensorProto.DataType.FLOAT16,
+  int32: onnx.TensorProto.DataType.INT32,
+  int64: onnx.TensorProto.DataType.INT64,
+};
+
+/** A dimension: a fixed size, or a symbolic name the session resolves at run time. */
+export type Dim = number | string;
+
+/** The name of a value in the graph; a string, branded so that raw strings are not passed by mistake. */
+export type Value = string & { readonly __onnxValue: unique symbol };
+
+type AttrValue =
+  | { readonly kind: 'int'; readonly value: number }
+  | { readonly kind: 'float'; readonly value: number }
+  | { readonly kind: 'ints'; readonly value: readonly number[] }
+  | { readonly kind: 'string'; readonly value: string };
+
+export const attr = {
+  int: (value: number): AttrValue => ({ kind: 'int', value }),
+  float: (value: number): AttrValue => ({ kind: 'float', value }),
+  ints: (value: readonly number[]): AttrValue => ({ kind: 'ints', value }),
+  string: (value: string): AttrValue => ({ kind: 'string', value }),
+};
+
+export type Attrs = Readonly<Record<string, AttrValue>>;
+
+/** Opset versions every moe-serve graph imports. */
+const OPSETS = [
+  { domain: '', version: 21 },
+  { domain: 'com.microsoft', version: 1 },
+];
+
+function encodeAttr(name: string, a: AttrValue): onnxProto.onnx.IAttributeProto {
+  const T = onnx.AttributeProto.AttributeType;
+  switch (a.kind) {
+    case 'int':
+      return { name, type: T.INT, i: a.value };
+    case 'float':
+      return { name, type: T.FLOAT, f: a.value };
+    case 'ints':
+      return { name, type: T.INTS, ints: [...a.value] };
+    case 'string':
+      return { name, type: T.STRING, s: new TextEncoder().encode(a.value) };
+  }
+}
+
+/** dims null: an unranked tensor (any shape). */
+function valueInfo(name: string, type: ElemType, dims: readonly Dim[] | null): onnxProto.onnx.IValueInfoProto {
+  const shape = dims === null ? {} : { shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) } };
+  return { name, type: { tensorType: { elemType: ELEM_TYPE_CODE[type], ...shape } } };
+}
+
+/**
+ * Builds one ONNX graph. Values are named after what they hold (the names show up in onnxruntime's
+ * error messages), with a counter suffix for intermediates.
+ */
+export class GraphBuilder {
+  private readonly nodes: onnxProto.onnx.INodeProto[] = [];
+  private readonly inputs: onnxProto.onnx.IValueInfoProto[] = [];
+  private readonly outputs: onnxProto.onnx.IValueInfoProto[] = [];
+  private readonly initializers: onnxProto.onnx.ITensorProto[] = [];
+  private counter = 0;
+
+  constructor(private readonly name: string) {}
+
+  input(name: string, type: ElemType, dims: readonly Dim[] | null): Value {
+    this.inputs.push(valueInfo(name, type, dims));
+    return name as Value;
+  }
+
+  /** Marks `value` as a graph output under `name` (an Identity node renames it when needed). */
+  output(value: Value, name: string, type: ElemType, dims: readonly Dim[] | null): void {
+    const out = value === name ? value : this.op('Identity', [value], {}, { name });
+    this.outputs.push(valueInfo(out, type, dims));
+  }
+
+  /** Adds one node with a single output and returns that output. */
+  op(opType: string, inputs: readonly (Value | null)[], attrs: Attrs = {}, opts: { domain?: string; name?: string } = {}): Value {
+    const [out] = this.opN(opType, inputs, 1, attrs, opts);
+    return out as Value;
+  }
+
+  /** Adds one node with `outputCount` outputs. A null input is an omitted optional input. */
+  opN(
+    opType: string,
+    inputs: readonly (Value | null)[],
+    outputCount: number,
+    attrs: Attrs = {},
+    opts: { domain?: string; name?: string; outputNames?: readonly string[] } = {},
+  ): Value[] {
+    const id = this.counter++;
+    const outputs = Array.from({ length: outputCount }, (_, i) => {
+      const fixed = opts.outputNames?.[i] ?? (i === 0 ? opts.name : undefined);
+      return (fixed ?? `${opType.toLowerCase()}_${id}${outputCount > 1 ? `_${i}` : ''}`) as Value;
+    });
+    this.nodes.push({
+      name: `${opType}_${id}`,
+      opType,
+      domain: opts.domain ?? '',
+      input: inputs.map((v) => v ?? ''),
+      output: outputs,
+      attribute: Object.entries(attrs).map(([k, a]) => encodeAttr(k, a)),
+    });
+    return outputs;
+  }
+
+  constInt64(values: readonly number[], dims: readonly number[] = [values.length]): Value {
+    const name = `const_i64_${this.counter++}`;
+    this.initializers.push({ name, dataType: ELEM_TYPE_CODE.int64, dims: [...dims], int64Data: [...values] });
+    return name as Value;
+  }
+
+  constFloat(values: readonly number[], dims: readonly number[] = [values.length]): Value {
+    const name = `const_f32_${this.counter++}`;
+    this.initializers.push({ name, dataType: ELEM_TYPE_CODE.float32, dims: [...dims], floatData: [...values] });
+    return name as Value;
+  }
+
+  toModelBytes(): Uint8Array {
+    return onnx.ModelProto.encode({
+      irVersion: 10,
+      producerName: 'moe-serve',
+      opsetImport: OPSETS,
+      graph: {
+        name: this.name,
+        node: this.nodes,
+        input: this.inputs,
+        output: this.outputs,
+        initializer: this.initializers,
+      },
+    }).finish();
+  }
+}

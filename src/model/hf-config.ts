@@ -1,0 +1,251 @@
+// The one place that reads Hugging Face config.json keys: everything else sees a ModelSpec.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { ModelConfigError, UnsupportedModelError } from './errors.js';
+
+export const SUPPORTED_FAMILIES = ['mixtral', 'qwen2_moe', 'olmoe', 'qwen3_moe'] as const;
+export type ModelFamily = (typeof SUPPORTED_FAMILIES)[number];
+
+/** Where query/key RMSNorms sit: none, over the whole q/k projection (OLMoE), or per head (Qwen3). */
+export type QkNorm = 'none' | 'projection' | 'head';
+
+/** A normalized description of an MoE decoder, independent of the checkpoint's naming. */
+export interface ModelSpec {
+  readonly family: ModelFamily;
+  readonly hiddenSize: number;
+  readonly numLayers: number;
+  readonly numHeads: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  readonly vocabSize: number;
+  readonly rmsNormEps: number;
+  readonly ropeTheta: number;
+  readonly maxPositions: number;
+  readonly numExperts: number;
+  readonly topK: number;
+  readonly expertIntermediateSize: number;
+  /** Whether the top-k routing weights are renormalized to sum to one. */
+  readonly normTopKProb: boolean;
+  /** Qwen2-MoE's always-on expert, scaled by a sigmoid gate; null where the family has none. */
+  readonly sharedExpertIntermediateSize: number | null;
+  /** Intermediate size of the dense MLP used by layers that are not sparse. */
+  readonly denseIntermediateSize: number;
+  /** Per layer: true for an MoE layer, false for a dense MLP layer. */
+  readonly sparseLayers: readonly boolean[];
+  readonly qkNorm: QkNorm;
+  /** OLMoE's optional clamp of q, k and v to [-clip, clip]. */
+  readonly clipQkv: number | null;
+  readonly tieWordEmbeddings: boolean;
+  readonly bosTokenId: number | null;
+  readonly eosTokenIds: readonly number[];
+}
+
+const tokenIds = z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).nullish();
+
+const ropeParameters = z
+  .object({ rope_theta: z.number().positive().optional(), rope_type: z.string().optional() })
+  .passthrough();
+
+const common = z.object({
+  hidden_size: z.number().int().positive(),
+  num_hidden_layers: z.number().int().positive(),
+  num_attention_heads: z.number().int().positive(),
+  num_key_value_heads: z.number().int().positive().nullish(),
+  head_dim: z.number().int().positive().nullish(),
+  vocab_size: z.number().int().positive(),
+  rms_norm_eps: z.number().positive(),
+  rope_theta: z.number().positive().nullish(),
+  rope_parameters: ropeParameters.nullish(),
+  rope_scaling: ropeParameters.nullish(),
+  max_position_embeddings: z.number().int().positive(),
+  num_experts_per_tok: z.number().int().positive(),
+  hidden_act: z.string().default('silu'),
+  tie_word_embeddings: z.boolean().default(false),
+  bos_token_id: z.number().int().nonnegative().nullish(),
+  eos_token_id: tokenIds,
+});
+
+const mixtral = common.extend({
+  model_type: z.literal('mixtral'),
+  num_local_experts: z.number().int().positive(),
+  intermediate_size: z.number().int().positive(),
+});
+
+const qwen2Moe = common.extend({
+  model_type: z.literal('qwen2_moe'),
+  num_experts: z.number().int().positive(),
+  moe_intermediate_size: z.number().int().positive(),
+  intermediate_size: z.number().int().positive(),
+  shared_expert_intermediate_size: z.number().int().positive(),
+  norm_topk_prob: z.boolean().default(false),
+  decoder_sparse_step: z.number().int().positive().default(1),
+  mlp_only_layers: z.array(z.number().int().nonnegative()).default([]),
+});
+
+const olmoe = common.extend({
+  model_type: z.literal('olmoe'),
+  num_experts: z.number().int().positive(),
+  intermediate_size: z.number().int().positive(),
+  norm_topk_prob: z.boolean().default(false),
+  clip_qkv: z.number().positive().nullish(),
+});
+
+const qwen3Moe = common.extend({
+  model_type: z.literal('qwen3_moe'),
+  num_experts: z.number().int().positive(),
+  moe_intermediate_size: z.number().int().positive(),
+  intermediate_size: z.number().int().positive(),
+  norm_topk_prob: z.boolean().default(true),
+  decoder_sparse_step: z.number().int().positive().default(1),
+  mlp_only_layers: z.array(z.number().int().nonnegative()).default([]),
+});
+
+const hfConfig = z.discriminatedUnion('model_type', [mixtral, qwen2Moe, olmoe, qwen3Moe]);
+type HfConfig = z.infer<typeof hfConfig>;
+type CommonConfig = z.infer<typeof common>;
+
+function ropeTheta(c: CommonConfig): number {
+  // transformers 5 moved rope_theta into rope_parameters; older checkpoints keep it at the top level.
+  const theta = c.rope_parameters?.rope_theta ?? c.rope_scaling?.rope_theta ?? c.rope_theta ?? 10000;
+  const ropeType = c.rope_parameters?.rope_type ?? c.rope_scaling?.rope_type ?? 'default';
+  if (ropeType !== 'default') {
+    throw new UnsupportedModelError(`rope type '${ropeType}'`, ['default']);
+  }
+  return theta;
+}
+
+function asList(ids: number | number[] | null | undefined): number[] {
+  if (ids === null || ids === undefined) return [];
+  return Array.isArray(ids) ? ids : [ids];
+}
+
+/** Qwen's rule: layer i is sparse unless listed in mlp_only_layers, and only every Nth layer is sparse. */
+function qwenSparseLayers(numLayers: number, step: number, mlpOnly: readonly number[]): boolean[] {
+  return Array.from({ length: numLayers }, (_, i) => !mlpOnly.includes(i) && (i + 1) % step === 0);
+}
+
+function toSpec(c: HfConfig): ModelSpec {
+  if (c.hidden_act !== 'silu') throw new UnsupportedModelError(`hidden_act '${c.hidden_act}'`, ['silu']);
+  const base = {
+    hiddenSize: c.hidden_size,
+    numLayers: c.num_hidden_layers,
+    numHeads: c.num_attention_heads,
+    numKvHeads: c.num_key_value_heads ?? c.num_attention_heads,
+    headDim: c.head_dim ?? c.hidden_size / c.num_attention_heads,
+    vocabSize: c.vocab_size,
+    rmsNormEps: c.rms_norm_eps,
+    ropeTheta: ropeTheta(c),
+    maxPositions: c.max_position_embeddings,
+    topK: c.num_experts_per_tok,
+    tieWordEmbeddings: c.tie_word_embeddings,
+    bosTokenId: c.bos_token_id ?? null,
+    eosTokenIds: asList(c.eos_token_id),
+  };
+  const allSparse = Array.from({ length: c.num_hidden_layers }, () => true);
+  switch (c.model_type) {
+    case 'mixtral':
+      return {
+        ...base,
+        family: 'mixtral',
+        numExperts: c.num_local_experts,
+        expertIntermediateSize: c.intermediate_size,
+        normTopKProb: true,
+        sharedExpertIntermediateSize: null,
+        denseIntermediateSize: c.intermediate_size,
+        sparseLayers: allSparse,
+        qkNorm: 'none',
+        clipQkv: null,
+      };
+    case 'qwen2_moe':
+      return {
+        ...base,
+        family: 'qwen2_moe',
+        numExperts: c.num_experts,
+        expertIntermediateSize: c.moe_intermediate_size,
+        normTopKProb: c.norm_topk_prob,
+        sharedExpertIntermediateSize: c.shared_expert_intermediate_size,
+        denseIntermediateSize: c.intermediate_size,
+        sparseLayers: qwenSparseLayers(c.num_hidden_layers, c.decoder_sparse_step, c.mlp_only_layers),
+        qkNorm: 'none',
+        clipQkv: null,
+      };
+    case 'olmoe':
+      return {
+        ...base,
+        family: 'olmoe',
+        numExperts: c.num_experts,
+        expertIntermediateSize: c.intermediate_size,
+        normTopKProb: c.norm_topk_prob,
+        sharedExpertIntermediateSize: null,
+        denseIntermediateSize: c.intermediate_size,
+        sparseLayers: allSparse,
+        qkNorm: 'projection',
+        clipQkv: c.clip_qkv ?? null,
+      };
+    case 'qwen3_moe':
+      return {
+        ...base,
+        family: 'qwen3_moe',
+        numExperts: c.num_experts,
+        expertIntermediateSize: c.moe_intermediate_size,
+        normTopKProb: c.norm_topk_prob,
+        sharedExpertIntermediateSize: null,
+        denseIntermediateSize: c.intermediate_size,
+        sparseLayers: qwenSparseLayers(c.num_hidden_layers, c.decoder_sparse_step, c.mlp_only_layers),
+        qkNorm: 'head',
+        clipQkv: null,
+      };
+  }
+}
+
+/** Parses a config.json object (already JSON-decoded) into a ModelSpec. */
+export function parseModelConfig(raw: unknown, source: string): ModelSpec {
+  const modelType = (raw as { model_type?: unknown } | null)?.model_type;
+  if (typeof modelType !== 'string' || !(SUPPORTED_FAMILIES as readonly string[]).includes(modelType)) {
+    throw new UnsupportedModelError(`model_type '${String(modelType)}' in ${source}`, SUPPORTED_FAMILIES);
+  }
+  const parsed = hfConfig.safeParse(raw);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+    throw new ModelConfigError(source, issues);
+  }
+  const spec = toSpec(parsed.data);
+  if (spec.numHeads % spec.numKvHeads !== 0) {
+    throw new ModelConfigError(source, [`num_attention_heads ${spec.numHeads} is not a multiple of num_key_value_heads ${spec.numKvHeads}`]);
+  }
+  if (spec.topK > spec.numExperts) {
+    throw new ModelConfigError(source, [`num_experts_per_tok ${spec.topK} exceeds the ${spec.numExperts} experts`]);
+  }
+  return spec;
+}
+
+export async function loadModelConfig(dir: string): Promise<ModelSpec> {
+  const path = join(dir, 'config.json');
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new ModelConfigError(path, [`cannot read it: ${(err as Error).message}`]);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new ModelConfigError(path, [`not valid JSON: ${(err as Error).message}`]);
+  }
+  return parseModelConfig(raw, path);
+}
+
+/** generation_config.json may override the end-of-sequence ids; it is optional. */
+export async function loadGenerationEosIds(dir: string): Promise<number[] | null> {
+  let text: string;
+  try {
+    text = await readFile(join(dir, 'generation_config.json'), 'utf8');
+  } catch {
+    return null;
+  }
+  const parsed = z.object({ eos_token_id: tokenIds }).passthrough().safeParse(JSON.parse(text));
+  if (!parsed.success || parsed.data.eos_token_id == null) return null;
+  return asList(parsed.data.eos_token_id);
+}
