@@ -1,6 +1,6 @@
 // A loaded model: config -> weights -> sessions -> forward pass, plus its tokenizer.
 import { ExpertStore } from '../experts/expert-store.js';
-import { loadGenerationEosIds, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
+import { loadGenerationDefaults, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
 import { SafetensorsArchive } from '../model/safetensors.js';
 import { Runtime, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
@@ -9,6 +9,7 @@ import { SequenceKvCache } from './kv-cache.js';
 import { ModelSessions } from './model-sessions.js';
 import { ResidentWeights, type LoadProgress } from './resident-weights.js';
 import { RopeTable } from './rope.js';
+import type { SamplingParams } from './sampler.js';
 
 export interface ModelLoadOptions {
   readonly device: DeviceKind;
@@ -25,6 +26,8 @@ export class MoeModel implements AsyncDisposable {
     readonly spec: ModelSpec,
     readonly tokenizer: TextTokenizer,
     readonly eosTokenIds: readonly number[],
+    /** Sampling settings from generation_config.json (greedy unless it says do_sample). */
+    readonly samplingDefaults: SamplingParams,
     readonly runtime: Runtime,
     readonly experts: ExpertStore,
     readonly forward: ForwardPass,
@@ -36,7 +39,9 @@ export class MoeModel implements AsyncDisposable {
   static async load(dir: string, options: ModelLoadOptions): Promise<MoeModel> {
     const spec = await loadModelConfig(dir);
     const tokenizer = await TextTokenizer.fromModelDir(dir);
-    const eosTokenIds = (await loadGenerationEosIds(dir)) ?? spec.eosTokenIds;
+    const generation = await loadGenerationDefaults(dir);
+    const eosTokenIds = generation.eosTokenIds ?? spec.eosTokenIds;
+    const samplingDefaults = { temperature: generation.temperature, topP: generation.topP, topK: generation.topK };
     const runtime = await Runtime.create({ device: options.device, cpuThreads: options.cpuThreads ?? 0 });
     const archive = await SafetensorsArchive.open(dir);
     try {
@@ -46,7 +51,7 @@ export class MoeModel implements AsyncDisposable {
       const rope = new RopeTable(spec.ropeTheta, spec.headDim);
       const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK);
       const forward = new ForwardPass({ spec, runtime, weights, experts, sessions, rope, maxSlotsPerRun });
-      return new MoeModel(dir, spec, tokenizer, eosTokenIds, runtime, experts, forward, archive, weights, sessions);
+      return new MoeModel(dir, spec, tokenizer, eosTokenIds, samplingDefaults, runtime, experts, forward, archive, weights, sessions);
     } catch (err) {
       await archive.close();
       throw err;

@@ -75,12 +75,13 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, rng: R
   const candidates = params.topK > 0 && params.topK < logits.length
     ? topKIndices(logits, params.topK)
     : allIndices(logits.length);
-  const probs = softmax(logits, candidates, params.temperature);
   if (params.topP < 1) {
-    const nucleus = nucleusOf(candidates, probs, params.topP);
+    const nats = new Float64Array(candidates.length);
+    const probs = softmax(logits, candidates, params.temperature, nats);
+    const nucleus = nucleusOf(candidates, probs, nats, params.topP);
     return asToken(draw(nucleus.indices, nucleus.probs, rng));
   }
-  return asToken(draw(candidates, probs, rng));
+  return asToken(draw(candidates, softmax(logits, candidates, params.temperature), rng));
 }
 
 function allIndices(n: number): Int32Array {
@@ -165,8 +166,8 @@ function swap(a: Int32Array, i: number, j: number): void {
 
 // Probabilities of `candidates` (same order) in float64. The max is subtracted before dividing by the temperature
 // (the same value as softmax(logits / T) with max subtraction) so that a tiny temperature gives -Infinity, not
-// Infinity - Infinity = NaN.
-function softmax(logits: Float32Array, candidates: Int32Array, temperature: number): Float64Array {
+// Infinity - Infinity = NaN. `nats` receives ln(p_max / p) of each candidate, which top-p buckets by.
+function softmax(logits: Float32Array, candidates: Int32Array, temperature: number, nats?: Float64Array): Float64Array {
   let max = -Infinity;
   for (let c = 0; c < candidates.length; c++) {
     const logit = logits[candidates[c]!]!;
@@ -175,7 +176,9 @@ function softmax(logits: Float32Array, candidates: Int32Array, temperature: numb
   const probs = new Float64Array(candidates.length);
   let sum = 0;
   for (let c = 0; c < candidates.length; c++) {
-    probs[c] = Math.exp((logits[candidates[c]!]! - max) / temperature);
+    const exponent = (logits[candidates[c]!]! - max) / temperature;
+    if (nats !== undefined) nats[c] = -exponent;
+    probs[c] = Math.exp(exponent);
     sum += probs[c]!;
   }
   if (!Number.isFinite(sum) || sum === 0) throw new NonFiniteLogitsError();
@@ -183,33 +186,56 @@ function softmax(logits: Float32Array, candidates: Int32Array, temperature: numb
   return probs;
 }
 
+// Top-p groups tokens by ln(p_max / p) into buckets this wide; the last bucket takes everything from
+// NUCLEUS_BUCKET_RANGE_NATS down, tokens under e^-64 of the top one, which matter only when almost all do.
+const NUCLEUS_BUCKETS_PER_NAT = 8;
+const NUCLEUS_BUCKET_RANGE_NATS = 64;
+const NUCLEUS_BUCKET_COUNT = NUCLEUS_BUCKETS_PER_NAT * NUCLEUS_BUCKET_RANGE_NATS + 1;
+
 /**
- * The smallest set of most probable tokens whose probability adds up to >= topP (at least one). Only tokens with
- * p >= (1 - topP) / n can be in it: all the others together weigh less than n * (1 - topP) / n = 1 - topP. So only
- * those are sorted, usually a handful out of the vocabulary.
+ * The smallest set of most probable tokens whose probability adds up to >= topP (at least one; ties go to the
+ * lower index). A full sort of a flat 256k distribution costs tens of milliseconds; instead the tokens are bucketed
+ * by probability, the bucket where the cumulative mass crosses topP is found from the bucket sums, every token in
+ * a more probable bucket is kept unsorted, and only the crossing bucket is sorted.
  */
 function nucleusOf(
   candidates: Int32Array,
   probs: Float64Array,
+  nats: Float64Array,
   topP: number,
 ): { indices: Int32Array; probs: Float64Array } {
-  const threshold = (1 - topP) / candidates.length;
-  let order: number[] = [];
+  const bucketOf = new Uint16Array(candidates.length);
+  const bucketMass = new Float64Array(NUCLEUS_BUCKET_COUNT);
   for (let c = 0; c < candidates.length; c++) {
-    if (probs[c]! >= threshold) order.push(c);
+    const bucket = Math.min(Math.floor(nats[c]! * NUCLEUS_BUCKETS_PER_NAT), NUCLEUS_BUCKET_COUNT - 1);
+    bucketOf[c] = bucket;
+    bucketMass[bucket]! += probs[c]!;
   }
-  // Rounding can leave the filtered mass a hair short of topP; then the bound does not hold and all are needed.
-  if (order.reduce((sum, c) => sum + probs[c]!, 0) < topP) order = Array.from(probs.keys());
-  order.sort((a, b) => probs[b]! - probs[a]! || candidates[a]! - candidates[b]!);
+  let crossing = 0;
+  let massBefore = 0;
+  while (crossing < NUCLEUS_BUCKET_COUNT - 1 && massBefore + bucketMass[crossing]! < topP) {
+    massBefore += bucketMass[crossing++]!;
+  }
 
-  let kept = 0;
-  let cumulative = 0;
-  while (kept < order.length && (kept === 0 || cumulative < topP)) cumulative += probs[order[kept++]!]!;
-  const nucleus = { indices: new Int32Array(kept), probs: new Float64Array(kept) };
-  for (let n = 0; n < kept; n++) {
-    nucleus.indices[n] = candidates[order[n]!]!;
-    nucleus.probs[n] = probs[order[n]!]! / cumulative;
+  const kept: number[] = [];
+  const edge: number[] = [];
+  for (let c = 0; c < candidates.length; c++) {
+    if (bucketOf[c]! < crossing) kept.push(c);
+    else if (bucketOf[c] === crossing) edge.push(c);
   }
+  edge.sort((a, b) => probs[b]! - probs[a]! || candidates[a]! - candidates[b]!);
+  let cumulative = kept.reduce((sum, c) => sum + probs[c]!, 0);
+  for (const c of edge) {
+    if (kept.length > 0 && cumulative >= topP) break;
+    kept.push(c);
+    cumulative += probs[c]!;
+  }
+
+  const nucleus = { indices: new Int32Array(kept.length), probs: new Float64Array(kept.length) };
+  kept.forEach((c, n) => {
+    nucleus.indices[n] = candidates[c]!;
+    nucleus.probs[n] = probs[c]! / cumulative;
+  });
   return nucleus;
 }
 

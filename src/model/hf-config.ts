@@ -237,15 +237,43 @@ export async function loadModelConfig(dir: string): Promise<ModelSpec> {
   return parseModelConfig(raw, path);
 }
 
-/** generation_config.json may override the end-of-sequence ids; it is optional. */
-export async function loadGenerationEosIds(dir: string): Promise<number[] | null> {
-  let text: string;
+/** What generation_config.json says about ending and sampling; every field is optional there. */
+export interface GenerationDefaults {
+  readonly eosTokenIds: readonly number[] | null;
+  /** transformers samples only when do_sample is true; otherwise it decodes greedily. */
+  readonly temperature: number;
+  readonly topP: number;
+  readonly topK: number;
+}
+
+const generationConfig = z
+  .object({
+    eos_token_id: tokenIds,
+    do_sample: z.boolean().default(false),
+    temperature: z.number().nonnegative().nullish(),
+    top_p: z.number().gt(0).lte(1).nullish(),
+    top_k: z.number().int().nonnegative().nullish(),
+  })
+  .passthrough();
+
+export async function loadGenerationDefaults(dir: string): Promise<GenerationDefaults> {
+  const path = join(dir, 'generation_config.json');
+  let raw: unknown = {};
   try {
-    text = await readFile(join(dir, 'generation_config.json'), 'utf8');
-  } catch {
-    return null;
+    raw = JSON.parse(await readFile(path, 'utf8'));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new ModelConfigError(path, [(err as Error).message]);
   }
-  const parsed = z.object({ eos_token_id: tokenIds }).passthrough().safeParse(JSON.parse(text));
-  if (!parsed.success || parsed.data.eos_token_id == null) return null;
-  return asList(parsed.data.eos_token_id);
+  const parsed = generationConfig.safeParse(raw);
+  if (!parsed.success) {
+    throw new ModelConfigError(path, parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`));
+  }
+  const g = parsed.data;
+  return {
+    eosTokenIds: g.eos_token_id == null ? null : asList(g.eos_token_id),
+    temperature: g.do_sample ? (g.temperature ?? 1) : 0,
+    // transformers' own defaults when sampling: top_p 1.0, top_k 50
+    topP: g.top_p ?? 1,
+    topK: g.do_sample ? (g.top_k ?? 50) : 0,
+  };
 }

@@ -1,0 +1,83 @@
+// `moe-serve generate`: one prompt, the continuation streamed to stdout, then its speed.
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { generate, type GenerateResult } from '../engine/generate.js';
+import { MoeModel } from '../engine/moe-model.js';
+import { UsageError } from './cli-error.js';
+import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag } from './model-options.js';
+
+export const GENERATE_HELP = `Usage: moe-serve generate --prompt TEXT [options]
+
+Generates a continuation of TEXT and streams it to stdout, then prints prompt and decode tokens/s.
+
+  --prompt TEXT        the prompt (required)
+  --max-tokens N       most tokens to generate (default 64)
+  --temperature T      0 = greedy (default: the model's generation_config.json, greedy if it does not sample)
+  --top-p P            nucleus sampling, 0 < P <= 1 (default: generation_config.json, else 1)
+  --top-k K            keep the K most likely tokens, 0 = off (default: generation_config.json, else 0)
+  --seed N             makes sampling repeatable
+  --stop TEXT          stop before TEXT; repeatable
+  --json               print one JSON object {prompt_ids, completion_ids, text, finish_reason} instead
+${MODEL_OPTIONS_HELP}
+`;
+
+export async function generateCommand(argv: readonly string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      ...MODEL_OPTIONS,
+      prompt: { type: 'string' },
+      'max-tokens': { type: 'string', default: '64' },
+      temperature: { type: 'string' },
+      'top-p': { type: 'string' },
+      'top-k': { type: 'string' },
+      seed: { type: 'string' },
+      stop: { type: 'string', multiple: true, default: [] },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(GENERATE_HELP);
+    return;
+  }
+  if (values.prompt === undefined) throw new UsageError('--prompt is required');
+  const prompt = parseFlag('prompt', z.string().min(1, 'the prompt is empty'), values.prompt);
+  const maxTokens = parseFlag('max-tokens', intFlag(0), values['max-tokens']);
+  const seed = values.seed === undefined ? undefined : parseFlag('seed', intFlag(0).max(2 ** 32 - 1), values.seed);
+  const opts = modelOptions(values);
+  const optional = <T>(flag: string, schema: z.ZodType<T>, v: string | undefined): T | undefined => (v === undefined ? undefined : parseFlag(flag, schema, v));
+  const temperature = optional('temperature', numberFlag(0, 100), values.temperature);
+  const topP = optional('top-p', numberFlag(0, 1).refine((p) => p > 0, 'must be greater than 0'), values['top-p']);
+  const topK = optional('top-k', intFlag(0), values['top-k']);
+
+  await using model = await MoeModel.load(opts.modelDir, { device: opts.device, cpuThreads: opts.cpuThreads });
+  const sampling = {
+    temperature: temperature ?? model.samplingDefaults.temperature,
+    topP: topP ?? model.samplingDefaults.topP,
+    topK: topK ?? model.samplingDefaults.topK,
+  };
+  const promptIds = model.tokenizer.encode(prompt);
+  const stream = generate(model, { promptIds, maxTokens, sampling, seed, stop: values.stop });
+  let step = await stream.next();
+  while (!step.done) {
+    if (!values.json) process.stdout.write(step.value.text);
+    step = await stream.next();
+  }
+  const result = step.value;
+  process.stdout.write(values.json ? `${JSON.stringify(toJson(result))}\n` : `\n${speedLine(result)}\n`);
+}
+
+function toJson(r: GenerateResult) {
+  return { prompt_ids: r.promptIds, completion_ids: r.completionIds, text: r.text, finish_reason: r.finishReason };
+}
+
+function speedLine(r: GenerateResult): string {
+  const t = r.timings;
+  const rate = (n: number, ms: number) => (ms > 0 ? ((n * 1000) / ms).toFixed(1) : 'n/a');
+  return (
+    `[prompt: ${t.promptTokens} tokens, ${rate(t.promptTokens, t.promptMs)} tokens/s | ` +
+    `decode: ${t.decodeSteps} tokens, ${rate(t.decodeSteps, t.decodeMs)} tokens/s | finish: ${r.finishReason}]`
+  );
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env node
+// moe-serve's command line: dispatches to one command per module.
+import { benchCommand, BENCH_HELP } from './bench-command.js';
+import { UsageError } from './cli-error.js';
+import { generateCommand, GENERATE_HELP } from './generate-command.js';
+
+const USAGE = `Usage: moe-serve <command> [options]
+
+Commands:
+  generate   generate text from a prompt (moe-serve generate --help)
+  bench      measure speed (moe-serve bench --help)
+`;
+
+const commands: Record<string, { run: (argv: readonly string[]) => Promise<void>; help: string }> = {
+  generate: { run: generateCommand, help: GENERATE_HELP },
+  bench: { run: benchCommand, help: BENCH_HELP },
+};
+
+async function main(argv: readonly string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`moe-serve: unknown command '${name}'\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    await command.run(rest);
+    return 0;
+  } catch (err) {
+    // parseArgs reports unknown or malformed flags with ERR_PARSE_ARGS_* codes.
+    const code = (err as { code?: unknown }).code;
+    if (err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))) {
+      process.stderr.write(`moe-serve ${name}: ${(err as Error).message}\n\n${command.help}`);
+      return 2;
+    }
+    process.stderr.write(`moe-serve ${name}: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));
