@@ -51,11 +51,22 @@ export class MoeModel implements AsyncDisposable {
       const rope = new RopeTable(spec.ropeTheta, spec.headDim);
       const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK);
       const forward = new ForwardPass({ spec, runtime, weights, experts, sessions, rope, maxSlotsPerRun });
-      return new MoeModel(dir, spec, tokenizer, eosTokenIds, samplingDefaults, runtime, experts, forward, archive, weights, sessions);
+      const model = new MoeModel(dir, spec, tokenizer, eosTokenIds, samplingDefaults, runtime, experts, forward, archive, weights, sessions);
+      await model.warmUp();
+      return model;
     } catch (err) {
       await archive.close();
       throw err;
     }
+  }
+
+  /**
+   * One decode-shaped step through every session, so that the first request does not pay for
+   * onnxruntime's first-run allocations (a large share of a short prompt's time otherwise).
+   */
+  private async warmUp(): Promise<void> {
+    using kv = this.newSequence();
+    await this.forward.step(kv, [this.spec.bosTokenId ?? 0], 'last');
   }
 
   /** A fresh KV cache for one sequence. */

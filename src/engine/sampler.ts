@@ -38,7 +38,7 @@ export class NonFiniteLogitsError extends Error {
  * xoshiro128** (Blackman and Vigna, 2018), seeded by SplitMix64 as its authors recommend. Chosen because it is a
  * published generator with reference C code to check against, passes BigCrush, and needs only 32-bit integer
  * operations, which JavaScript does exactly on every platform (unlike PCG32, whose 64-bit multiply needs BigInt
- * per draw). Mulberry32 was rejected: it cannot reach every 32-bit output and fails PractRand early.
+ * per draw). Mulberry32 is simpler but its 32-bit state repeats after 2^32 outputs.
  */
 export function createRng(seed: number): Rng {
   if (!Number.isSafeInteger(seed)) throw new RangeError(`An RNG seed must be a safe integer, got ${seed}.`);

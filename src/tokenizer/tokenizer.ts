@@ -71,7 +71,7 @@ export class TextTokenizer {
     return asTokens(this.tokenizer.encode(text).ids);
   }
 
-  /** Ids the tokenizer does not know decode to nothing, as in transformers. */
+  /** Ids the tokenizer does not know (e.g. padding rows of the lm_head) decode to nothing, as in transformers. */
   decode(ids: readonly Token[], opts: DecodeOptions = {}): string {
     return this.decodeWith(ids, opts.skipSpecialTokens ?? false, this.cleanUpTokenizationSpaces);
   }
@@ -91,9 +91,11 @@ export class TextTokenizer {
   }
 
   private decodeWith(ids: readonly Token[], skipSpecialTokens: boolean, cleanUp: boolean): string {
+    // The library would decode an unknown id as the unknown token, where Hugging Face's Rust tokenizers skip it.
+    const known = ids.filter((id) => this.tokenizer.id_to_token(id) !== undefined);
     // The library throws on an empty list instead of returning ''.
-    if (ids.length === 0) return '';
-    return this.tokenizer.decode(ids.slice(), {
+    if (known.length === 0) return '';
+    return this.tokenizer.decode(known, {
       skip_special_tokens: skipSpecialTokens,
       clean_up_tokenization_spaces: cleanUp,
     });

@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
+import { TINY_MOE_DIR } from '../helpers/paths.js';
 
 import {
   BadSafetensorsHeaderError,
@@ -63,30 +62,6 @@ function bf16(values: readonly number[]): Uint8Array {
 
 function archiveOf(tensors: readonly TestTensor[], fileLabel = 'test.safetensors'): Promise<SafetensorsArchive> {
   return SafetensorsArchive.fromSources([{ fileLabel, reader: new BytesRangeReader(buildSafetensors(tensors), fileLabel) }]);
-}
-
-/** The repository root: the nearest folder above this file (or the working directory) whose package.json is moe-serve's. */
-function findRepoRoot(): string | undefined {
-  for (const start of [dirname(fileURLToPath(import.meta.url)), process.cwd()]) {
-    for (let dir = start; ; dir = dirname(dir)) {
-      const manifest = join(dir, 'package.json');
-      if (existsSync(manifest) && (JSON.parse(readFileSync(manifest, 'utf8')) as { name?: string }).name === 'moe-serve') return dir;
-      if (dirname(dir) === dir) break;
-    }
-  }
-  return undefined;
-}
-
-/** The tiny-moe checkpoint: MOE_SERVE_TINY_MOE_DIR, or models/tiny-moe in the repo, or the shared copy beside it. */
-function findTinyMoe(): string | undefined {
-  const root = findRepoRoot();
-  const candidates = [
-    process.env['MOE_SERVE_TINY_MOE_DIR'],
-    root && join(root, 'models', 'tiny-moe'),
-    root && join(root, 'shared', 'models', 'tiny-moe'),
-    root && join(root, '..', 'shared', 'models', 'tiny-moe'),
-  ];
-  return candidates.find((dir): dir is string => typeof dir === 'string' && existsSync(join(dir, 'model.safetensors')));
 }
 
 describe('parseSafetensorsHeader', () => {
@@ -329,10 +304,8 @@ describe('SafetensorsArchive.open on a model directory', () => {
 });
 
 describe('the tiny-moe checkpoint', () => {
-  const tinyMoe = findTinyMoe();
-
-  it('has a [8192, 256] BF16 embedding and a finite final norm', { skip: tinyMoe === undefined && 'tiny-moe checkpoint not found (set MOE_SERVE_TINY_MOE_DIR)' }, async () => {
-    await using archive = await SafetensorsArchive.open(tinyMoe!);
+  it('has a [8192, 256] BF16 embedding and a finite final norm', async () => {
+    await using archive = await SafetensorsArchive.open(TINY_MOE_DIR);
     const embed = archive.entry('model.embed_tokens.weight');
     assert.equal(embed.dtype, 'BF16');
     assert.deepEqual(embed.shape, [8192, 256]);

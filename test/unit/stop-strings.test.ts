@@ -68,7 +68,8 @@ describe('StopStringMatcher', () => {
     const stops = ['aba', 'bba'];
     const rng = createRng(7);
     for (let trial = 0; trial < 2000; trial++) {
-      const text = Array.from({ length: 1 + Math.floor(rng.next() * 20) }, () => 'ab '[Math.floor(rng.next() * 3)]).join('');
+      const length = 1 + Math.floor(rng.next() * 20);
+      const text = Array.from({ length }, () => 'ab '[Math.floor(rng.next() * 3)]).join('');
       const matcher = new StopStringMatcher(stops);
       let emitted = '';
       let stopped = false;

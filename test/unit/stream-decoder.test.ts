@@ -53,7 +53,9 @@ describe('StreamDecoder', () => {
   test('diffs against a prefix window, so a decoder that drops the leading space still streams exactly', () => {
     // Like SentencePiece's Metaspace decoder: '▁' is a space, and the first one of a sequence is dropped.
     const pieces = ['▁Hello', '▁world', '!'];
-    const decoder = new StreamDecoder((ids) => ids.map((id) => pieces[id]).join('').replaceAll('▁', ' ').replace(/^ /, ''));
+    const metaspace = (ids: readonly Token[]): string =>
+      ids.map((id) => pieces[id]).join('').replaceAll('▁', ' ').replace(/^ /, '');
+    const decoder = new StreamDecoder(metaspace);
     assert.deepEqual(pushAll(decoder, asTokens([0, 1, 2])), ['Hello', ' world', '!']);
   });
 });

@@ -105,6 +105,11 @@ describe('TextTokenizer', async () => {
     assert.equal(tiny.decode([]), '');
   });
 
+  test('decodes ids past the vocabulary to nothing', () => {
+    assert.equal(tiny.decode(asTokens([2588, 9000, 2588])), 'hihi');
+    assert.equal(tiny.decode(asTokens([9000])), '');
+  });
+
   test('keeps spaces before punctuation unless tokenizer_config.json asks for clean-up', () => {
     const ids = tiny.encode('a , b .');
     assert.equal(TextTokenizer.fromJson(tinyJson, {}).decode(ids), 'a , b .');

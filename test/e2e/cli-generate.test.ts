@@ -1,0 +1,95 @@
+// The `moe-serve generate` command as a user runs it: a real process, real model files.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { promisify } from 'node:util';
+import { CLI_PATH, FIXTURES_DIR, readJson } from '../helpers/paths.js';
+
+const run = promisify(execFile);
+
+interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function cli(...args: string[]): Promise<CliResult> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, [CLI_PATH, ...args], { timeout: 60_000 });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
+  }
+}
+
+const reference = readJson<{ prompts: { prompt: string; input_ids: number[]; greedy_ids: number[]; greedy_text: string }[] }>(
+  join(FIXTURES_DIR, 'tiny-moe-reference.json'),
+);
+const first = reference.prompts[0]!;
+
+describe('moe-serve generate', () => {
+  test('--json prints the transformers greedy continuation of the embedded model', async () => {
+    const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '32', '--temperature', '0', '--json');
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { prompt_ids: number[]; completion_ids: number[]; text: string; finish_reason: string };
+    assert.deepEqual(out.prompt_ids, first.input_ids);
+    assert.deepEqual(out.completion_ids, first.greedy_ids);
+    assert.equal(out.text, first.greedy_text);
+    assert.equal(out.finish_reason, 'length');
+  });
+
+  test('streams the text to stdout and ends with prompt and decode tokens/s', async () => {
+    const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '32');
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(r.stdout.startsWith(first.greedy_text), r.stdout);
+    const last = r.stdout.trimEnd().split('\n').at(-1) ?? '';
+    assert.match(last, /^\[prompt: 3 tokens, [\d.]+ tokens\/s \| decode: 31 tokens, [\d.]+ tokens\/s \| finish: length\]$/);
+  });
+
+  test('--stop ends before the stop string with finish_reason stop', async () => {
+    const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '32', '--stop', 'thread', '--json');
+    assert.equal(r.code, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as { text: string; finish_reason: string };
+    assert.equal(out.text, first.greedy_text.slice(0, first.greedy_text.indexOf('thread')));
+    assert.equal(out.finish_reason, 'stop');
+  });
+
+  test('the same --seed gives the same sampled tokens, another seed other tokens', async () => {
+    const sample = async (seed: string) => {
+      const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '24', '--temperature', '1', '--top-p', '0.95', '--seed', seed, '--json');
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { completion_ids: number[] }).completion_ids;
+    };
+    const [a, b, c] = await Promise.all([sample('7'), sample('7'), sample('8')]);
+    assert.deepEqual(a, b);
+    assert.notDeepEqual(a, c);
+  });
+
+  test('a bad flag value exits 2 naming the flag', async () => {
+    const r = await cli('generate', '--prompt', 'x', '--max-tokens', '-1');
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /--max-tokens/);
+  });
+
+  test('an unknown flag exits 2 with usage', async () => {
+    const r = await cli('generate', '--prompt', 'x', '--nonsense');
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /nonsense/);
+    assert.match(r.stderr, /Usage: moe-serve generate/);
+  });
+
+  test('--device cuda without the CUDA provider says how to install it', async () => {
+    const r = await cli('generate', '--prompt', 'x', '--device', 'cuda');
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /CUDA execution provider is not installed/);
+    assert.match(r.stderr, /--onnxruntime-node-install=cuda12/);
+  });
+
+  test('a directory without a model names the missing config.json', async () => {
+    const r = await cli('generate', '--prompt', 'x', '--model', join(FIXTURES_DIR, 'no-such-model'));
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /config\.json/);
+  });
+});
