@@ -88,17 +88,18 @@ export function buildAttentionBlock(v: AttentionBlockVariant): Uint8Array {
   let q = linear(g, x, wq, bq);
   let k = linear(g, x, wk, bk);
   let val = linear(g, x, wv, bv);
+  if (v.qkNorm === 'projection') {
+    // OLMoE normalizes the whole projection before splitting into heads.
+    q = rmsNorm(g, q, g.input(ATTN.qNorm, 'float32', [nH * D]), v.rmsNormEps);
+    k = rmsNorm(g, k, g.input(ATTN.kNorm, 'float32', [nKv * D]), v.rmsNormEps);
+  }
   if (v.clipQkv !== null) {
+    // OLMoE clamps after its projection norms (transformers: q_norm(q_proj(x)).clamp_).
     const lo = g.constFloat([-v.clipQkv], []);
     const hi = g.constFloat([v.clipQkv], []);
     q = g.op('Clip', [q, lo, hi]);
     k = g.op('Clip', [k, lo, hi]);
     val = g.op('Clip', [val, lo, hi]);
-  }
-  if (v.qkNorm === 'projection') {
-    // OLMoE normalizes the whole projection before splitting into heads.
-    q = rmsNorm(g, q, g.input(ATTN.qNorm, 'float32', [nH * D]), v.rmsNormEps);
-    k = rmsNorm(g, k, g.input(ATTN.kNorm, 'float32', [nKv * D]), v.rmsNormEps);
   }
   // (T, heads, D) for per-head norm and rotary
   let qh = reshape(g, q, [0, nH, D]);

@@ -96,7 +96,8 @@ const qwen3Moe = common.extend({
   num_experts: z.number().int().positive(),
   moe_intermediate_size: z.number().int().positive(),
   intermediate_size: z.number().int().positive(),
-  norm_topk_prob: z.boolean().default(true),
+  // transformers' Qwen3MoeConfig defaults to false; published Qwen3-MoE configs set it to true.
+  norm_topk_prob: z.boolean().default(false),
   decoder_sparse_step: z.number().int().positive().default(1),
   mlp_only_layers: z.array(z.number().int().nonnegative()).default([]),
 });

@@ -1,14 +1,19 @@
-import type { DeviceKind } from '../../src/runtime/onnx-runtime.js';
+import { DEVICE_KINDS, type DeviceKind } from '../../src/runtime/onnx-runtime.js';
 
 /**
- * Devices the conformance tests run on: always cpu; webgpu when MOE_SERVE_TEST_WEBGPU=1 (CI sets it after
- * `source ../shared/gpu/lavapipe.sh`, which runs the WebGPU provider on Mesa's CPU Vulkan driver).
+ * Devices the conformance tests run the engine on: MOE_SERVE_TEST_DEVICES (comma-separated), default cpu.
+ * `npm run test:webgpu` sets it to webgpu; CI runs that after `source ../shared/gpu/lavapipe.sh`, which runs
+ * the WebGPU provider on Mesa's CPU Vulkan driver.
  */
 export function testDevices(): DeviceKind[] {
-  return process.env.MOE_SERVE_TEST_WEBGPU === '1' ? ['cpu', 'webgpu'] : ['cpu'];
+  const names = (process.env.MOE_SERVE_TEST_DEVICES ?? 'cpu').split(',').map((s) => s.trim());
+  for (const n of names) {
+    if (!(DEVICE_KINDS as readonly string[]).includes(n)) throw new Error(`MOE_SERVE_TEST_DEVICES: unknown device '${n}'`);
+  }
+  return names as DeviceKind[];
 }
 
-/** Logit tolerance against transformers: fp32 on cpu; lavapipe may compute in f16. */
+/** Logit tolerance against transformers: fp32 on cpu; GPU providers may compute in f16. */
 export function logitTolerance(device: DeviceKind, cpuTolerance: number): number {
   return device === 'cpu' ? cpuTolerance : Math.max(cpuTolerance, 1e-2);
 }
