@@ -13,7 +13,7 @@ the same number of tokens; one warm-up run, then --runs measured runs per prompt
 
   --tokens N         tokens to generate per run (default 128)
   --runs N           measured runs per prompt (default 3)
-  --threads LIST     comma-separated CPU thread counts to compare, 0 = onnxruntime's choice (default 0)
+  --threads LIST     comma-separated CPU thread counts to compare, 0 = automatic (default 0)
 ${MODEL_OPTIONS_HELP.split('\n').filter((l) => !l.includes('--threads')).join('\n')}
 `;
 

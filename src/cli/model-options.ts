@@ -15,7 +15,7 @@ export const MODEL_OPTIONS = {
 
 export const MODEL_OPTIONS_HELP = `  --model DIR        Hugging Face model directory (default: the embedded tiny-moe)
   --device NAME      execution provider: ${DEVICE_KINDS.join(' | ')} (default cpu)
-  --threads N        CPU provider threads, 0 = onnxruntime's choice (default 0)`;
+  --threads N        CPU provider threads; 0 = automatic: 1 for small models, else one per core (default 0)`;
 
 export interface ModelOptions {
   readonly modelDir: string;
