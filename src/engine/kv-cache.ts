@@ -189,8 +189,8 @@ class RollingLayerKv implements LayerKv {
   }
 
   private release(): void {
-    if (this.key.location === 'gpu-buffer') this.key.dispose();
-    if (this.value.location === 'gpu-buffer') this.value.dispose();
+    this.runtime.release(this.key);
+    this.runtime.release(this.value);
   }
 
   dispose(): void {

@@ -15,6 +15,22 @@ export interface RuntimeOptions {
 }
 
 /**
+ * gpu-buffer tensors returned by sessions and not yet disposed, process-wide. Every such tensor must be
+ * released exactly once (garbage collection never frees GPU memory), so tests check that this returns
+ * to its baseline after work and never drops below it.
+ */
+let liveGpuTensors = 0;
+
+export function liveGpuTensorCount(): number {
+  return liveGpuTensors;
+}
+
+function disposeGpu(t: RtTensor): void {
+  t.dispose();
+  liveGpuTensors--;
+}
+
+/**
  * A tensor with exactly one owner. On webgpu it holds GPU memory that garbage collection never frees
  * (PLATFORM.md), so the owner must call dispose() once; using it afterwards is a bug and throws here
  * rather than deep inside onnxruntime.
@@ -37,7 +53,7 @@ export class DeviceTensor {
 
   dispose(): void {
     if (this.value === null) throw new Error('DeviceTensor disposed twice');
-    if (this.value.location === 'gpu-buffer') this.value.dispose();
+    if (this.value.location === 'gpu-buffer') disposeGpu(this.value);
     this.value = null;
   }
 
@@ -67,10 +83,16 @@ export class GraphSession {
       throw new SessionRunError(this.name, `missing inputs [${missing.join(', ')}], unknown inputs [${unknown.join(', ')}]`, describeFeeds(feeds));
     }
     try {
-      if (!fetches) return await this.session.run(feeds);
-      // With fetches, onnxruntime returns only the outputs named there: ask for the rest too.
-      const all: Record<string, RtTensor | null> = Object.fromEntries(this.session.outputNames.map((n) => [n, null]));
-      return await this.session.run(feeds, { ...all, ...fetches });
+      let out: Feeds;
+      if (fetches) {
+        // With fetches, onnxruntime returns only the outputs named there: ask for the rest too.
+        const all: Record<string, RtTensor | null> = Object.fromEntries(this.session.outputNames.map((n) => [n, null]));
+        out = await this.session.run(feeds, { ...all, ...fetches });
+      } else {
+        out = await this.session.run(feeds);
+      }
+      for (const t of Object.values(out)) if (t.location === 'gpu-buffer') liveGpuTensors++;
+      return out;
     } catch (err) {
       throw new SessionRunError(this.name, (err as Error).message, describeFeeds(feeds));
     }
@@ -171,7 +193,7 @@ export class Runtime {
 
   /** Frees a tensor a session returned, if it lives in device memory; host tensors are left to the GC. */
   release(t: RtTensor | undefined): void {
-    if (t?.location === 'gpu-buffer') t.dispose();
+    if (t?.location === 'gpu-buffer') disposeGpu(t);
   }
 
   /**
