@@ -11,21 +11,12 @@ import { loadModelConfig, type ModelSpec } from '../../src/model/hf-config.js';
 import { makeCheckpoint, type CheckpointOptions } from '../reference/make-checkpoint.js';
 import { argmax, loadWeights, referenceForward, referenceGreedy, type WeightLookup } from '../reference/reference-forward.js';
 import { logitTolerance, testDevices } from '../helpers/devices.js';
+import type { FixturePrompt } from '../helpers/fixtures.js';
 import { FIXTURES_DIR, TINY_MOE_DIR } from '../helpers/paths.js';
 
 const PROMPTS = ['The quick brown fox', 'A computer is like', 'Q: Why?\nA:'];
 const GREEDY_STEPS = 16;
 
-interface FixturePrompt {
-  prompt: string;
-  input_ids: number[];
-  /** (T, V) logits at every position, or only the last row in `last_logits` */
-  logits?: number[][];
-  last_logits?: number[];
-  /** [layer][position] -> top-k experts */
-  router_topk: number[][][];
-  greedy_ids: number[];
-}
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   assert.equal(a.length, b.length, 'compared arrays differ in length');

@@ -8,19 +8,9 @@ import { MoeModel } from '../../src/engine/moe-model.js';
 import type { Routing } from '../../src/engine/routing.js';
 import { asTokens } from '../../src/tokenizer/token.js';
 import { logitTolerance, testDevices } from '../helpers/devices.js';
+import type { FixturePrompt } from '../helpers/fixtures.js';
 import { FIXTURES_DIR, readJson, TINY_MOE_DIR } from '../helpers/paths.js';
 
-interface FixturePrompt {
-  prompt: string;
-  input_ids: number[];
-  /** (positions, vocab) for the random fixtures */
-  logits?: number[][];
-  /** (vocab) for tiny-moe */
-  last_logits?: number[];
-  /** (layers, positions, top-k) */
-  router_topk: number[][][];
-  greedy_ids: number[];
-}
 
 const GREEDY = { temperature: 0, topP: 1, topK: 0 };
 

@@ -4,6 +4,7 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { promisify } from 'node:util';
+import type { FixturePrompt } from '../helpers/fixtures.js';
 import { CLI_PATH, FIXTURES_DIR, readJson } from '../helpers/paths.js';
 
 const run = promisify(execFile);
@@ -24,9 +25,7 @@ async function cli(...args: string[]): Promise<CliResult> {
   }
 }
 
-const reference = readJson<{ prompts: { prompt: string; input_ids: number[]; greedy_ids: number[]; greedy_text: string }[] }>(
-  join(FIXTURES_DIR, 'tiny-moe-reference.json'),
-);
+const reference = readJson<{ prompts: FixturePrompt[] }>(join(FIXTURES_DIR, 'tiny-moe-reference.json'));
 const first = reference.prompts[0]!;
 
 describe('moe-serve generate', () => {

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { ModelFamily } from '../../src/model/hf-config.js';
 import { FIXTURES_DIR } from '../helpers/paths.js';
 import { HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, hfLayerNames, type MlpNames } from './reference-forward.js';
+import { buildSafetensors } from '../helpers/safetensors-bytes.js';
 
 export type CheckpointDType = 'F32' | 'BF16';
 
@@ -219,28 +220,6 @@ function planTensors(family: ModelFamily, c: Readonly<Record<string, unknown>>):
   return plan;
 }
 
-/** The bytes of a safetensors file: u64 LE header length, JSON header (space-padded to 8 bytes), data. */
-function safetensorsBytes(tensors: readonly { name: string; shape: readonly number[]; data: Uint8Array; dtype: CheckpointDType }[]): Uint8Array {
-  const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
-  let offset = 0;
-  for (const t of tensors) {
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
-    offset += t.data.byteLength;
-  }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (json.length % 8)) % 8);
-  const headerBytes = new TextEncoder().encode(json);
-  const out = new Uint8Array(8 + headerBytes.byteLength + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.byteLength), true);
-  out.set(headerBytes, 8);
-  let at = 8 + headerBytes.byteLength;
-  for (const t of tensors) {
-    out.set(t.data, at);
-    at += t.data.byteLength;
-  }
-  return out;
-}
-
 /** Writes a tiny random checkpoint to a fresh temporary directory; dispose it to delete the directory. */
 export async function makeCheckpoint(options: CheckpointOptions): Promise<TinyCheckpoint> {
   const { family, dtype = 'F32', tieWordEmbeddings = false, seed = 1 } = options;
@@ -273,7 +252,7 @@ export async function makeCheckpoint(options: CheckpointOptions): Promise<TinyCh
   const dir = await mkdtemp(path.join(tmpdir(), `moe-serve-${family}-`));
   try {
     await writeFile(path.join(dir, 'config.json'), JSON.stringify(config, null, 2));
-    await writeFile(path.join(dir, 'model.safetensors'), safetensorsBytes(files));
+    await writeFile(path.join(dir, 'model.safetensors'), buildSafetensors(files));
     const tokenizerDir = path.join(FIXTURES_DIR, 'mixtral');
     for (const file of ['tokenizer.json', 'tokenizer_config.json']) await copyFile(path.join(tokenizerDir, file), path.join(dir, file));
   } catch (err) {

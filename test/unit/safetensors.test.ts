@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { TINY_MOE_DIR } from '../helpers/paths.js';
+import { buildSafetensors, type TensorBytes } from '../helpers/safetensors-bytes.js';
 
 import {
   BadSafetensorsHeaderError,
@@ -21,35 +22,6 @@ import {
   readSafetensorsEntries,
 } from '../../src/model/safetensors.js';
 
-interface TestTensor {
-  name: string;
-  dtype: string;
-  shape: number[];
-  data: Uint8Array;
-}
-
-/** Bytes of a safetensors file holding `tensors` in order; `rawHeader` replaces the JSON (for corrupt files). */
-function buildSafetensors(tensors: readonly TestTensor[], options: { rawHeader?: string; headerLength?: bigint } = {}): Uint8Array {
-  const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
-  let offset = 0;
-  for (const t of tensors) {
-    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
-    offset += t.data.byteLength;
-  }
-  let json = options.rawHeader ?? JSON.stringify(header);
-  json = json.padEnd(Math.ceil(json.length / 8) * 8, ' '); // writers pad the header to 8 bytes
-  const jsonBytes = new TextEncoder().encode(json);
-  const out = new Uint8Array(8 + jsonBytes.byteLength + offset);
-  new DataView(out.buffer).setBigUint64(0, options.headerLength ?? BigInt(jsonBytes.byteLength), true);
-  out.set(jsonBytes, 8);
-  let at = 8 + jsonBytes.byteLength;
-  for (const t of tensors) {
-    out.set(t.data, at);
-    at += t.data.byteLength;
-  }
-  return out;
-}
-
 function f32(values: readonly number[]): Uint8Array {
   return new Uint8Array(Float32Array.from(values).buffer);
 }
@@ -60,7 +32,7 @@ function bf16(values: readonly number[]): Uint8Array {
   return new Uint8Array(Uint16Array.from(bits, (b) => b >>> 16).buffer);
 }
 
-function archiveOf(tensors: readonly TestTensor[], fileLabel = 'test.safetensors'): Promise<SafetensorsArchive> {
+function archiveOf(tensors: readonly TensorBytes[], fileLabel = 'test.safetensors'): Promise<SafetensorsArchive> {
   return SafetensorsArchive.fromSources([{ fileLabel, reader: new BytesRangeReader(buildSafetensors(tensors), fileLabel) }]);
 }
 
@@ -143,7 +115,7 @@ describe('readSafetensorsEntries', () => {
 });
 
 describe('SafetensorsArchive over in-memory bytes', () => {
-  const tensors: TestTensor[] = [
+  const tensors: TensorBytes[] = [
     { name: 'model.layers.0.mlp.experts.0.w1.weight', dtype: 'F32', shape: [2, 2], data: f32([1, -2, 3.5, 0]) },
     { name: 'model.layers.0.mlp.experts.1.w1.weight', dtype: 'BF16', shape: [3], data: bf16([0.5, -1, 256]) },
     { name: 'model.layers.1.mlp.experts.0.w1.weight', dtype: 'F16', shape: [2], data: new Uint8Array(Uint16Array.from([0x3c00, 0xc000]).buffer) },
