@@ -2,7 +2,7 @@
 // block per slot count (built on first use), and the LM head. Weights are inputs, so the session count
 // does not grow with the number of layers.
 import { ATTN, attentionBlockKey, buildAttentionBlock, type AttentionBlockVariant } from '../graphs/attention-block.js';
-import { buildLmHead, LM_HEAD_IO } from '../graphs/lm-head.js';
+import { buildLmHead } from '../graphs/lm-head.js';
 import { buildMoeBlock, MOE } from '../graphs/moe-block.js';
 import type { ModelSpec } from '../model/hf-config.js';
 import type { GraphSession, Runtime } from '../runtime/onnx-runtime.js';
@@ -22,16 +22,15 @@ export class ModelSessions {
     for (const v of variants) {
       const key = attentionBlockKey(v);
       if (attention.has(key)) continue;
+      // Router and lookahead logits are not listed: they always come back to the host for routing in JS.
       const outputs = [ATTN.residual, ATTN.presentKey, ATTN.presentValue, ...(v.mlp === 'sparse' ? [ATTN.moeInput] : [])];
       attention.set(key, await runtime.createSession(`attention_block_${v.mlp}`, buildAttentionBlock(v), outputs));
     }
     const lmHead = await runtime.createSession(
       'lm_head',
       buildLmHead({ hiddenSize: spec.hiddenSize, vocabSize: spec.vocabSize, rmsNormEps: spec.rmsNormEps }),
-      [],
+      [], // logits come back to the host: the sampler runs in JS
     );
-    // Logits always come back to the host: the sampler runs in JS.
-    void LM_HEAD_IO;
     return new ModelSessions(runtime, spec, attention, lmHead);
   }
 

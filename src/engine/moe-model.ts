@@ -1,7 +1,14 @@
 // A loaded model: config -> weights -> sessions -> forward pass, plus its tokenizer.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { ExpertStore } from '../experts/expert-store.js';
+import { HostExpertCache } from '../experts/host-expert-cache.js';
+import { createPolicy, type PolicyName } from '../experts/policies/index.js';
+import { loadRoutingProfile } from '../experts/routing-profile.js';
+import { TraceWriter } from '../experts/trace-writer.js';
 import { loadGenerationDefaults, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
 import { SafetensorsArchive } from '../model/safetensors.js';
+import { ExpertIds } from '../experts/expert-id.js';
 import { Runtime, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { ForwardPass } from './forward.js';
@@ -11,6 +18,23 @@ import { ResidentWeights, type LoadProgress } from './resident-weights.js';
 import { RopeTable } from './rope.js';
 import type { SamplingParams } from './sampler.js';
 
+/** The expert cache: tiers, budget, policy and prefetching. Every field is optional. */
+export interface ExpertCacheOptions {
+  /** Default 'lru'. */
+  readonly policy?: PolicyName;
+  /** Device budget in MiB, or as a fraction of all expert bytes; default: every expert fits. */
+  readonly budgetMb?: number;
+  readonly budgetFraction?: number;
+  /** Following sparse layers whose experts the router lookahead prefetches; default 1, 0 disables. */
+  readonly prefetchDepth?: number;
+  /** Host-memory budget for experts in stored form, MiB; default: keep every expert read. */
+  readonly hostCacheMb?: number;
+  /** Routing profile for 'static' (trace or training_report.json); default: the model's training_report.json. */
+  readonly profilePath?: string;
+  /** Lookahead depth computed even where nothing is prefetched (for traces and recall); default 0. */
+  readonly lookaheadDepth?: number;
+}
+
 export interface ModelLoadOptions {
   readonly device: DeviceKind;
   /** CPU provider threads (0 or absent: chosen from the model's size, see autoCpuThreads). */
@@ -18,6 +42,46 @@ export interface ModelLoadOptions {
   /** Most experts per run of the routed-experts graph (default: 2 x top-k). */
   readonly maxSlotsPerRun?: number;
   readonly onProgress?: LoadProgress;
+  readonly experts?: ExpertCacheOptions;
+}
+
+const MIB = 1024 * 1024;
+
+async function createExpertStore(
+  dir: string,
+  spec: ModelSpec,
+  runtime: Runtime,
+  archive: SafetensorsArchive,
+  o: ExpertCacheOptions,
+  prefetchDepth: number,
+): Promise<ExpertStore> {
+  const policyName = o.policy ?? 'lru';
+  const expertBytes = 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
+  const totalBytes = spec.sparseLayers.filter(Boolean).length * spec.numExperts * expertBytes;
+  let budgetBytes = totalBytes;
+  if (policyName !== 'all') {
+    if (o.budgetMb !== undefined) budgetBytes = Math.floor(o.budgetMb * MIB);
+    else if (o.budgetFraction !== undefined) budgetBytes = Math.floor(o.budgetFraction * totalBytes);
+  }
+  const capacityExperts = Math.floor(budgetBytes / expertBytes);
+  let profile: number[] | undefined;
+  const ids = new ExpertIds(spec.numLayers, spec.numExperts);
+  if (policyName === 'static') {
+    const defaultProfile = join(dir, 'training_report.json');
+    const path = o.profilePath ?? (existsSync(defaultProfile) ? defaultProfile : undefined);
+    if (path !== undefined) profile = await loadRoutingProfile(path, ids);
+  }
+  // static keeps room for the experts one step uses beyond its hot set (they pass through the budget too).
+  const hotCapacity = Math.max(0, capacityExperts - spec.topK);
+  const policy = createPolicy(policyName, { profile, capacityExperts: hotCapacity });
+  const host = new HostExpertCache(archive, spec.family, o.hostCacheMb === undefined ? null : Math.floor(o.hostCacheMb * MIB));
+  const store = new ExpertStore({ spec, runtime, host, policy, budgetBytes, prefetchDepth });
+  if (policyName === 'all') {
+    await store.preload(Array.from({ length: ids.count }, (_, id) => id).filter((id) => spec.sparseLayers[ids.key(id).layer]));
+  } else if (policyName === 'static' && profile) {
+    await store.preload(profile.slice(0, hotCapacity));
+  }
+  return store;
 }
 
 /**
@@ -54,9 +118,11 @@ export class MoeModel implements AsyncDisposable {
     const runtime = await Runtime.create({ device: options.device, cpuThreads: options.cpuThreads || autoCpuThreads(spec) });
     const archive = await SafetensorsArchive.open(dir);
     try {
-      const weights = await ResidentWeights.load(archive, spec, runtime, options.onProgress);
+      const cache = options.experts ?? {};
+      const prefetchDepth = cache.prefetchDepth ?? 1;
+      const weights = await ResidentWeights.load(archive, spec, runtime, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0), options.onProgress);
       const sessions = await ModelSessions.create(runtime, spec, weights.variants);
-      const experts = new ExpertStore(archive, spec, runtime);
+      const experts = await createExpertStore(dir, spec, runtime, archive, cache, prefetchDepth);
       const rope = new RopeTable(spec.ropeTheta, spec.headDim);
       const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK);
       const forward = new ForwardPass({ spec, runtime, weights, experts, sessions, rope, maxSlotsPerRun });
@@ -78,6 +144,18 @@ export class MoeModel implements AsyncDisposable {
     await this.forward.step(kv, [this.spec.bosTokenId ?? 0], 'last');
   }
 
+  /** Starts a routing trace file for this model (`--trace`). */
+  openTrace(path: string): Promise<TraceWriter> {
+    return TraceWriter.open(path, {
+      model: this.dir,
+      num_layers: this.spec.numLayers,
+      num_experts: this.spec.numExperts,
+      top_k: this.spec.topK,
+      expert_bytes: this.experts.expertBytes,
+      sparse_layers: this.spec.sparseLayers.flatMap((sparse, l) => (sparse ? [l] : [])),
+    });
+  }
+
   /** A fresh KV cache for one sequence. */
   newSequence(): SequenceKvCache {
     return new SequenceKvCache(this.runtime, {
@@ -89,7 +167,7 @@ export class MoeModel implements AsyncDisposable {
   }
 
   get residentBytes(): number {
-    return this.weights.residentBytes + this.experts.stats.residentBytes;
+    return this.weights.residentBytes + this.experts.stats().residentBytes;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -24,7 +24,13 @@ export class ResidentWeights implements Disposable {
     private readonly headFeeds: Readonly<Record<string, DeviceTensor>>,
     readonly variants: readonly AttentionBlockVariant[],
     readonly embedding: EmbeddingTable,
+    private readonly lookahead: ReadonlyArray<readonly number[]>,
   ) {}
+
+  /** The sparse layers whose routers layer `layer`'s lookahead logits predict, in output order. */
+  lookaheadTargets(layer: number): readonly number[] {
+    return this.lookahead[layer] ?? [];
+  }
 
   /** Bytes of resident weights in compute form (the embedding table is counted at its stored size). */
   get residentBytes(): number {
@@ -41,8 +47,10 @@ export class ResidentWeights implements Disposable {
     return tensorsOf(this.headFeeds);
   }
 
-  static async load(archive: SafetensorsArchive, spec: ModelSpec, runtime: Runtime, onProgress?: LoadProgress): Promise<ResidentWeights> {
-    const layers = Array.from({ length: spec.numLayers }, (_, l) => layerRequests(archive, spec, l));
+  /** `lookaheadDepth`: how many following sparse layers each sparse layer's router lookahead predicts. */
+  static async load(archive: SafetensorsArchive, spec: ModelSpec, runtime: Runtime, lookaheadDepth: number, onProgress?: LoadProgress): Promise<ResidentWeights> {
+    const lookahead = spec.sparseLayers.map((sparse, l) => (sparse ? nextSparseLayers(spec, l, lookaheadDepth) : []));
+    const layers = Array.from({ length: spec.numLayers }, (_, l) => layerRequests(archive, spec, l, (lookahead[l] ?? []).length));
     const head: TensorRequest[] = [
       { feed: LM_HEAD_IO.norm, name: FINAL_NORM, shape: [spec.hiddenSize] },
       { feed: LM_HEAD_IO.lmHead, name: spec.tieWordEmbeddings ? EMBED_TOKENS : LM_HEAD, shape: [spec.vocabSize, spec.hiddenSize] },
@@ -59,10 +67,18 @@ export class ResidentWeights implements Disposable {
       return feeds;
     };
     const layerFeeds: Record<string, DeviceTensor>[] = [];
-    for (const l of layers) layerFeeds.push(await loadAll(l.requests));
+    for (const [l, layer] of layers.entries()) {
+      const feeds = await loadAll(layer.requests);
+      const targets = lookahead[l] ?? [];
+      if (targets.length > 0) {
+        const rows = await foldedRouters(archive, spec, targets);
+        feeds[ATTN.lookahead] = await runtime.toDevice(runtime.float32(rows, [targets.length * spec.numExperts, spec.hiddenSize]));
+      }
+      layerFeeds.push(feeds);
+    }
     const headFeeds = await loadAll(head);
     const embedding = await EmbeddingTable.load(archive, EMBED_TOKENS, spec.vocabSize, spec.hiddenSize);
-    return new ResidentWeights(layerFeeds, headFeeds, layers.map((l) => l.variant), embedding);
+    return new ResidentWeights(layerFeeds, headFeeds, layers.map((l) => l.variant), embedding, lookahead);
   }
 
   [Symbol.dispose](): void {
@@ -79,7 +95,31 @@ function tensorsOf(feeds: Readonly<Record<string, DeviceTensor>>): Record<string
 }
 
 /** Which tensors a layer needs, and the graph variant that consumes them; optional ones are detected. */
-function layerRequests(archive: SafetensorsArchive, spec: ModelSpec, layer: number): { variant: AttentionBlockVariant; requests: TensorRequest[] } {
+function nextSparseLayers(spec: ModelSpec, layer: number, depth: number): number[] {
+  const out: number[] = [];
+  for (let l = layer + 1; l < spec.numLayers && out.length < depth; l++) if (spec.sparseLayers[l]) out.push(l);
+  return out;
+}
+
+/**
+ * The routers of `targets`, each row multiplied by its layer's post-attention norm weight, so that
+ * (x / rms(x)) @ folded^T equals router(post_attention_norm(x)) for that layer. (targets x E, H)
+ */
+async function foldedRouters(archive: SafetensorsArchive, spec: ModelSpec, targets: readonly number[]): Promise<Float32Array> {
+  const { numExperts: E, hiddenSize: H } = spec;
+  const out = new Float32Array(targets.length * E * H);
+  for (const [i, layer] of targets.entries()) {
+    const n = layerTensorNames(spec.family, layer);
+    const router = await archive.readFloat32(n.router, [E, H]);
+    const norm = await archive.readFloat32(n.postAttentionNorm, [H]);
+    for (let e = 0; e < E; e++) {
+      for (let h = 0; h < H; h++) out[(i * E + e) * H + h] = (router[e * H + h] as number) * (norm[h] as number);
+    }
+  }
+  return out;
+}
+
+function layerRequests(archive: SafetensorsArchive, spec: ModelSpec, layer: number, lookaheadLayers: number): { variant: AttentionBlockVariant; requests: TensorRequest[] } {
   const n = layerTensorNames(spec.family, layer);
   const { hiddenSize: H, numHeads: nH, numKvHeads: nKv, headDim: D } = spec;
   const sparse = spec.sparseLayers[layer] ?? true;
@@ -101,6 +141,7 @@ function layerRequests(archive: SafetensorsArchive, spec: ModelSpec, layer: numb
     sharedExpert,
     numExperts: spec.numExperts,
     intermediateSize,
+    lookaheadRows: lookaheadLayers * spec.numExperts,
   };
   const r: TensorRequest[] = [
     { feed: ATTN.inputNorm, name: n.inputNorm, shape: [H] },

@@ -1,15 +1,20 @@
-// The one place that knows where an expert's weights are: in the safetensors files on disk, in host
-// memory once read, and in compute form on the device. The forward pass asks for experts by key and
-// never sees files or offsets.
+// The one place that knows where an expert's weights are: on disk (safetensors), in host memory (stored
+// dtype), and resident in compute form in the byte-budgeted device cache. The forward pass asks for
+// experts by key and gets a lease; it never sees files, offsets or eviction.
+//
+// The device cache is an lru-cache (maxSize = budget, sizeCalculation = expert bytes, dispose frees the
+// tensors) whose membership is decided by a ResidencySet and its CachePolicy, the same pure code the
+// replay tool simulates. Prefetched experts enter the cache when the prefetch is issued, with their load
+// still in flight; a use that finds one waits for the load (counted as waitMs), not for a new one.
+import { LRUCache } from 'lru-cache';
 import type { ModelSpec } from '../model/hf-config.js';
-import type { SafetensorsArchive } from '../model/safetensors.js';
-import { expertTensorNames } from '../model/tensor-names.js';
+import { toFloat32 } from '../model/dtype.js';
 import type { DeviceTensor, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
-
-export interface ExpertKey {
-  readonly layer: number;
-  readonly expert: number;
-}
+import { ExpertIds, type ExpertId } from './expert-id.js';
+import { addCounters, emptyCounters, ratio, type ExpertCacheStats, type ExpertCounters } from './expert-stats.js';
+import type { HostExpertCache } from './host-expert-cache.js';
+import type { CachePolicy } from './policies/index.js';
+import { ResidencySet } from './residency-set.js';
 
 /** An expert's SwiGLU weights in compute form: gate and up (I, H), down (H, I). */
 export interface ExpertWeights {
@@ -18,87 +23,277 @@ export interface ExpertWeights {
   readonly down: RtTensor;
 }
 
-interface ResidentExpert {
-  readonly gate: DeviceTensor;
-  readonly up: DeviceTensor;
-  readonly down: DeviceTensor;
+/** Experts held for one run of the routed-experts graph; release() when the run is done. */
+export interface ExpertLease {
+  readonly weights: readonly ExpertWeights[];
+  release(): void;
 }
 
-export interface ExpertStoreStats {
-  readonly loads: number;
-  readonly hits: number;
-  readonly bytesReadFromDisk: number;
-  readonly residentBytes: number;
+class ResidentExpert {
+  constructor(
+    readonly gate: DeviceTensor,
+    readonly up: DeviceTensor,
+    readonly down: DeviceTensor,
+  ) {}
+
+  get weights(): ExpertWeights {
+    return { gate: this.gate.tensor, up: this.up.tensor, down: this.down.tensor };
+  }
+
+  dispose(): void {
+    this.gate.dispose();
+    this.up.dispose();
+    this.down.dispose();
+  }
+}
+
+interface CacheEntry {
+  readonly ready: Promise<ResidentExpert>;
+  /** Prefetched and not used yet. */
+  prefetchedUnused: boolean;
+}
+
+export class BudgetTooSmallError extends Error {
+  readonly code = 'expert_budget_too_small';
+
+  constructor(
+    readonly budgetBytes: number,
+    readonly expertBytes: number,
+  ) {
+    super(`expert cache budget of ${budgetBytes} bytes is smaller than one expert (${expertBytes} bytes in compute form); raise --expert-cache-mb or --expert-cache-fraction`);
+    this.name = 'BudgetTooSmallError';
+  }
+}
+
+export interface ExpertStoreOptions {
+  readonly spec: ModelSpec;
+  readonly runtime: Runtime;
+  readonly host: HostExpertCache;
+  readonly policy: CachePolicy;
+  readonly budgetBytes: number;
+  readonly prefetchDepth: number;
 }
 
 export class ExpertStore implements Disposable {
-  private readonly resident = new Map<string, Promise<ResidentExpert>>();
-  private loads = 0;
-  private hits = 0;
-  private residentBytes = 0;
-  private readonly bytesPerExpert: number;
+  readonly ids: ExpertIds;
+  /** Bytes of one expert in compute form (fp32). */
+  readonly expertBytes: number;
+  private readonly residency: ResidencySet;
+  private readonly cache: LRUCache<ExpertId, CacheEntry>;
+  private readonly pins = new Map<ExpertId, number>();
+  private readonly counters: ExpertCounters[];
+  /** Experts the lookahead predicted per layer for the step in progress (for prefetch recall). */
+  private readonly predicted = new Map<number, Set<number>>();
 
-  constructor(
-    private readonly archive: SafetensorsArchive,
-    private readonly spec: ModelSpec,
-    private readonly runtime: Runtime,
-  ) {
-    this.bytesPerExpert = 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
+  constructor(private readonly o: ExpertStoreOptions) {
+    const { spec } = o;
+    this.ids = new ExpertIds(spec.numLayers, spec.numExperts);
+    this.expertBytes = 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
+    if (o.budgetBytes < this.expertBytes) throw new BudgetTooSmallError(o.budgetBytes, this.expertBytes);
+    this.residency = new ResidencySet(o.budgetBytes, o.policy);
+    this.cache = new LRUCache<ExpertId, CacheEntry>({
+      maxSize: o.budgetBytes,
+      sizeCalculation: () => this.expertBytes,
+      dispose: (entry) => this.free(entry),
+    });
+    this.counters = Array.from({ length: spec.numLayers }, emptyCounters);
   }
 
-  /** Bytes one expert occupies in compute form (fp32). */
-  get expertBytes(): number {
-    return this.bytesPerExpert;
+  get prefetchDepth(): number {
+    return this.o.prefetchDepth;
   }
 
-  get stats(): ExpertStoreStats {
-    return { loads: this.loads, hits: this.hits, bytesReadFromDisk: this.archive.bytesRead, residentBytes: this.residentBytes };
+  /** Bytes of every routed expert of the model in compute form. */
+  get totalExpertBytes(): number {
+    return this.o.spec.sparseLayers.filter(Boolean).length * this.o.spec.numExperts * this.expertBytes;
   }
 
-  async get(key: ExpertKey): Promise<ExpertWeights> {
-    const id = `${key.layer}:${key.expert}`;
-    let pending = this.resident.get(id);
-    if (pending) {
-      this.hits++;
-    } else {
-      this.loads++;
-      pending = this.load(key);
-      this.resident.set(id, pending);
-      pending.catch(() => this.resident.delete(id));
+  /** Most experts one run may hold at once while staying inside the budget. */
+  get maxExpertsInUse(): number {
+    return Math.floor(this.o.budgetBytes / this.expertBytes);
+  }
+
+  /**
+   * Holds the given experts of `layer` for one run: hits are pinned, misses loaded (through the host
+   * tier) and pinned. `experts` must not exceed maxExpertsInUse.
+   */
+  async acquire(layer: number, experts: readonly number[]): Promise<ExpertLease> {
+    const c = this.layerCounters(layer);
+    const ids = experts.map((expert) => this.ids.id({ layer, expert }));
+    const busy = new Set<ExpertId>([...this.pins.keys(), ...ids]);
+    this.countRecall(layer, experts, c);
+    const transient: ExpertId[] = [];
+    const entries: CacheEntry[] = [];
+    for (const id of ids) {
+      c.accesses++;
+      const r = this.residency.demand(id, this.expertBytes, busy);
+      this.evict(r.evicted);
+      let entry = this.cache.get(id);
+      if (r.hit && entry) {
+        c.hits++;
+        if (entry.prefetchedUnused) {
+          entry.prefetchedUnused = false;
+          c.prefetchUsed++;
+        }
+      } else {
+        c.misses++;
+        entry = this.startLoad(id, false);
+        if (r.transient) transient.push(id);
+      }
+      this.pins.set(id, (this.pins.get(id) ?? 0) + 1);
+      entries.push(entry);
     }
-    const w = await pending;
-    return { gate: w.gate.tensor, up: w.up.tensor, down: w.down.tensor };
-  }
-
-  private async load(key: ExpertKey): Promise<ResidentExpert> {
-    const { hiddenSize: H, expertIntermediateSize: I, numExperts } = this.spec;
-    if (key.expert < 0 || key.expert >= numExperts || key.layer < 0 || key.layer >= this.spec.numLayers) {
-      throw new RangeError(`no expert ${key.expert} in layer ${key.layer}`);
+    const t0 = performance.now();
+    let resident: ResidentExpert[];
+    try {
+      resident = await Promise.all(entries.map((e) => e.ready));
+    } catch (err) {
+      this.unpin(ids, transient);
+      throw err;
+    } finally {
+      c.waitMs += performance.now() - t0;
     }
-    const names = expertTensorNames(this.spec.family, key.layer, key.expert);
-    const [gate, up, down] = await Promise.all([
-      this.archive.readFloat32(names.gate, [I, H]),
-      this.archive.readFloat32(names.up, [I, H]),
-      this.archive.readFloat32(names.down, [H, I]),
-    ]);
-    const expert = {
-      gate: await this.runtime.toDevice(this.runtime.float32(gate, [I, H])),
-      up: await this.runtime.toDevice(this.runtime.float32(up, [I, H])),
-      down: await this.runtime.toDevice(this.runtime.float32(down, [H, I])),
+    let released = false;
+    return {
+      weights: resident.map((e) => e.weights),
+      release: () => {
+        if (released) throw new Error('expert lease released twice');
+        released = true;
+        this.unpin(ids, transient);
+      },
     };
-    this.residentBytes += this.bytesPerExpert;
-    return expert;
+  }
+
+  /** Starts loading experts the router lookahead predicts for `layer`, if the policy keeps them. */
+  prefetch(layer: number, experts: readonly number[]): void {
+    this.recordPrediction(layer, experts);
+    const c = this.layerCounters(layer);
+    const busy = new Set(this.pins.keys());
+    for (const expert of experts) {
+      const id = this.ids.id({ layer, expert });
+      const r = this.residency.prefetch(id, this.expertBytes, busy);
+      this.evict(r.evicted);
+      if (!r.kept) continue;
+      c.prefetchIssued++;
+      this.startLoad(id, true);
+    }
+  }
+
+  /** Records lookahead predictions for recall without loading anything (prefetch depth 0 with tracing). */
+  recordPrediction(layer: number, experts: readonly number[]): void {
+    let set = this.predicted.get(layer);
+    if (!set) this.predicted.set(layer, (set = new Set()));
+    for (const e of experts) set.add(e);
+  }
+
+  /** Loads experts until the budget is full, in the given order (for 'all' and 'static'). */
+  async preload(ids: readonly ExpertId[], onProgress?: (done: number, total: number) => void): Promise<void> {
+    const wanted = ids.slice(0, this.maxExpertsInUse);
+    let done = 0;
+    for (const id of wanted) {
+      const r = this.residency.prefetch(id, this.expertBytes, new Set());
+      this.evict(r.evicted);
+      if (r.kept) await this.startLoad(id, false).ready;
+      onProgress?.(++done, wanted.length);
+    }
+  }
+
+  stats(): ExpertCacheStats {
+    const residentPerLayer = new Array<number>(this.o.spec.numLayers).fill(0);
+    for (const id of this.residency.ids()) residentPerLayer[this.ids.key(id).layer]! += 1;
+    const total = emptyCounters();
+    const layers = this.counters.map((c, layer) => {
+      addCounters(total, c);
+      const n = residentPerLayer[layer] ?? 0;
+      return { ...c, layer, residentExperts: n, residentBytes: n * this.expertBytes, hitRatio: ratio(c.hits, c.accesses) };
+    });
+    return {
+      policy: this.o.policy.name,
+      prefetchDepth: this.o.prefetchDepth,
+      budgetBytes: this.o.budgetBytes,
+      expertBytes: this.expertBytes,
+      totalExpertBytes: this.totalExpertBytes,
+      residentBytes: this.residency.residentBytes,
+      hostResidentBytes: this.o.host.residentBytes,
+      overBudget: this.residency.overBudget,
+      total: { ...total, hitRatio: ratio(total.hits, total.accesses), prefetchRecall: ratio(total.predictedAndUsed, total.usedWithLookahead) },
+      layers,
+    };
+  }
+
+  private layerCounters(layer: number): ExpertCounters {
+    const c = this.counters[layer];
+    if (!c) throw new RangeError(`no layer ${layer}`);
+    return c;
+  }
+
+  private countRecall(layer: number, experts: readonly number[], c: ExpertCounters): void {
+    const predicted = this.predicted.get(layer);
+    if (!predicted) return;
+    this.predicted.delete(layer);
+    c.usedWithLookahead += experts.length;
+    for (const e of experts) if (predicted.has(e)) c.predictedAndUsed++;
+  }
+
+  private startLoad(id: ExpertId, prefetched: boolean): CacheEntry {
+    const entry: CacheEntry = { ready: this.load(id), prefetchedUnused: prefetched };
+    this.cache.set(id, entry);
+    // A failed load leaves the cache so that the next use retries it; the error reaches that use.
+    entry.ready.catch(() => {
+      if (this.cache.peek(id) === entry) {
+        this.residency.remove(id);
+        this.cache.delete(id);
+      }
+    });
+    return entry;
+  }
+
+  private async load(id: ExpertId): Promise<ResidentExpert> {
+    const key = this.ids.key(id);
+    const c = this.layerCounters(key.layer);
+    const { runtime, spec } = this.o;
+    const H = spec.hiddenSize;
+    const I = spec.expertIntermediateSize;
+    const stored = await this.o.host.get(key, (bytes) => (c.bytesFromDisk += bytes));
+    const upload = (raw: Uint8Array, dims: number[]) => runtime.toDevice(runtime.float32(toFloat32(raw, stored.dtype), dims));
+    const gate = await upload(stored.gate, [I, H]);
+    const up = await upload(stored.up, [I, H]);
+    const down = await upload(stored.down, [H, I]);
+    c.bytesToDevice += this.expertBytes;
+    return new ResidentExpert(gate, up, down);
+  }
+
+  private evict(ids: readonly ExpertId[]): void {
+    for (const id of ids) {
+      const entry = this.cache.peek(id);
+      if (entry?.prefetchedUnused) this.layerCounters(this.ids.key(id).layer).prefetchWasted++;
+      this.layerCounters(this.ids.key(id).layer).evictions++;
+      this.cache.delete(id);
+    }
+  }
+
+  private unpin(ids: readonly ExpertId[], transient: readonly ExpertId[]): void {
+    for (const id of ids) {
+      const n = (this.pins.get(id) ?? 0) - 1;
+      if (n > 0) this.pins.set(id, n);
+      else this.pins.delete(id);
+    }
+    for (const id of transient) {
+      if (this.pins.has(id)) continue;
+      this.residency.remove(id);
+      this.cache.delete(id);
+    }
+  }
+
+  /** Frees an entry's tensors once its load settles (it may still be in flight when evicted). */
+  private free(entry: CacheEntry): void {
+    entry.ready.then(
+      (e) => e.dispose(),
+      () => undefined,
+    );
   }
 
   [Symbol.dispose](): void {
-    for (const pending of this.resident.values()) {
-      void pending.then((e) => {
-        e.gate.dispose();
-        e.up.dispose();
-        e.down.dispose();
-      });
-    }
-    this.resident.clear();
-    this.residentBytes = 0;
+    this.cache.clear();
   }
 }

@@ -21,6 +21,11 @@ export interface AttentionBlockVariant {
   readonly sharedExpert: boolean;
   readonly numExperts: number;
   readonly intermediateSize: number;
+  /**
+   * Router lookahead: rows of the next sparse layers' routers (folded with their post-attention norm
+   * weights) applied to this layer's normalized residual; 0 = none.
+   */
+  readonly lookaheadRows: number;
 }
 
 /** Names of the graph's inputs and outputs; the forward pass feeds and fetches by these. */
@@ -49,10 +54,12 @@ export const ATTN = {
   mlpUp: 'w_mlp_up',
   mlpDown: 'w_mlp_down',
   sharedGate: 'w_shared_expert_gate',
+  lookahead: 'w_lookahead',
   // outputs
   residual: 'residual',
   moeInput: 'moe_input',
   routerLogits: 'router_logits',
+  lookaheadLogits: 'lookahead_logits',
   presentKey: 'present_key',
   presentValue: 'present_value',
 } as const;
@@ -137,6 +144,13 @@ export function buildAttentionBlock(v: AttentionBlockVariant): Uint8Array {
     const router = g.input(ATTN.router, 'float32', [v.numExperts, H]);
     g.output(linear(g, mlpIn, router), ATTN.routerLogits, 'float32', [T, v.numExperts]);
     g.output(mlpIn, ATTN.moeInput, 'float32', [T, H]);
+    if (v.lookaheadRows > 0) {
+      // A later layer normalizes its own residual with its own norm weight (folded into w_lookahead), so
+      // the prediction uses this residual normalized without a weight.
+      const unitNorm = rmsNorm(g, residual, g.constFloat(new Array<number>(H).fill(1), [H]), v.rmsNormEps);
+      const lookahead = g.input(ATTN.lookahead, 'float32', [v.lookaheadRows, H]);
+      g.output(linear(g, unitNorm, lookahead), ATTN.lookaheadLogits, 'float32', [T, v.lookaheadRows]);
+    }
     if (v.sharedExpert) {
       // Qwen2-MoE: shared_expert(x) * sigmoid(shared_expert_gate(x)), added to the routed experts' sum.
       const shared = swiGlu(

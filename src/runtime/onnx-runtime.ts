@@ -36,10 +36,17 @@ function disposeGpu(t: RtTensor): void {
  * rather than deep inside onnxruntime.
  */
 export class DeviceTensor {
+  private static live = 0;
   private value: RtTensor | null;
 
   constructor(tensor: RtTensor, readonly bytes: number) {
     this.value = tensor;
+    DeviceTensor.live++;
+  }
+
+  /** DeviceTensors not yet disposed, process-wide: tests check that evicted experts are really freed. */
+  static get liveCount(): number {
+    return DeviceTensor.live;
   }
 
   get tensor(): RtTensor {
@@ -55,6 +62,7 @@ export class DeviceTensor {
     if (this.value === null) throw new Error('DeviceTensor disposed twice');
     if (this.value.location === 'gpu-buffer') disposeGpu(this.value);
     this.value = null;
+    DeviceTensor.live--;
   }
 
   [Symbol.dispose](): void {

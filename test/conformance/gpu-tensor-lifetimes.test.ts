@@ -17,7 +17,8 @@ for (const device of testDevices().filter((d) => d !== 'cpu')) {
       const before = liveGpuTensorCount();
       const model = await MoeModel.load(TINY_MOE_DIR, { device });
       const afterLoad = liveGpuTensorCount();
-      const loadsAfterLoad = model.experts.stats.loads;
+      const loaded = () => model.experts.stats().total.bytesToDevice / model.experts.expertBytes;
+      const loadsAfterLoad = loaded();
       assert.ok(afterLoad > before, 'resident weights live on the GPU');
       for (const prompt of ['The Python interpreter', 'import os\n']) {
         const stream = generate(model, { promptIds: model.tokenizer.encode(prompt), maxTokens: 12, sampling: { temperature: 0, topP: 1, topK: 0 } });
@@ -25,7 +26,7 @@ for (const device of testDevices().filter((d) => d !== 'cpu')) {
           assert.ok(liveGpuTensorCount() >= afterLoad, 'a tensor was disposed twice');
         }
       }
-      const newExperts = model.experts.stats.loads - loadsAfterLoad;
+      const newExperts = loaded() - loadsAfterLoad;
       assert.equal(liveGpuTensorCount(), afterLoad + TENSORS_PER_EXPERT * newExperts, 'transient tensors of the forward pass or KV cache leaked');
       await model[Symbol.asyncDispose]();
       assert.equal(liveGpuTensorCount(), before, 'unloading the model freed every GPU tensor');

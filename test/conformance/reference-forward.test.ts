@@ -96,7 +96,7 @@ async function runEngine(model: MoeModel, ids: readonly number[]): Promise<{ log
   const routes: (number[][] | null)[] = model.spec.sparseLayers.map(() => null);
   using kv = model.newSequence();
   const logits = await model.forward.step(kv, ids, 'all', {
-    onRouting: (layer, r) => {
+    onRouting: ({ layer, routing: r }) => {
       routes[layer] = Array.from({ length: r.tokens }, (_, t) => [...r.experts.subarray(t * r.topK, (t + 1) * r.topK)]);
     },
   });

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { generate } from '../../src/engine/generate.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
-import type { Routing } from '../../src/engine/routing.js';
+import type { RoutingEvent } from '../../src/engine/forward.js';
 import { asTokens } from '../../src/tokenizer/token.js';
 import { logitTolerance, testDevices } from '../helpers/devices.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
@@ -18,7 +18,7 @@ const GREEDY = { temperature: 0, topP: 1, topK: 0 };
 async function prefill(model: MoeModel, ids: number[]): Promise<{ logits: Float32Array; topk: string[][] }> {
   const topk: string[][] = [];
   const observer = {
-    onRouting(layer: number, r: Routing) {
+    onRouting({ layer, routing: r }: RoutingEvent) {
       topk[layer] = Array.from({ length: r.tokens }, (_, t) => [...r.experts.subarray(t * r.topK, (t + 1) * r.topK)].sort((a, b) => a - b).join(','));
     },
   };

@@ -1,0 +1,68 @@
+// Expert-cache counters, per layer and in total.
+
+export interface ExpertCounters {
+  /** Expert uses by the forward pass. */
+  accesses: number;
+  hits: number;
+  misses: number;
+  prefetchIssued: number;
+  /** Prefetched experts that were used before being evicted. */
+  prefetchUsed: number;
+  /** Prefetched experts evicted without being used. */
+  prefetchWasted: number;
+  evictions: number;
+  bytesFromDisk: number;
+  /** Bytes turned into compute form (uploaded on GPU providers, converted to fp32 on the CPU). */
+  bytesToDevice: number;
+  /** Time the forward pass waited for expert loads. */
+  waitMs: number;
+  /** Experts used that the router lookahead had predicted, and experts used while lookahead ran. */
+  predictedAndUsed: number;
+  usedWithLookahead: number;
+}
+
+export function emptyCounters(): ExpertCounters {
+  return {
+    accesses: 0,
+    hits: 0,
+    misses: 0,
+    prefetchIssued: 0,
+    prefetchUsed: 0,
+    prefetchWasted: 0,
+    evictions: 0,
+    bytesFromDisk: 0,
+    bytesToDevice: 0,
+    waitMs: 0,
+    predictedAndUsed: 0,
+    usedWithLookahead: 0,
+  };
+}
+
+export interface LayerStats extends ExpertCounters {
+  readonly layer: number;
+  readonly residentBytes: number;
+  readonly residentExperts: number;
+  readonly hitRatio: number | null;
+}
+
+export interface ExpertCacheStats {
+  readonly policy: string;
+  readonly prefetchDepth: number;
+  readonly budgetBytes: number;
+  readonly expertBytes: number;
+  readonly totalExpertBytes: number;
+  readonly residentBytes: number;
+  readonly hostResidentBytes: number;
+  /** Times a use could not fit in the budget even after evicting every expert not in use (should be 0). */
+  readonly overBudget: number;
+  readonly total: ExpertCounters & { readonly hitRatio: number | null; readonly prefetchRecall: number | null };
+  readonly layers: readonly LayerStats[];
+}
+
+export function addCounters(into: ExpertCounters, c: ExpertCounters): void {
+  for (const k of Object.keys(into) as (keyof ExpertCounters)[]) into[k] += c[k];
+}
+
+export function ratio(n: number, d: number): number | null {
+  return d === 0 ? null : n / d;
+}

@@ -1,0 +1,33 @@
+// An expert-cache policy decides what stays resident. It is pure bookkeeping (no tensors, no I/O), so the
+// server's device cache and the replay tool's simulator run the very same code.
+//
+// To add a policy: write one file in this folder exporting a class that implements CachePolicy, and add
+// it to POLICY_FACTORIES in ./index.ts.
+import type { ExpertId } from '../expert-id.js';
+
+export interface CachePolicy {
+  readonly name: string;
+  /** Every use of an expert, resident or not, in the order the forward pass makes them. */
+  onAccess(id: ExpertId): void;
+  /** `id` became resident (after a miss or a prefetch). */
+  onInsert(id: ExpertId): void;
+  /** `id` stopped being resident. */
+  onEvict(id: ExpertId): void;
+  /** Whether an expert just loaded should stay resident after its use ('none' keeps nothing). */
+  admit(id: ExpertId): boolean;
+  /**
+   * The resident expert to evict to make room, chosen among `candidates` (resident and not in use);
+   * undefined when the policy would rather not keep the newcomer than evict any of them.
+   */
+  victim(candidates: ReadonlySet<ExpertId>, incoming: ExpertId): ExpertId | undefined;
+}
+
+export interface PolicyOptions {
+  /**
+   * Experts ordered from most to least used (a routing profile), for 'static'; the prefix that fits the
+   * budget is its hot set.
+   */
+  readonly profile?: readonly ExpertId[];
+  /** How many experts fit the budget. */
+  readonly capacityExperts: number;
+}
