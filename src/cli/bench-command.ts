@@ -4,12 +4,18 @@ import { z } from 'zod';
 import { generate } from '../engine/generate.js';
 import { MoeModel } from '../engine/moe-model.js';
 import { UsageError } from './cli-error.js';
-import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, parseFlag } from './model-options.js';
+import { benchOffload } from './bench-offload.js';
+import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag } from './model-options.js';
 
-export const BENCH_HELP = `Usage: moe-serve bench decode [options]
+export const BENCH_HELP = `Usage: moe-serve bench decode|offload [options]
 
 decode: batch-1 prompt and decode tokens/s. Greedy, end-of-sequence ignored so every run decodes
 the same number of tokens; one warm-up run, then --runs measured runs per prompt.
+
+offload: the expert cache at a budget (--budget, default 25% of expert bytes): decode tokens/s, hit
+ratio, prefetch recall and waste for lru, lfu and static with prefetch off and on, and the 'none' and
+'all' bounds; Belady's offline optimum at the same budget from the routing trace of the run.
+  --budget F         budget as a fraction of all expert bytes (default 0.25)
 
   --tokens N         tokens to generate per run (default 128)
   --runs N           measured runs per prompt (default 3)
@@ -43,6 +49,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       threads: { type: 'string', default: '0' },
       tokens: { type: 'string', default: '128' },
       runs: { type: 'string', default: '3' },
+      budget: { type: 'string', default: '0.25' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     allowPositionals: true,
@@ -53,7 +60,13 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
     return;
   }
   const suite = positionals[0];
-  if (suite !== 'decode') throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode)`);
+  if (suite === 'offload') {
+    const opts = modelOptions(values);
+    const budget = parseFlag('budget', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values.budget);
+    await benchOffload(opts.modelDir, opts.device, opts.cpuThreads, budget, parseFlag('tokens', intFlag(1), values.tokens));
+    return;
+  }
+  if (suite !== 'decode') throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload)`);
   const tokens = parseFlag('tokens', intFlag(1), values.tokens);
   const runs = parseFlag('runs', intFlag(1), values.runs);
   const threadList = parseFlag('threads', z.array(intFlag(0)).min(1), values.threads.split(','));

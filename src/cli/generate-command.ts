@@ -18,6 +18,8 @@ Generates a continuation of TEXT and streams it to stdout, then prints prompt an
   --seed N             makes sampling repeatable
   --stop TEXT          stop before TEXT; repeatable
   --json               print one JSON object {prompt_ids, completion_ids, text, finish_reason} instead
+  --trace FILE         write the routing trace (JSON Lines: experts per token and layer, lookahead)
+  --stats              print the expert cache statistics as JSON to stderr at the end
 ${MODEL_OPTIONS_HELP}
 `;
 
@@ -34,6 +36,8 @@ export async function generateCommand(argv: readonly string[]): Promise<void> {
       seed: { type: 'string' },
       stop: { type: 'string', multiple: true, default: [] },
       json: { type: 'boolean', default: false },
+      trace: { type: 'string' },
+      stats: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -52,14 +56,17 @@ export async function generateCommand(argv: readonly string[]): Promise<void> {
   const topP = optional('top-p', numberFlag(0, 1).refine((p) => p > 0, 'must be greater than 0'), values['top-p']);
   const topK = optional('top-k', intFlag(0), values['top-k']);
 
-  await using model = await MoeModel.load(opts.modelDir, { device: opts.device, cpuThreads: opts.cpuThreads });
+  // A trace records two layers of lookahead even when nothing is prefetched, for the replay tool.
+  const experts = values.trace === undefined ? opts.experts : { ...opts.experts, lookaheadDepth: 2 };
+  await using model = await MoeModel.load(opts.modelDir, { device: opts.device, cpuThreads: opts.cpuThreads, experts });
+  await using trace = values.trace === undefined ? null : await model.openTrace(values.trace);
   const sampling = {
     temperature: temperature ?? model.samplingDefaults.temperature,
     topP: topP ?? model.samplingDefaults.topP,
     topK: topK ?? model.samplingDefaults.topK,
   };
   const promptIds = model.tokenizer.encode(prompt);
-  const stream = generate(model, { promptIds, maxTokens, sampling, seed, stop: values.stop });
+  const stream = generate(model, { promptIds, maxTokens, sampling, seed, stop: values.stop, observer: trace?.request() });
   let step = await stream.next();
   while (!step.done) {
     if (!values.json) process.stdout.write(step.value.text);
@@ -67,6 +74,7 @@ export async function generateCommand(argv: readonly string[]): Promise<void> {
   }
   const result = step.value;
   process.stdout.write(values.json ? `${JSON.stringify(toJson(result))}\n` : `\n${speedLine(result)}\n`);
+  if (values.stats) process.stderr.write(`${JSON.stringify(model.experts.stats(), null, 2)}\n`);
 }
 
 function toJson(r: GenerateResult) {

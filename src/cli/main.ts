@@ -3,17 +3,20 @@
 import { benchCommand, BENCH_HELP } from './bench-command.js';
 import { UsageError } from './cli-error.js';
 import { generateCommand, GENERATE_HELP } from './generate-command.js';
+import { replayCommand, REPLAY_HELP } from './replay-command.js';
 
 const USAGE = `Usage: moe-serve <command> [options]
 
 Commands:
   generate   generate text from a prompt (moe-serve generate --help)
   bench      measure speed (moe-serve bench --help)
+  replay     replay a routing trace against expert-cache policies and budgets (moe-serve replay --help)
 `;
 
 const commands: Record<string, { run: (argv: readonly string[]) => Promise<void>; help: string }> = {
   generate: { run: generateCommand, help: GENERATE_HELP },
   bench: { run: benchCommand, help: BENCH_HELP },
+  replay: { run: replayCommand, help: REPLAY_HELP },
 };
 
 async function main(argv: readonly string[]): Promise<number> {

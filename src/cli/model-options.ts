@@ -1,6 +1,8 @@
 // Options shared by every command that loads a model, validated with zod.
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import type { ExpertCacheOptions } from '../engine/moe-model.js';
+import { POLICY_NAMES } from '../experts/policies/index.js';
 import { DEVICE_KINDS, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { UsageError } from './cli-error.js';
 
@@ -11,17 +13,35 @@ export const MODEL_OPTIONS = {
   model: { type: 'string' },
   device: { type: 'string', default: 'cpu' },
   threads: { type: 'string', default: '0' },
+  'expert-cache-mb': { type: 'string' },
+  'expert-cache-fraction': { type: 'string' },
+  'expert-policy': { type: 'string', default: 'lru' },
+  'prefetch-depth': { type: 'string', default: '1' },
+  'host-cache-mb': { type: 'string' },
+  'expert-profile': { type: 'string' },
 } as const;
 
 export const MODEL_OPTIONS_HELP = `  --model DIR        Hugging Face model directory (default: the embedded tiny-moe)
   --device NAME      execution provider: ${DEVICE_KINDS.join(' | ')} (default cpu)
-  --threads N        CPU provider threads; 0 = automatic: 1 for small models, else one per core (default 0)`;
+  --threads N        CPU provider threads; 0 = automatic: 1 for small models, else one per core (default 0)
+
+Expert cache:
+  --expert-cache-mb N          device budget for routed experts, MiB (default: all experts fit)
+  --expert-cache-fraction F    the same as a fraction of all expert bytes, 0 < F <= 1
+  --expert-policy NAME         ${POLICY_NAMES.join(' | ')} (default lru)
+  --prefetch-depth N           router lookahead over the next N sparse layers, 0 = off (default 1)
+  --host-cache-mb N            host-memory budget for experts in stored form (default: keep all read)
+  --expert-profile FILE        routing profile for 'static': a --trace file or training_report.json
+                               (default: the model's training_report.json)`;
 
 export interface ModelOptions {
   readonly modelDir: string;
   readonly device: DeviceKind;
   readonly cpuThreads: number;
+  readonly experts: ExpertCacheOptions;
 }
+
+type ModelFlagValues = { [K in keyof typeof MODEL_OPTIONS]?: string | undefined };
 
 /** Parses a flag's string value with a zod schema, naming the flag when it is wrong. */
 export function parseFlag<T>(flag: string, schema: z.ZodType<T>, value: unknown): T {
@@ -33,10 +53,27 @@ export function parseFlag<T>(flag: string, schema: z.ZodType<T>, value: unknown)
 export const intFlag = (min: number) => z.coerce.number().int().min(min);
 export const numberFlag = (min: number, max: number) => z.coerce.number().min(min).max(max);
 
-export function modelOptions(values: { model?: string | undefined; device?: string | undefined; threads?: string | undefined }): ModelOptions {
+function optionalFlag<T>(flag: string, schema: z.ZodType<T>, value: string | undefined): T | undefined {
+  return value === undefined ? undefined : parseFlag(flag, schema, value);
+}
+
+const positiveMb = z.coerce.number().positive();
+
+export function modelOptions(values: ModelFlagValues): ModelOptions {
+  if (values['expert-cache-mb'] !== undefined && values['expert-cache-fraction'] !== undefined) {
+    throw new UsageError('give --expert-cache-mb or --expert-cache-fraction, not both');
+  }
   return {
     modelDir: values.model ?? DEFAULT_MODEL_DIR,
     device: parseFlag('device', z.enum(DEVICE_KINDS as [DeviceKind, ...DeviceKind[]], { message: `expected one of ${DEVICE_KINDS.join(', ')}` }), values.device),
     cpuThreads: parseFlag('threads', intFlag(0), values.threads ?? '0'),
+    experts: {
+      policy: parseFlag('expert-policy', z.enum(POLICY_NAMES, { message: `expected one of ${POLICY_NAMES.join(', ')}` }), values['expert-policy'] ?? 'lru'),
+      budgetMb: optionalFlag('expert-cache-mb', positiveMb, values['expert-cache-mb']),
+      budgetFraction: optionalFlag('expert-cache-fraction', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values['expert-cache-fraction']),
+      prefetchDepth: parseFlag('prefetch-depth', intFlag(0).max(8), values['prefetch-depth'] ?? '1'),
+      hostCacheMb: optionalFlag('host-cache-mb', positiveMb, values['host-cache-mb']),
+      profilePath: values['expert-profile'],
+    },
   };
 }

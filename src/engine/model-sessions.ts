@@ -34,9 +34,16 @@ export class ModelSessions {
     return new ModelSessions(runtime, spec, attention, lmHead);
   }
 
+  private readonly byVariant = new WeakMap<AttentionBlockVariant, GraphSession>();
+
+  /** The attention session for a layer's variant (found by identity after the first lookup: this is per layer per step). */
   attentionFor(variant: AttentionBlockVariant): GraphSession {
-    const s = this.attention.get(attentionBlockKey(variant));
-    if (!s) throw new Error('no attention session for this layer variant');
+    let s = this.byVariant.get(variant);
+    if (!s) {
+      s = this.attention.get(attentionBlockKey(variant));
+      if (!s) throw new Error('no attention session for this layer variant');
+      this.byVariant.set(variant, s);
+    }
     return s;
   }
 

@@ -6,9 +6,9 @@
 // removes after the use. So resident bytes include everything the device holds for experts.
 //
 // How a user of this class (the device cache, the replay simulator) processes one layer of one step:
-//   for each expert id used by the layer, ascending:  r = demand(id, bytes, busy = all ids used by the layer)
+//   for each expert id used by the layer, ascending:  r = demand(id, bytes, busy = all ids in use)
+//   while they are held:                               prefetch(id, bytes, busy) for each predicted id
 //   after the layer's use:                             remove(id) for every r.transient
-//   then for each predicted id of later layers:        prefetch(id, bytes, busy = same set)
 import type { ExpertId } from './expert-id.js';
 import type { CachePolicy } from './policies/index.js';
 
@@ -58,7 +58,7 @@ export class ResidencySet {
     this.policy.onAccess(id);
     if (this.resident.has(id)) return { hit: true, transient: false, evicted: [] };
     const admitted = this.policy.admit(id);
-    // The use must happen: when the policy declines every victim, fall back to any expert not in use.
+    // The use must happen, so room is made even where the policy would rather not keep the newcomer.
     const evicted = this.makeRoom(id, bytes, busy, true) ?? [];
     if (this.usedBytes + bytes > this.capacityBytes) this.overBudgetCount++;
     this.add(id, bytes, admitted);
@@ -95,10 +95,10 @@ export class ResidencySet {
     const evicted: ExpertId[] = [];
     let freed = 0;
     while (this.usedBytes - freed + bytes > this.capacityBytes && candidates.size > 0) {
-      let v = this.policy.victim(candidates, incoming);
+      let v = this.policy.victim(candidates, incoming, force);
       if (v === undefined || !candidates.has(v)) {
         if (!force) return undefined;
-        v = candidates.values().next().value as ExpertId;
+        v = candidates.values().next().value as ExpertId; // a policy that names no victim when forced
       }
       candidates.delete(v);
       evicted.push(v);

@@ -16,10 +16,11 @@ export interface CachePolicy {
   /** Whether an expert just loaded should stay resident after its use ('none' keeps nothing). */
   admit(id: ExpertId): boolean;
   /**
-   * The resident expert to evict to make room, chosen among `candidates` (resident and not in use);
-   * undefined when the policy would rather not keep the newcomer than evict any of them.
+   * The resident expert to evict to make room for `incoming`, chosen among `candidates` (resident and
+   * not in use). Undefined when the policy would rather not keep the newcomer than evict any of them;
+   * when `forced` (the newcomer is needed now and must fit), the best victim regardless.
    */
-  victim(candidates: ReadonlySet<ExpertId>, incoming: ExpertId): ExpertId | undefined;
+  victim(candidates: ReadonlySet<ExpertId>, incoming: ExpertId, forced: boolean): ExpertId | undefined;
 }
 
 export interface PolicyOptions {

@@ -24,7 +24,7 @@ export class LfuPolicy implements CachePolicy {
     return true;
   }
 
-  victim(candidates: ReadonlySet<ExpertId>, incoming: ExpertId): ExpertId | undefined {
+  victim(candidates: ReadonlySet<ExpertId>, incoming: ExpertId, forced: boolean): ExpertId | undefined {
     let best: ExpertId | undefined;
     let bestUses = Infinity;
     let bestLast = Infinity;
@@ -38,7 +38,7 @@ export class LfuPolicy implements CachePolicy {
       }
     }
     // Keep the resident set if the newcomer is used less than every candidate.
-    if (best !== undefined && (this.uses.get(incoming) ?? 0) < bestUses) return undefined;
+    if (!forced && best !== undefined && (this.uses.get(incoming) ?? 0) < bestUses) return undefined;
     return best;
   }
 }

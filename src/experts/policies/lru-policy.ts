@@ -11,8 +11,10 @@ export class LruPolicy implements CachePolicy {
     this.recency.set(id, true);
   }
 
+  /** A prefetched expert is about to be used: it enters as the most recent, not where its last use left it. */
   onInsert(id: ExpertId): void {
-    if (!this.recency.has(id)) this.recency.set(id, true);
+    this.recency.delete(id);
+    this.recency.set(id, true);
   }
 
   onEvict(): void {}

@@ -23,8 +23,12 @@ export class StaticPolicy implements CachePolicy {
     return this.hotSet.has(id);
   }
 
-  victim(candidates: ReadonlySet<ExpertId>): ExpertId | undefined {
+  victim(candidates: ReadonlySet<ExpertId>, _incoming: ExpertId, forced: boolean): ExpertId | undefined {
     for (const id of candidates) if (!this.hotSet.has(id)) return id;
-    return undefined;
+    if (!forced) return undefined;
+    // The hot set is ordered most used first: give up its least used resident member.
+    let last: ExpertId | undefined;
+    for (const id of this.hotSet) if (candidates.has(id)) last = id;
+    return last;
   }
 }

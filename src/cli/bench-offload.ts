@@ -1,0 +1,121 @@
+// `moe-serve bench offload`: what the expert cache costs and saves at one budget, per policy.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { generate } from '../engine/generate.js';
+import { MoeModel, type ExpertCacheOptions } from '../engine/moe-model.js';
+import type { ExpertCacheStats } from '../experts/expert-stats.js';
+import { belady } from '../experts/replay/belady.js';
+import { readTrace } from '../experts/replay/read-trace.js';
+import { simulate } from '../experts/replay/simulate.js';
+import type { RoutingObserver } from '../engine/forward.js';
+import type { DeviceKind } from '../runtime/onnx-runtime.js';
+
+const PROMPTS = ['The Python interpreter', 'A list comprehension', 'Q: What is a generator?\nA:', 'import os\n'];
+
+interface OffloadRow {
+  readonly bench: 'offload';
+  readonly policy: string;
+  readonly prefetch_depth: number;
+  readonly budget_fraction: number;
+  readonly decode_tokens_per_s: number;
+  /** this configuration's time per token over the 'all' bound's */
+  readonly slowdown_vs_all: number | null;
+  readonly hit_ratio: number | null;
+  /** the replay simulator's hit ratio for the same configuration on this run's trace */
+  readonly simulated_hit_ratio: number | null;
+  readonly prefetch_recall: number | null;
+  readonly prefetch_issued: number;
+  readonly prefetch_wasted: number;
+  readonly wait_ms_per_token: number;
+}
+
+const CONFIGS: readonly ExpertCacheOptions[] = [
+  { policy: 'all', prefetchDepth: 0 },
+  { policy: 'none', prefetchDepth: 0 },
+  { policy: 'lru', prefetchDepth: 0 },
+  { policy: 'lru', prefetchDepth: 1 },
+  { policy: 'lfu', prefetchDepth: 0 },
+  { policy: 'lfu', prefetchDepth: 1 },
+  { policy: 'static', prefetchDepth: 0 },
+  { policy: 'static', prefetchDepth: 1 },
+];
+
+export async function benchOffload(modelDir: string, device: DeviceKind, cpuThreads: number, budgetFraction: number, tokens: number): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'moe-serve-bench-'));
+  const tracePath = join(dir, 'trace.jsonl');
+  try {
+    const rows: OffloadRow[] = [];
+    const measured: { cfg: ExpertCacheOptions; decodeMs: number; steps: number; stats: ExpertCacheStats }[] = [];
+    for (const [i, cfg] of CONFIGS.entries()) {
+      // The first configuration also records the routing trace (with two layers of lookahead) for replay.
+      const experts: ExpertCacheOptions = { ...cfg, budgetFraction, lookaheadDepth: i === 0 ? 2 : 0 };
+      await using model = await MoeModel.load(modelDir, { device, cpuThreads, experts });
+      await using trace = i === 0 ? await model.openTrace(tracePath) : null;
+      const { decodeMs, steps } = await decodeAll(model, tokens, () => trace?.request());
+      measured.push({ cfg, decodeMs, steps, stats: model.experts.stats() });
+    }
+    const replay = await readTrace(tracePath);
+    const allMsPerToken = measured[0] ? measured[0].decodeMs / measured[0].steps : null;
+    for (const m of measured) {
+      const msPerToken = m.decodeMs / m.steps;
+      const sim = simulate(replay, { policy: m.cfg.policy ?? 'lru', budgetBytes: m.stats.budgetBytes, prefetchDepth: m.cfg.prefetchDepth ?? 0 });
+      const t = m.stats.total;
+      rows.push({
+        bench: 'offload',
+        policy: m.cfg.policy ?? 'lru',
+        prefetch_depth: m.cfg.prefetchDepth ?? 0,
+        budget_fraction: m.cfg.policy === 'all' ? 1 : budgetFraction,
+        decode_tokens_per_s: round(1000 / msPerToken),
+        slowdown_vs_all: allMsPerToken ? round(msPerToken / allMsPerToken, 2) : null,
+        hit_ratio: t.hitRatio === null ? null : round(t.hitRatio, 3),
+        simulated_hit_ratio: m.cfg.policy === 'static' ? null : round(sim.hitRatio, 3),
+        prefetch_recall: t.prefetchRecall === null ? null : round(t.prefetchRecall, 3),
+        prefetch_issued: t.prefetchIssued,
+        prefetch_wasted: t.prefetchWasted,
+        wait_ms_per_token: round(t.waitMs / m.steps, 2),
+      });
+      process.stdout.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
+    }
+    const budgetBytes = measured.find((m) => m.cfg.policy === 'lru')?.stats.budgetBytes ?? 0;
+    const optimum = belady(replay, budgetBytes);
+    process.stdout.write(`${JSON.stringify({ bench: 'offload', policy: 'belady', budget_fraction: budgetFraction, hit_ratio: round(optimum.hitRatio, 3) })}\n\n`);
+    process.stdout.write(`${table(rows, optimum.hitRatio)}\n`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Greedy decode of every prompt, end-of-sequence ignored; returns the decode steps and their time. */
+async function decodeAll(model: MoeModel, tokens: number, observer: () => RoutingObserver | undefined): Promise<{ decodeMs: number; steps: number }> {
+  const noEos = Object.create(model, { eosTokenIds: { value: [] } }) as MoeModel;
+  let decodeMs = 0;
+  let steps = 0;
+  for (const prompt of PROMPTS) {
+    const stream = generate(noEos, { promptIds: model.tokenizer.encode(prompt), maxTokens: tokens, sampling: { temperature: 0, topP: 1, topK: 0 }, observer: observer() });
+    let step = await stream.next();
+    while (!step.done) step = await stream.next();
+    decodeMs += step.value.timings.decodeMs;
+    steps += step.value.timings.decodeSteps;
+  }
+  return { decodeMs, steps };
+}
+
+function round(x: number, digits = 1): number {
+  return Number(x.toFixed(digits));
+}
+
+function pct(x: number | null): string {
+  return x === null ? '-' : `${(x * 100).toFixed(1)}%`;
+}
+
+function table(rows: readonly OffloadRow[], beladyHitRatio: number): string {
+  const head =
+    '| policy | prefetch | decode tokens/s | time/token vs all | hit ratio | simulated | prefetch recall | prefetches issued / wasted | wait ms/token |\n' +
+    '|---|---|---|---|---|---|---|---|---|';
+  const body = rows.map(
+    (r) =>
+      `| ${r.policy} | ${r.prefetch_depth} | ${r.decode_tokens_per_s} | ${r.slowdown_vs_all ?? '-'}x | ${pct(r.hit_ratio)} | ${pct(r.simulated_hit_ratio)} | ${pct(r.prefetch_recall)} | ${r.prefetch_issued} / ${r.prefetch_wasted} | ${r.wait_ms_per_token} |`,
+  );
+  return [head, ...body, `| belady (offline optimum) | 0 | - | - | ${pct(beladyHitRatio)} | | | | |`].join('\n');
+}

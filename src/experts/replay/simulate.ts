@@ -1,0 +1,153 @@
+// Replays a routing trace against one cache policy, budget and prefetch depth, making the same
+// ResidencySet calls in the same order as the server's device cache (ExpertStore), so the hit ratio is
+// the one the server would see. Timing is ignored: a prefetch here always lands before its use.
+import type { ExpertId } from '../expert-id.js';
+import { createPolicy, type PolicyName } from '../policies/index.js';
+import { ResidencySet } from '../residency-set.js';
+import type { Trace } from './read-trace.js';
+import { allExpertBytes, allSparseExperts, traceAccesses, usageProfile, useGroups, type LineAccesses } from './trace-accesses.js';
+
+export interface SimulateOptions {
+  readonly policy: PolicyName;
+  /** Device memory for experts, at least one expert; ignored by 'all', which holds every expert. */
+  readonly budgetBytes: number;
+  /** How many sparse layers ahead to prefetch from the trace's lookahead; 0 = demand loading only. */
+  readonly prefetchDepth: number;
+  /**
+   * Experts most used first, for 'static'. Default: this trace's own access counts, the best static hot
+   * set for this trace (an optimistic static: it has seen the future).
+   */
+  readonly profile?: readonly ExpertId[];
+}
+
+export interface HitCounts {
+  readonly accesses: number;
+  readonly hits: number;
+  readonly misses: number;
+  /** hits / accesses; 0 for a trace without accesses. */
+  readonly hitRatio: number;
+  readonly evictions: number;
+}
+
+export interface ReplayResult extends HitCounts {
+  /** Prefetches that made an expert resident. */
+  readonly prefetchIssued: number;
+  /** Prefetched experts later accessed while still resident (each is also a hit). */
+  readonly prefetchUsed: number;
+  /** Prefetched experts evicted before any access. (Issued - used - wasted are still resident at the end.) */
+  readonly prefetchWasted: number;
+  /**
+   * Share of accesses that the lookahead of the previous prefetchDepth sparse layers of the same step
+   * predicted, whatever the cache did with the prediction; null at depth 0. The first sparse layer of a
+   * step is never predicted, so it counts as unpredicted.
+   */
+  readonly prefetchRecall: number | null;
+}
+
+export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
+  const { header } = trace;
+  const accesses = traceAccesses(trace);
+  const bytes = header.expert_bytes;
+  const { residency, preload } = buildCache(trace, options, accesses);
+  const capacityExperts = Math.floor(residency.capacityBytes / bytes);
+  const prefetchedUnused = new Set<ExpertId>();
+  let hits = 0;
+  let misses = 0;
+  let evictions = 0;
+  let prefetchIssued = 0;
+  let prefetchUsed = 0;
+  let prefetchWasted = 0;
+  const evicted = (ids: readonly ExpertId[]) => {
+    evictions += ids.length;
+    for (const id of ids) if (prefetchedUnused.delete(id)) prefetchWasted++;
+  };
+  const prefetch = (line: LineAccesses, busy: ReadonlySet<ExpertId>) => {
+    for (let d = 1; d <= options.prefetchDepth; d++) {
+      for (const id of line.predicted[d - 1] ?? []) {
+        const r = residency.prefetch(id, bytes, busy);
+        evicted(r.evicted);
+        if (!r.kept) continue;
+        prefetchIssued++;
+        prefetchedUnused.add(id);
+      }
+    }
+  };
+
+  // The server loads these before serving (not counted as prefetches).
+  for (const id of preload.slice(0, capacityExperts)) evicted(residency.prefetch(id, bytes, new Set()).evicted);
+
+  // One line = one sparse layer of one step, handled as ExpertStore.acquire and the forward pass do:
+  // each group of experts is demanded (ascending id) while held busy; once the first group is held the
+  // layer's lookahead is prefetched; a group's transient experts leave when its use ends.
+  for (const line of accesses) {
+    useGroups(line.used, capacityExperts).forEach((group, g) => {
+      const busy = new Set(group);
+      const transient: ExpertId[] = [];
+      for (const id of group) {
+        const r = residency.demand(id, bytes, busy);
+        evicted(r.evicted);
+        if (r.hit) {
+          hits++;
+          if (prefetchedUnused.delete(id)) prefetchUsed++;
+        } else {
+          misses++;
+          if (r.transient) transient.push(id);
+        }
+      }
+      if (g === 0) prefetch(line, busy);
+      for (const id of transient) residency.remove(id);
+    });
+  }
+
+  const total = hits + misses;
+  return {
+    accesses: total,
+    hits,
+    misses,
+    hitRatio: total === 0 ? 0 : hits / total,
+    evictions,
+    prefetchIssued,
+    prefetchUsed,
+    prefetchWasted,
+    prefetchRecall: options.prefetchDepth === 0 ? null : prefetchRecall(accesses, options.prefetchDepth),
+  };
+}
+
+/**
+ * The residency set the server builds for this policy and budget, and what it loads before serving
+ * (mirrors createExpertStore in src/engine/moe-model.ts): 'all' holds every expert; 'static' preloads its
+ * hot set, which leaves room for one step's top-k experts passing through the budget.
+ */
+function buildCache(trace: Trace, options: SimulateOptions, accesses: readonly LineAccesses[]): { residency: ResidencySet; preload: readonly ExpertId[] } {
+  const { header } = trace;
+  const budgetBytes = options.policy === 'all' ? allExpertBytes(header) : options.budgetBytes;
+  if (budgetBytes < header.expert_bytes) throw new RangeError(`a budget of ${budgetBytes} bytes holds no expert (${header.expert_bytes} bytes each)`);
+  const hotCapacity = Math.max(0, Math.floor(budgetBytes / header.expert_bytes) - header.top_k);
+  const profile = options.profile ?? (options.policy === 'static' ? usageProfile(accesses) : undefined);
+  const residency = new ResidencySet(budgetBytes, createPolicy(options.policy, { profile, capacityExperts: hotCapacity }));
+  if (options.policy === 'all') return { residency, preload: allSparseExperts(header) };
+  if (options.policy === 'static') return { residency, preload: (profile ?? []).slice(0, hotCapacity) };
+  return { residency, preload: [] };
+}
+
+/** Sum over lines of |used ∩ predicted for it by the previous `depth` sparse layers of its step| / sum |used|. */
+function prefetchRecall(accesses: readonly LineAccesses[], depth: number): number {
+  // Predictions waiting for their line, by slot; a line takes (and drops) its own before adding its own.
+  const pending = new Map<string, Set<ExpertId>>();
+  let predictedUses = 0;
+  let uses = 0;
+  for (const line of accesses) {
+    const predicted = pending.get(line.slot);
+    pending.delete(line.slot);
+    uses += line.used.length;
+    if (predicted) for (const id of line.used) if (predicted.has(id)) predictedUses++;
+    for (let d = 1; d <= depth; d++) {
+      const slot = line.predictedSlots[d - 1];
+      if (slot === undefined) continue;
+      let set = pending.get(slot);
+      if (!set) pending.set(slot, (set = new Set()));
+      for (const id of line.predicted[d - 1] ?? []) set.add(id);
+    }
+  }
+  return uses === 0 ? 0 : predictedUses / uses;
+}
