@@ -1,5 +1,6 @@
 // `moe-serve replay`: the policy lab. Replays a routing trace against every (policy, prefetch depth,
 // budget) and Belady's optimum, prints hit ratios (JSON lines and a table) and writes an SVG chart.
+import { basename } from 'node:path';
 import { stat, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
@@ -113,7 +114,7 @@ export async function replayCommand(argv: readonly string[]): Promise<void> {
       `100% = ${trace.header.sparse_layers.length} sparse layers x ${trace.header.num_experts} experts x ${trace.header.expert_bytes} bytes\n\n` +
       `${table(budgets, rows)}\n\n`,
   );
-  await writeFile(svgPath, hitRatioChartSvg(trace.header.model, chart));
+  await writeFile(svgPath, hitRatioChartSvg(basename(trace.header.model), chart));
   process.stdout.write(`chart written to ${svgPath}\n`);
 }
 

@@ -3,7 +3,8 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ExpertStore } from '../experts/expert-store.js';
 import { HostExpertCache } from '../experts/host-expert-cache.js';
-import { createPolicy, type PolicyName } from '../experts/policies/index.js';
+import { planCache } from '../experts/cache-plan.js';
+import type { PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
 import { TraceWriter } from '../experts/trace-writer.js';
 import { loadGenerationDefaults, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
@@ -55,32 +56,23 @@ async function createExpertStore(
   o: ExpertCacheOptions,
   prefetchDepth: number,
 ): Promise<ExpertStore> {
-  const policyName = o.policy ?? 'lru';
-  const expertBytes = 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
-  const totalBytes = spec.sparseLayers.filter(Boolean).length * spec.numExperts * expertBytes;
-  let budgetBytes = totalBytes;
-  if (policyName !== 'all') {
-    if (o.budgetMb !== undefined) budgetBytes = Math.floor(o.budgetMb * MIB);
-    else if (o.budgetFraction !== undefined) budgetBytes = Math.floor(o.budgetFraction * totalBytes);
-  }
-  const capacityExperts = Math.floor(budgetBytes / expertBytes);
-  let profile: number[] | undefined;
+  const policy = o.policy ?? 'lru';
   const ids = new ExpertIds(spec.numLayers, spec.numExperts);
-  if (policyName === 'static') {
+  const expertBytes = 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
+  const allExperts = Array.from({ length: ids.count }, (_, id) => id).filter((id) => spec.sparseLayers[ids.key(id).layer]);
+  const totalBytes = allExperts.length * expertBytes;
+  const budgetBytes =
+    o.budgetMb !== undefined ? Math.floor(o.budgetMb * MIB) : o.budgetFraction !== undefined ? Math.floor(o.budgetFraction * totalBytes) : totalBytes;
+  let profile: number[] | undefined;
+  if (policy === 'static') {
     const defaultProfile = join(dir, 'training_report.json');
     const path = o.profilePath ?? (existsSync(defaultProfile) ? defaultProfile : undefined);
     if (path !== undefined) profile = await loadRoutingProfile(path, ids);
   }
-  // static keeps room for the experts one step uses beyond its hot set (they pass through the budget too).
-  const hotCapacity = Math.max(0, capacityExperts - spec.topK);
-  const policy = createPolicy(policyName, { profile, capacityExperts: hotCapacity });
+  const plan = planCache({ policy, budgetBytes, expertBytes, topK: spec.topK, allExperts, profile });
   const host = new HostExpertCache(archive, spec.family, o.hostCacheMb === undefined ? null : Math.floor(o.hostCacheMb * MIB));
-  const store = new ExpertStore({ spec, runtime, host, policy, budgetBytes, prefetchDepth });
-  if (policyName === 'all') {
-    await store.preload(Array.from({ length: ids.count }, (_, id) => id).filter((id) => spec.sparseLayers[ids.key(id).layer]));
-  } else if (policyName === 'static' && profile) {
-    await store.preload(profile.slice(0, hotCapacity));
-  }
+  const store = new ExpertStore({ spec, runtime, host, policy: plan.policy, budgetBytes: plan.budgetBytes, prefetchDepth });
+  await store.preload(plan.preload);
   return store;
 }
 

@@ -2,10 +2,11 @@
 // ResidencySet calls in the same order as the server's device cache (ExpertStore), so the hit ratio is
 // the one the server would see. Timing is ignored: a prefetch here always lands before its use.
 import type { ExpertId } from '../expert-id.js';
-import { createPolicy, type PolicyName } from '../policies/index.js';
+import { planCache } from '../cache-plan.js';
+import type { PolicyName } from '../policies/index.js';
 import { ResidencySet } from '../residency-set.js';
 import type { Trace } from './read-trace.js';
-import { allExpertBytes, allSparseExperts, traceAccesses, usageProfile, useGroups, type LineAccesses } from './trace-accesses.js';
+import { allSparseExperts, traceAccesses, usageProfile, useGroups, type LineAccesses } from './trace-accesses.js';
 
 export interface SimulateOptions {
   readonly policy: PolicyName;
@@ -113,21 +114,21 @@ export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
   };
 }
 
-/**
- * The residency set the server builds for this policy and budget, and what it loads before serving
- * (mirrors createExpertStore in src/engine/moe-model.ts): 'all' holds every expert; 'static' preloads its
- * hot set, which leaves room for one step's top-k experts passing through the budget.
- */
+/** The residency set the server builds for this policy and budget, and what it loads before serving. */
 function buildCache(trace: Trace, options: SimulateOptions, accesses: readonly LineAccesses[]): { residency: ResidencySet; preload: readonly ExpertId[] } {
   const { header } = trace;
-  const budgetBytes = options.policy === 'all' ? allExpertBytes(header) : options.budgetBytes;
-  if (budgetBytes < header.expert_bytes) throw new RangeError(`a budget of ${budgetBytes} bytes holds no expert (${header.expert_bytes} bytes each)`);
-  const hotCapacity = Math.max(0, Math.floor(budgetBytes / header.expert_bytes) - header.top_k);
-  const profile = options.profile ?? (options.policy === 'static' ? usageProfile(accesses) : undefined);
-  const residency = new ResidencySet(budgetBytes, createPolicy(options.policy, { profile, capacityExperts: hotCapacity }));
-  if (options.policy === 'all') return { residency, preload: allSparseExperts(header) };
-  if (options.policy === 'static') return { residency, preload: (profile ?? []).slice(0, hotCapacity) };
-  return { residency, preload: [] };
+  if (options.budgetBytes < header.expert_bytes && options.policy !== 'all') {
+    throw new RangeError(`a budget of ${options.budgetBytes} bytes holds no expert (${header.expert_bytes} bytes each)`);
+  }
+  const plan = planCache({
+    policy: options.policy,
+    budgetBytes: options.budgetBytes,
+    expertBytes: header.expert_bytes,
+    topK: header.top_k,
+    allExperts: allSparseExperts(header),
+    profile: options.profile ?? (options.policy === 'static' ? usageProfile(accesses) : undefined),
+  });
+  return { residency: new ResidencySet(plan.budgetBytes, plan.policy), preload: plan.preload };
 }
 
 /** Sum over lines of |used ∩ predicted for it by the previous `depth` sparse layers of its step| / sum |used|. */
