@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { ExpertStore } from '../experts/expert-store.js';
 import { HostExpertCache } from '../experts/host-expert-cache.js';
 import { planCache } from '../experts/cache-plan.js';
-import type { PolicyName } from '../experts/policies/index.js';
+import { createPolicy, type PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
 import { TraceWriter } from '../experts/trace-writer.js';
 import { loadGenerationDefaults, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
@@ -12,7 +12,7 @@ import { SafetensorsArchive } from '../model/safetensors.js';
 import { ExpertIds } from '../experts/expert-id.js';
 import { Runtime, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
-import { ForwardPass } from './forward.js';
+import { ForwardPass, type ForwardParts } from './forward.js';
 import { SequenceKvCache } from './kv-cache.js';
 import { ModelSessions } from './model-sessions.js';
 import { ResidentWeights, type LoadProgress } from './resident-weights.js';
@@ -47,6 +47,21 @@ export interface ModelLoadOptions {
 }
 
 const MIB = 1024 * 1024;
+
+/**
+ * One decode-shaped step through every session, so that the first request does not pay for
+ * onnxruntime's first-run allocations (a large share of a short prompt's time otherwise). It uses a
+ * throwaway expert store, so that the real cache starts empty (or with its preload) and its statistics
+ * and policy state count only real requests, as a replay of their trace does.
+ */
+async function warmUp(parts: Omit<ForwardParts, 'experts'>, archive: SafetensorsArchive): Promise<void> {
+  const { spec, runtime } = parts;
+  const host = new HostExpertCache(archive, spec.family, null);
+  const expertBytes = 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
+  using experts = new ExpertStore({ spec, runtime, host, policy: createPolicy('none', { capacityExperts: 0 }), budgetBytes: spec.topK * expertBytes, prefetchDepth: 0 });
+  using kv = new SequenceKvCache(runtime, { numLayers: spec.numLayers, numKvHeads: spec.numKvHeads, headDim: spec.headDim, maxPositions: spec.maxPositions });
+  await new ForwardPass({ ...parts, experts }).step(kv, [spec.bosTokenId ?? 0], 'last');
+}
 
 async function createExpertStore(
   dir: string,
@@ -114,26 +129,17 @@ export class MoeModel implements AsyncDisposable {
       const prefetchDepth = cache.prefetchDepth ?? 1;
       const weights = await ResidentWeights.load(archive, spec, runtime, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0), options.onProgress);
       const sessions = await ModelSessions.create(runtime, spec, weights.variants);
-      const experts = await createExpertStore(dir, spec, runtime, archive, cache, prefetchDepth);
       const rope = new RopeTable(spec.ropeTheta, spec.headDim);
       const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK);
-      const forward = new ForwardPass({ spec, runtime, weights, experts, sessions, rope, maxSlotsPerRun });
-      const model = new MoeModel(dir, spec, tokenizer, eosTokenIds, samplingDefaults, runtime, experts, forward, archive, weights, sessions);
-      await model.warmUp();
-      return model;
+      const parts = { spec, runtime, weights, sessions, rope, maxSlotsPerRun };
+      await warmUp(parts, archive);
+      const experts = await createExpertStore(dir, spec, runtime, archive, cache, prefetchDepth);
+      const forward = new ForwardPass({ ...parts, experts });
+      return new MoeModel(dir, spec, tokenizer, eosTokenIds, samplingDefaults, runtime, experts, forward, archive, weights, sessions);
     } catch (err) {
       await archive.close();
       throw err;
     }
-  }
-
-  /**
-   * One decode-shaped step through every session, so that the first request does not pay for
-   * onnxruntime's first-run allocations (a large share of a short prompt's time otherwise).
-   */
-  private async warmUp(): Promise<void> {
-    using kv = this.newSequence();
-    await this.forward.step(kv, [this.spec.bosTokenId ?? 0], 'last');
   }
 
   /** Starts a routing trace file for this model (`--trace`). */
