@@ -1,7 +1,7 @@
 // A loaded model: config -> weights -> sessions -> forward pass, plus its tokenizer.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { ExpertStore } from '../experts/expert-store.js';
+import { expertComputeBytes, ExpertStore } from '../experts/expert-store.js';
 import { HostExpertCache } from '../experts/host-expert-cache.js';
 import { planCache } from '../experts/cache-plan.js';
 import { createPolicy, type PolicyName } from '../experts/policies/index.js';
@@ -57,9 +57,9 @@ const MIB = 1024 * 1024;
 async function warmUp(parts: Omit<ForwardParts, 'experts'>, archive: SafetensorsArchive): Promise<void> {
   const { spec, runtime } = parts;
   const host = new HostExpertCache(archive, spec.family, null);
-  const expertBytes = 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
+  const expertBytes = expertComputeBytes(spec);
   using experts = new ExpertStore({ spec, runtime, host, policy: createPolicy('none', { capacityExperts: 0 }), budgetBytes: spec.topK * expertBytes, prefetchDepth: 0 });
-  using kv = new SequenceKvCache(runtime, { numLayers: spec.numLayers, numKvHeads: spec.numKvHeads, headDim: spec.headDim, maxPositions: spec.maxPositions });
+  using kv = new SequenceKvCache(runtime, spec);
   await new ForwardPass({ ...parts, experts }).step(kv, [spec.bosTokenId ?? 0], 'last');
 }
 
@@ -73,7 +73,7 @@ async function createExpertStore(
 ): Promise<ExpertStore> {
   const policy = o.policy ?? 'lru';
   const ids = new ExpertIds(spec.numLayers, spec.numExperts);
-  const expertBytes = 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
+  const expertBytes = expertComputeBytes(spec);
   const allExperts = Array.from({ length: ids.count }, (_, id) => id).filter((id) => spec.sparseLayers[ids.key(id).layer]);
   const totalBytes = allExperts.length * expertBytes;
   const budgetBytes =
@@ -156,12 +156,7 @@ export class MoeModel implements AsyncDisposable {
 
   /** A fresh KV cache for one sequence. */
   newSequence(): SequenceKvCache {
-    return new SequenceKvCache(this.runtime, {
-      numLayers: this.spec.numLayers,
-      numKvHeads: this.spec.numKvHeads,
-      headDim: this.spec.headDim,
-      maxPositions: this.spec.maxPositions,
-    });
+    return new SequenceKvCache(this.runtime, this.spec);
   }
 
   get residentBytes(): number {

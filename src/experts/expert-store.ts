@@ -53,6 +53,11 @@ interface CacheEntry {
   prefetchedUnused: boolean;
 }
 
+/** Bytes of one routed expert in compute form: gate, up and down in fp32. */
+export function expertComputeBytes(spec: ModelSpec): number {
+  return 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
+}
+
 export class BudgetTooSmallError extends Error {
   readonly code = 'expert_budget_too_small';
 
@@ -88,7 +93,7 @@ export class ExpertStore implements Disposable {
   constructor(private readonly o: ExpertStoreOptions) {
     const { spec } = o;
     this.ids = new ExpertIds(spec.numLayers, spec.numExperts);
-    this.expertBytes = 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
+    this.expertBytes = expertComputeBytes(spec);
     if (o.budgetBytes < this.expertBytes) throw new BudgetTooSmallError(o.budgetBytes, this.expertBytes);
     this.residency = new ResidencySet(o.budgetBytes, o.policy);
     this.cache = new LRUCache<ExpertId, CacheEntry>({
