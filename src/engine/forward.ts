@@ -1,5 +1,6 @@
-// THE forward pass of one sequence: embeddings -> per layer (attention block, routed experts) -> LM head.
-// Shapes: T = tokens in this step, H = hidden size, E = experts, V = vocabulary.
+// THE forward pass of a batch of sequences: embeddings -> per layer (attention block per sequence, routed
+// experts once for the whole batch) -> LM head.
+// Shapes: T_i = tokens of sequence i in this step, H = hidden size, E = experts, V = vocabulary.
 import { ATTN } from '../graphs/attention-block.js';
 import { LM_HEAD_IO } from '../graphs/lm-head.js';
 import { MOE } from '../graphs/moe-block.js';
@@ -11,6 +12,7 @@ import type { ModelSessions } from './model-sessions.js';
 import type { ResidentWeights } from './resident-weights.js';
 import type { RopeTable } from './rope.js';
 import { groupByExpert, routeTokens, type ExpertAssignment, type Routing } from './routing.js';
+import { RowOps } from './row-ops.js';
 
 /** One sparse layer's routing in one forward step. */
 export interface RoutingEvent {
@@ -38,65 +40,144 @@ export interface ForwardParts {
   readonly maxSlotsPerRun: number;
 }
 
+/** One sequence's share of a batched forward step. */
+export interface BatchItem {
+  readonly kv: SequenceKvCache;
+  readonly tokens: readonly number[];
+  /** Logits to return: the last token's (to sample), every token's, or none (a prefill chunk). */
+  readonly logits: 'last' | 'all' | 'none';
+  readonly observer?: RoutingObserver;
+}
+
 export class ForwardPass {
-  constructor(private readonly m: ForwardParts) {}
+  private readonly rows: RowOps;
+
+  constructor(private readonly m: ForwardParts) {
+    this.rows = new RowOps(m.runtime, m.spec.hiddenSize);
+  }
 
   /**
    * Runs `tokens` through the model after what `kv` already holds, appends them to `kv`, and returns
    * logits (rows, V) for the last token or for every token of the step.
    */
   async step(kv: SequenceKvCache, tokens: readonly number[], logitsFor: 'last' | 'all', observer?: RoutingObserver): Promise<Float32Array> {
+    const [logits] = await this.stepBatch([{ kv, tokens, logits: logitsFor, observer }]);
+    if (!logits) throw new Error('forward step returned no logits');
+    return logits;
+  }
+
+  /**
+   * One forward step over several sequences. Attention runs per sequence over its own KV cache; the
+   * routed experts run once for the tokens of all of them, so each expert the step needs is loaded
+   * once and applied to every token routed to it; the LM head runs once for every row asked for.
+   * Returns each item's logits ((rows, V), or null for 'none').
+   */
+  async stepBatch(items: readonly BatchItem[]): Promise<(Float32Array | null)[]> {
     const { spec, runtime, weights, sessions, rope } = this.m;
-    const T = tokens.length;
-    if (T === 0) throw new RangeError('forward step with no tokens');
-    const start = kv.length;
-    kv.begin(T);
-    // (T, H) token embeddings; (T, 1, D/2) rotary tables for positions start .. start+T-1
-    let hidden: RtTensor | undefined = runtime.float32(weights.embedding.lookup(tokens), [T, spec.hiddenSize]);
-    const { cos, sin } = rope.slice(start, T);
-    const ropeFeeds = {
-      [ATTN.cos]: runtime.float32(cos, [T, 1, spec.headDim / 2]),
-      [ATTN.sin]: runtime.float32(sin, [T, 1, spec.headDim / 2]),
-    };
+    const H = spec.hiddenSize;
+    if (items.length === 0) return [];
+    if (items.some((i) => i.tokens.length === 0)) throw new RangeError('forward step with no tokens');
+    const starts = items.map((i) => i.kv.length);
+    const offsets: number[] = [];
+    let total = 0;
+    for (const item of items) {
+      offsets.push(total);
+      total += item.tokens.length;
+    }
+    items.forEach((item) => item.kv.begin(item.tokens.length));
+    // per sequence: (T_i, H) embeddings and (T_i, 1, D/2) rotary tables for its positions
+    let hidden: (RtTensor | undefined)[] = items.map((item) => runtime.float32(weights.embedding.lookup(item.tokens), [item.tokens.length, H]));
+    const ropeFeeds = items.map((item, i) => {
+      const T = item.tokens.length;
+      const { cos, sin } = rope.slice(starts[i] as number, T);
+      return { [ATTN.cos]: runtime.float32(cos, [T, 1, spec.headDim / 2]), [ATTN.sin]: runtime.float32(sin, [T, 1, spec.headDim / 2]) };
+    });
+    // (sum T_i, H): the batch's rows joined, when the last layer leaves them that way
+    let joined: RtTensor | undefined;
     try {
       for (let layer = 0; layer < spec.numLayers; layer++) {
         const variant = weights.variants[layer];
         if (!variant) throw new RangeError(`no layer ${layer}`);
-        const out = await sessions.attentionFor(variant).run(
-          { ...weights.layerInputs(layer), ...ropeFeeds, ...kv.layerFeeds(layer), [ATTN.hidden]: hidden },
-          kv.layerFetches(layer),
-        );
-        kv.accept(layer, out);
-        // (T, H) residual stream after attention (and the shared expert or dense MLP)
-        const residual = required(out, ATTN.residual);
-        runtime.release(hidden);
-        hidden = residual;
-        if (variant.mlp === 'sparse') {
-          // (T, E) router logits, always on the host
-          const logits = required(out, ATTN.routerLogits).data as Float32Array;
-          const routing = routeTokens(logits, spec.numExperts, spec.topK, spec.normTopKProb);
-          const lookahead = this.predictLookahead(out[ATTN.lookaheadLogits], T);
-          observer?.onRouting({ layer, position: start, routing, lookahead });
-          const moeInput = required(out, ATTN.moeInput);
-          hidden = undefined; // owned by applyExperts from here
+        const outs: Record<string, RtTensor>[] = [];
+        for (const [i, item] of items.entries()) {
+          const out = await sessions.attentionFor(variant).run(
+            { ...weights.layerInputs(layer), ...ropeFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: hidden[i] as RtTensor },
+            item.kv.layerFetches(layer),
+          );
+          item.kv.accept(layer, out);
+          outs.push(out);
+          runtime.release(hidden[i]);
+          // (T_i, H) residual stream after attention (and the shared expert or dense MLP)
+          hidden[i] = required(out, ATTN.residual);
+        }
+        if (variant.mlp === 'dense') continue;
+        // (sum T_i, E) router logits of the whole batch, always on the host
+        const routing = routeTokens(concatData(outs.map((o) => required(o, ATTN.routerLogits))), spec.numExperts, spec.topK, spec.normTopKProb);
+        const lookaheads = outs.map((o, i) => this.predictLookahead(o[ATTN.lookaheadLogits], items[i]?.tokens.length ?? 0));
+        items.forEach((item, i) => item.observer?.onRouting({ layer, position: starts[i] as number, routing: sliceRouting(routing, offsets[i] as number, item.tokens.length), lookahead: lookaheads[i] ?? [] }));
+        const moeInputs = outs.map((o) => required(o, ATTN.moeInput));
+        const residual = await this.join(hidden as RtTensor[]);
+        hidden = [];
+        const moeInput = await this.join(moeInputs, false);
+        let out: RtTensor;
+        try {
+          out = await this.applyExperts(layer, residual, moeInput, total, groupByExpert(routing), unionPerDepth(lookaheads));
+        } finally {
+          if (items.length > 1) runtime.release(moeInput);
+          moeInputs.forEach((t) => runtime.release(t));
+        }
+        if (layer === spec.numLayers - 1 || items.length === 1) {
+          hidden = items.length === 1 ? [out] : [];
+          joined = items.length === 1 ? undefined : out;
+        } else {
           try {
-            hidden = await this.applyExperts(layer, residual, moeInput, T, groupByExpert(routing), lookahead);
+            hidden = await Promise.all(items.map((item, i) => this.rows.slice(out, offsets[i] as number, item.tokens.length)));
           } finally {
-            runtime.release(moeInput);
+            runtime.release(out);
           }
         }
       }
-      kv.commit();
-      const rows = logitsFor === 'last' ? [T - 1] : Array.from({ length: T }, (_, i) => i);
-      const out = await sessions.lmHead.run({
-        ...weights.headInputs(),
-        [LM_HEAD_IO.hidden]: hidden,
-        [LM_HEAD_IO.rows]: runtime.int64(BigInt64Array.from(rows, BigInt), [rows.length]),
-      });
-      return required(out, LM_HEAD_IO.logits).data as Float32Array;
+      items.forEach((item) => item.kv.commit());
+      if (!joined) {
+        joined = await this.join(hidden as RtTensor[]);
+        hidden = [];
+      }
+      return await this.logits(joined, items, offsets);
     } finally {
-      runtime.release(hidden);
+      hidden.forEach((t) => runtime.release(t));
+      runtime.release(joined);
     }
+  }
+
+  /** One tensor of the parts' rows; a single part is returned as is. Releases the parts it joins if `release`. */
+  private async join(parts: readonly RtTensor[], release = true): Promise<RtTensor> {
+    if (parts.length === 1) return parts[0] as RtTensor;
+    const joined = await this.rows.concat(parts);
+    if (release) parts.forEach((p) => this.m.runtime.release(p));
+    return joined;
+  }
+
+  /** LM head over the rows each item asked for, in one run; split back per item. */
+  private async logits(joined: RtTensor, items: readonly BatchItem[], offsets: readonly number[]): Promise<(Float32Array | null)[]> {
+    const { runtime, sessions, weights, spec } = this.m;
+    const rows: number[] = [];
+    const spans = items.map((item, i) => {
+      const off = offsets[i] as number;
+      const T = item.tokens.length;
+      const first = rows.length;
+      if (item.logits === 'last') rows.push(off + T - 1);
+      if (item.logits === 'all') for (let t = 0; t < T; t++) rows.push(off + t);
+      return { first, count: rows.length - first, wanted: item.logits !== 'none' };
+    });
+    if (rows.length === 0) return items.map(() => null);
+    const out = await sessions.lmHead.run({
+      ...weights.headInputs(),
+      [LM_HEAD_IO.hidden]: joined,
+      [LM_HEAD_IO.rows]: runtime.int64(BigInt64Array.from(rows, BigInt), [rows.length]),
+    });
+    const all = required(out, LM_HEAD_IO.logits).data as Float32Array;
+    const V = spec.vocabSize;
+    return spans.map((s) => (s.wanted ? all.subarray(s.first * V, (s.first + s.count) * V) : null));
   }
 
   /** Top-k experts per token from the lookahead logits, as one set per predicted layer. */
@@ -181,6 +262,32 @@ export class ForwardPass {
     const out = await (await sessions.moeBlock(chunk.length)).run(feeds);
     return required(out, MOE.hidden);
   }
+}
+
+/** The host data of several (rows, n) float tensors, one after another. */
+function concatData(tensors: readonly RtTensor[]): Float32Array {
+  if (tensors.length === 1) return (tensors[0] as RtTensor).data as Float32Array;
+  const out = new Float32Array(tensors.reduce((n, t) => n + t.size, 0));
+  let at = 0;
+  for (const t of tensors) {
+    out.set(t.data as Float32Array, at);
+    at += t.size;
+  }
+  return out;
+}
+
+/** The routing of rows [first, first + count) of a batch's routing. */
+function sliceRouting(r: Routing, first: number, count: number): Routing {
+  if (first === 0 && count === r.tokens) return r;
+  const k = r.topK;
+  return { tokens: count, topK: k, experts: r.experts.subarray(first * k, (first + count) * k), weights: r.weights.subarray(first * k, (first + count) * k) };
+}
+
+/** Per lookahead depth, the union of the sequences' predicted experts. */
+function unionPerDepth(perItem: readonly (readonly (readonly number[])[])[]): number[][] {
+  if (perItem.length === 1) return (perItem[0] ?? []).map((d) => [...d]);
+  const depth = Math.max(0, ...perItem.map((l) => l.length));
+  return Array.from({ length: depth }, (_, d) => [...new Set(perItem.flatMap((l) => [...(l[d] ?? [])]))].sort((a, b) => a - b));
 }
 
 function required(outputs: Record<string, RtTensor>, name: string): RtTensor {

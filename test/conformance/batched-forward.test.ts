@@ -1,0 +1,96 @@
+// A batched forward step computes exactly what separate steps compute: sequences share the routed-expert
+// runs and the LM head, never their attention or their results.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import type { BatchItem } from '../../src/engine/forward.js';
+import { MoeModel } from '../../src/engine/moe-model.js';
+import { logitTolerance, testDevices } from '../helpers/devices.js';
+import { FIXTURES_DIR, TINY_MOE_DIR } from '../helpers/paths.js';
+
+const PROMPTS = ['The quick brown fox', 'A computer is like', 'Q: Why?\nA:', 'import os\n'];
+const STEPS = 8;
+
+function argmax(row: Float32Array): number {
+  let best = 0;
+  for (let j = 1; j < row.length; j++) if ((row[j] as number) > (row[best] as number)) best = j;
+  return best;
+}
+
+/** Greedy continuation of each prompt alone: every step's logits. */
+async function alone(model: MoeModel, prompt: string): Promise<Float32Array[]> {
+  using kv = model.newSequence();
+  const steps: Float32Array[] = [];
+  let logits = await model.forward.step(kv, model.tokenizer.encode(prompt), 'last');
+  for (let s = 0; s < STEPS; s++) {
+    steps.push(logits.slice());
+    logits = await model.forward.step(kv, [argmax(logits)], 'last');
+  }
+  return steps;
+}
+
+function maxDiff(a: Float32Array, b: Float32Array): number {
+  let d = 0;
+  a.forEach((v, i) => (d = Math.max(d, Math.abs(v - (b[i] ?? NaN)))));
+  return d;
+}
+
+for (const device of testDevices()) {
+  for (const [name, dir] of [
+    ['mixtral fixture', join(FIXTURES_DIR, 'mixtral')],
+    ['qwen2_moe fixture', join(FIXTURES_DIR, 'qwen2_moe')],
+    ['tiny-moe', TINY_MOE_DIR],
+  ] as const) {
+    describe(`batched forward on ${device}, ${name}`, () => {
+      const tolerance = logitTolerance(device, 1e-4);
+
+      test('prefilling and decoding four sequences together gives each its logits alone', async () => {
+        await using model = await MoeModel.load(dir, { device, experts: { budgetFraction: 0.5 } });
+        const expected = await Promise.all(PROMPTS.map((p) => alone(model, p)));
+        const kvs = PROMPTS.map(() => model.newSequence());
+        try {
+          let tokens = PROMPTS.map((p) => model.tokenizer.encode(p) as number[]);
+          for (let s = 0; s < STEPS; s++) {
+            const items: BatchItem[] = kvs.map((kv, i) => ({ kv, tokens: tokens[i] ?? [], logits: 'last' }));
+            const logits = await model.forward.stepBatch(items);
+            logits.forEach((row, i) => {
+              assert.ok(row);
+              const d = maxDiff(row, expected[i]?.[s] ?? new Float32Array());
+              assert.ok(d <= tolerance, `sequence ${i} step ${s}: max |logit diff| ${d}`);
+            });
+            tokens = logits.map((row) => [argmax(row ?? new Float32Array())]);
+          }
+        } finally {
+          kvs.forEach((kv) => kv[Symbol.dispose]());
+        }
+      });
+
+      test('a prompt chunk joining decoding sequences, and a chunk that asks for no logits, change nothing', async () => {
+        await using model = await MoeModel.load(dir, { device });
+        const [first, second] = [PROMPTS[0] ?? '', PROMPTS[2] ?? ''];
+        const expectedFirst = await alone(model, first);
+        const expectedSecond = await alone(model, second);
+        using a = model.newSequence();
+        using b = model.newSequence();
+        let aLogits = await model.forward.step(a, model.tokenizer.encode(first), 'last');
+        const bPrompt = model.tokenizer.encode(second) as number[];
+        const split = Math.max(1, bPrompt.length - 2);
+        // step 1: a decodes while b's first chunk prefills (no logits wanted)
+        let [aNext, bNone] = await model.forward.stepBatch([
+          { kv: a, tokens: [argmax(aLogits)], logits: 'last' },
+          { kv: b, tokens: bPrompt.slice(0, split), logits: 'none' },
+        ]);
+        assert.equal(bNone, null);
+        assert.ok(aNext && maxDiff(aNext, expectedFirst[1] ?? new Float32Array()) <= tolerance);
+        aLogits = aNext;
+        // step 2: a decodes while b finishes its prompt
+        const [aThird, bLogits] = await model.forward.stepBatch([
+          { kv: a, tokens: [argmax(aLogits)], logits: 'last' },
+          { kv: b, tokens: bPrompt.slice(split), logits: 'last' },
+        ]);
+        assert.ok(aThird && maxDiff(aThird, expectedFirst[2] ?? new Float32Array()) <= tolerance);
+        assert.ok(bLogits && maxDiff(bLogits, expectedSecond[0] ?? new Float32Array()) <= tolerance);
+      });
+    });
+  }
+}
