@@ -4,7 +4,7 @@ import { asToken, type Token } from '../tokenizer/token.js';
 import type { RoutingObserver } from './forward.js';
 import type { MoeModel } from './moe-model.js';
 import { createRng, randomSeed, sampleToken, type SamplingParams } from './sampler.js';
-import { StopStringMatcher } from './stop-strings.js';
+import { CompletionState, type FinishReason, type GeneratedChunk } from './completion-state.js';
 
 export interface GenerateRequest {
   readonly promptIds: readonly Token[];
@@ -18,14 +18,7 @@ export interface GenerateRequest {
   readonly observer?: RoutingObserver;
 }
 
-export type FinishReason = 'stop' | 'length' | 'abort';
-
-export interface GeneratedChunk {
-  /** The sampled token; null for text released when the sequence ends. */
-  readonly tokenId: Token | null;
-  /** Text finalized by this token (may be empty). */
-  readonly text: string;
-}
+export type { FinishReason, GeneratedChunk } from './completion-state.js';
 
 export interface GenerationTimings {
   readonly promptTokens: number;
@@ -57,62 +50,37 @@ export async function* generate(model: MoeModel, req: GenerateRequest): AsyncGen
   if (req.promptIds.length === 0) throw new EmptyPromptError();
   if (!Number.isInteger(req.maxTokens) || req.maxTokens < 0) throw new RangeError(`maxTokens must be a non-negative integer, got ${req.maxTokens}`);
   const rng = createRng(req.seed ?? randomSeed());
-  const eos = new Set(model.eosTokenIds);
-  const detok = model.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
-  const stops = new StopStringMatcher(req.stop ?? []);
-  const completion: Token[] = [];
-  let text = '';
-  let finishReason: FinishReason = 'length';
-  let stoppedByString = false;
+  // The whole completion must fit the context window; tokens past it end generation with 'length'.
+  const room = Math.min(req.maxTokens, model.spec.maxPositions - req.promptIds.length);
+  const state = new CompletionState(model.tokenizer, new Set(model.eosTokenIds), req.stop ?? [], room);
   let decodeMs = 0;
   let decodeSteps = 0;
   using kv = model.newSequence();
-  // The whole completion must fit the context window; tokens past it end generation with 'length'.
-  const room = Math.min(req.maxTokens, model.spec.maxPositions - req.promptIds.length);
 
   const t0 = performance.now();
   let logits = await model.forward.step(kv, req.promptIds, 'last', req.observer);
   const promptMs = performance.now() - t0;
 
-  while (completion.length < room) {
+  while (state.finishReason === null) {
     if (req.signal?.aborted) {
-      finishReason = 'abort';
+      state.finish('abort');
       break;
     }
     const token = sampleToken(logits, req.sampling, rng);
-    completion.push(token);
-    if (eos.has(token)) {
-      finishReason = 'stop';
-      break;
-    }
-    const matched = stops.push(detok.push(token));
-    text += matched.emit;
-    if (matched.stopped) {
-      finishReason = 'stop';
-      stoppedByString = true;
-      yield { tokenId: token, text: matched.emit };
-      break;
-    }
-    yield { tokenId: token, text: matched.emit };
-    if (completion.length >= room) break;
+    yield state.accept(token);
+    if (state.finishReason !== null) break;
     const t = performance.now();
     logits = await model.forward.step(kv, [asToken(token)], 'last', req.observer);
     decodeMs += performance.now() - t;
     decodeSteps++;
   }
-  if (!stoppedByString) {
-    // The sequence ended: release what the detokenizer and stop matcher were holding back.
-    const tail = stops.push(detok.flush());
-    const rest = tail.stopped ? tail.emit : tail.emit + stops.flush();
-    if (tail.stopped) finishReason = 'stop';
-    text += rest;
-    if (rest) yield { tokenId: null, text: rest };
-  }
+  const tail = state.finish('length');
+  if (tail) yield tail;
   return {
     promptIds: req.promptIds,
-    completionIds: completion,
-    text,
-    finishReason,
+    completionIds: state.completionIds,
+    text: state.text,
+    finishReason: state.finishReason ?? 'length',
     timings: { promptTokens: req.promptIds.length, promptMs, decodeSteps, decodeMs },
   };
 }

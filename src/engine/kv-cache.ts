@@ -42,7 +42,9 @@ interface LayerKv {
 const INITIAL_CAPACITY = 64;
 
 export class SequenceKvCache implements Disposable {
+  private static live = 0;
   private tokens = 0;
+  private disposed = false;
   private pending = 0;
   private readonly layers: LayerKv[];
 
@@ -53,6 +55,12 @@ export class SequenceKvCache implements Disposable {
     this.layers = Array.from({ length: shape.numLayers }, () =>
       runtime.onGpu ? new RollingLayerKv(runtime, shape) : new InPlaceLayerKv(runtime, shape),
     );
+    SequenceKvCache.live++;
+  }
+
+  /** KV caches not yet disposed, process-wide: tests check that finished and cancelled sequences free theirs. */
+  static get liveCount(): number {
+    return SequenceKvCache.live;
   }
 
   /** Tokens already in the cache (the position of the next token). */
@@ -99,6 +107,9 @@ export class SequenceKvCache implements Disposable {
   }
 
   [Symbol.dispose](): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    SequenceKvCache.live--;
     for (const l of this.layers) l.dispose();
   }
 }

@@ -1,0 +1,278 @@
+// The engine loop of continuous batching: the scheduler decides each step's tokens, one batched forward
+// pass computes them, each sequence samples and streams its token, and finished or cancelled sequences
+// leave at once (iteration-level scheduling, as in Orca and vLLM). New requests join at the next step.
+import type { FinishedStatus } from '../scheduler/request-status.js';
+import { RequestStatus } from '../scheduler/request-status.js';
+import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../scheduler/scheduler.js';
+import type { Token } from '../tokenizer/token.js';
+import { CompletionState, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import type { BatchItem, RoutingObserver } from './forward.js';
+import { EmptyPromptError } from './generate.js';
+import { ContextLengthError, type SequenceKvCache } from './kv-cache.js';
+import type { MoeModel } from './moe-model.js';
+import { createRng, randomSeed, sampleToken, type Rng, type SamplingParams } from './sampler.js';
+
+export interface CompletionRequest {
+  readonly promptIds: readonly Token[];
+  readonly maxTokens: number;
+  readonly sampling: SamplingParams;
+  /** Seed of this request's own random stream: the same seed gives the same tokens whatever else runs. */
+  readonly seed?: number;
+  readonly stop?: readonly string[];
+  /** Aborting removes the request at the next step and frees its KV cache. */
+  readonly signal?: AbortSignal;
+  readonly observer?: RoutingObserver;
+}
+
+export interface CompletionResult {
+  readonly id: string;
+  readonly promptIds: readonly Token[];
+  readonly completionIds: readonly Token[];
+  readonly text: string;
+  readonly finishReason: FinishReason;
+}
+
+/** A request's tokens as they are produced, then its result. */
+export class CompletionStream implements AsyncIterable<GeneratedChunk> {
+  private readonly chunks: GeneratedChunk[] = [];
+  private waiter: (() => void) | null = null;
+  private done = false;
+  private failure: unknown = null;
+  readonly result: Promise<CompletionResult>;
+  private settle!: { resolve: (r: CompletionResult) => void; reject: (e: unknown) => void };
+
+  constructor(readonly id: string) {
+    this.result = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    // A consumer that only iterates still sees the error; this keeps an unobserved result from crashing.
+    this.result.catch(() => undefined);
+  }
+
+  push(chunk: GeneratedChunk): void {
+    this.chunks.push(chunk);
+    this.wake();
+  }
+
+  end(result: CompletionResult): void {
+    this.done = true;
+    this.settle.resolve(result);
+    this.wake();
+  }
+
+  fail(err: unknown): void {
+    this.done = true;
+    this.failure = err;
+    this.settle.reject(err);
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<GeneratedChunk> {
+    for (;;) {
+      const next = this.chunks.shift();
+      if (next) {
+        yield next;
+        continue;
+      }
+      if (this.done) {
+        if (this.failure !== null) throw this.failure;
+        return;
+      }
+      await new Promise<void>((r) => (this.waiter = r));
+    }
+  }
+}
+
+interface Sequence {
+  readonly id: string;
+  /** prompt followed by the tokens generated so far */
+  readonly tokens: number[];
+  readonly promptIds: readonly Token[];
+  readonly sampling: SamplingParams;
+  readonly rng: Rng;
+  readonly state: CompletionState;
+  readonly stream: CompletionStream;
+  readonly observer: RoutingObserver | undefined;
+  kv: SequenceKvCache | null;
+  detachAbort: () => void;
+}
+
+export interface EngineStats {
+  readonly steps: number;
+  readonly tokensComputed: number;
+  readonly tokensGenerated: number;
+  readonly running: number;
+  readonly waiting: number;
+}
+
+export class BatchEngine implements AsyncDisposable {
+  private readonly scheduler: Scheduler;
+  private readonly sequences = new Map<string, Sequence>();
+  private nextId = 0;
+  private loop: Promise<void> | null = null;
+  private steps = 0;
+  private tokensComputed = 0;
+  private tokensGenerated = 0;
+
+  constructor(
+    private readonly model: MoeModel,
+    config: SchedulerConfig,
+  ) {
+    this.scheduler = new Scheduler(config);
+  }
+
+  get stats(): EngineStats {
+    return {
+      steps: this.steps,
+      tokensComputed: this.tokensComputed,
+      tokensGenerated: this.tokensGenerated,
+      running: this.scheduler.numRunning,
+      waiting: this.scheduler.numWaiting,
+    };
+  }
+
+  /**
+   * Queues a request; its stream yields tokens as they are produced. Throws at once (QueueFullError,
+   * EmptyPromptError, ContextLengthError) when it cannot be accepted, so the caller can answer 429/400.
+   */
+  submit(req: CompletionRequest): CompletionStream {
+    if (req.promptIds.length === 0) throw new EmptyPromptError();
+    const maxPositions = this.model.spec.maxPositions;
+    if (req.promptIds.length >= maxPositions) throw new ContextLengthError(req.promptIds.length + 1, maxPositions);
+    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new RangeError(`maxTokens must be a positive integer, got ${req.maxTokens}`);
+    const id = `seq-${this.nextId++}`;
+    // The completion must fit the context window; it ends with 'length' where the window does.
+    const maxTokens = Math.min(req.maxTokens, maxPositions - req.promptIds.length);
+    this.scheduler.add({ id, promptTokens: req.promptIds.length, maxTokens });
+    const stream = new CompletionStream(id);
+    const seq: Sequence = {
+      id,
+      tokens: [...req.promptIds],
+      promptIds: req.promptIds,
+      sampling: req.sampling,
+      rng: createRng(req.seed ?? randomSeed()),
+      state: new CompletionState(this.model.tokenizer, new Set(this.model.eosTokenIds), req.stop ?? [], maxTokens),
+      stream,
+      observer: req.observer,
+      kv: null,
+      detachAbort: () => undefined,
+    };
+    this.sequences.set(id, seq);
+    if (req.signal) {
+      const onAbort = () => {
+        this.scheduler.abort(id);
+        this.kick();
+      };
+      if (req.signal.aborted) onAbort();
+      req.signal.addEventListener('abort', onAbort, { once: true });
+      seq.detachAbort = () => req.signal?.removeEventListener('abort', onAbort);
+    }
+    this.kick();
+    return stream;
+  }
+
+  /** Starts the loop if it is not running; it stops by itself when there is no work. */
+  private kick(): void {
+    this.loop ??= this.run().finally(() => (this.loop = null));
+  }
+
+  private async run(): Promise<void> {
+    // Let the submitting caller (an HTTP handler, say) return before the first step blocks the thread.
+    await yieldToEventLoop();
+    while (this.scheduler.hasWork) {
+      const plan = this.scheduler.schedule();
+      for (const r of plan.removed) this.end(r.id, 'abort');
+      for (const id of plan.admitted) {
+        const seq = this.sequences.get(id);
+        if (seq) seq.kv = this.model.newSequence();
+      }
+      if (plan.steps.length > 0) await this.step(plan);
+      // Between steps the event loop serves I/O: each step blocks it (session.run is synchronous).
+      await yieldToEventLoop();
+    }
+  }
+
+  private async step(plan: SchedulerOutput): Promise<void> {
+    const chunks = plan.steps.flatMap((c) => {
+      const seq = this.sequences.get(c.id);
+      return seq?.kv ? [{ chunk: c, seq, kv: seq.kv }] : [];
+    });
+    const items: BatchItem[] = chunks.map(({ chunk, seq, kv }) => ({
+      kv,
+      tokens: seq.tokens.slice(chunk.start, chunk.start + chunk.count),
+      logits: chunk.samples ? 'last' : 'none',
+      observer: seq.observer,
+    }));
+    let logits: (Float32Array | null)[];
+    try {
+      logits = await this.model.forward.stepBatch(items);
+    } catch (err) {
+      // The step's KV caches are half-written: these sequences cannot go on. Others are unaffected.
+      for (const { seq } of chunks) {
+        this.scheduler.finish(seq.id, RequestStatus.FINISHED_ABORTED);
+        this.fail(seq, err);
+      }
+      return;
+    }
+    this.steps++;
+    const sampled = new Map<string, number>();
+    const stopped: Sequence[] = [];
+    chunks.forEach(({ chunk, seq }, i) => {
+      this.tokensComputed += chunk.count;
+      const row = logits[i];
+      if (!chunk.samples || !row) return;
+      const token = sampleToken(row, seq.sampling, seq.rng);
+      sampled.set(seq.id, token);
+      seq.tokens.push(token);
+      this.tokensGenerated++;
+      const out = seq.state.accept(token);
+      if (out.text || out.tokenId !== null) seq.stream.push(out);
+      if (seq.state.finishReason === 'stop') stopped.push(seq);
+    });
+    const finished = this.scheduler.update(plan, sampled);
+    for (const seq of stopped) this.scheduler.finish(seq.id, RequestStatus.FINISHED_STOPPED);
+    for (const f of finished) this.end(f.id, reasonOf(f.status));
+    for (const seq of stopped) this.end(seq.id, 'stop');
+  }
+
+  /** Frees the sequence's KV cache and ends its stream. */
+  private end(id: string, reason: FinishReason): void {
+    const seq = this.sequences.get(id);
+    if (!seq) return;
+    this.release(seq);
+    const tail = seq.state.finish(reason);
+    if (tail) seq.stream.push(tail);
+    seq.stream.end({ id, promptIds: seq.promptIds, completionIds: seq.state.completionIds, text: seq.state.text, finishReason: seq.state.finishReason ?? reason });
+  }
+
+  private fail(seq: Sequence, err: unknown): void {
+    this.release(seq);
+    seq.stream.fail(err);
+  }
+
+  private release(seq: Sequence): void {
+    this.sequences.delete(seq.id);
+    seq.detachAbort();
+    seq.kv?.[Symbol.dispose]();
+    seq.kv = null;
+  }
+
+  /** Aborts every request and waits for the loop to stop. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const id of this.sequences.keys()) this.scheduler.abort(id);
+    this.kick();
+    await this.loop;
+  }
+}
+
+function reasonOf(status: FinishedStatus): FinishReason {
+  return status === RequestStatus.FINISHED_LENGTH ? 'length' : status === RequestStatus.FINISHED_STOPPED ? 'stop' : 'abort';
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}

@@ -1,0 +1,75 @@
+// What happens to each sampled token of one sequence: end-of-sequence, UTF-8-safe detokenization, stop
+// strings and the token limit. Shared by the single-sequence loop and the batching engine.
+import type { TextTokenizer } from '../tokenizer/tokenizer.js';
+import type { Token } from '../tokenizer/token.js';
+import { StopStringMatcher } from './stop-strings.js';
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface GeneratedChunk {
+  /** The sampled token; null for text released when the sequence ends. */
+  readonly tokenId: Token | null;
+  /** Text finalized by this token (may be empty). */
+  readonly text: string;
+}
+
+export class CompletionState {
+  readonly completionIds: Token[] = [];
+  private textSoFar = '';
+  private finished: FinishReason | null = null;
+  private stoppedByString = false;
+  private readonly detok;
+  private readonly stops: StopStringMatcher;
+
+  constructor(
+    tokenizer: TextTokenizer,
+    private readonly eos: ReadonlySet<number>,
+    stop: readonly string[],
+    /** Most tokens to generate (already limited by the context window). */
+    readonly maxTokens: number,
+  ) {
+    this.detok = tokenizer.createStreamDecoder({ skipSpecialTokens: true });
+    this.stops = new StopStringMatcher(stop);
+    if (maxTokens <= 0) this.finished = 'length';
+  }
+
+  get text(): string {
+    return this.textSoFar;
+  }
+
+  /** Why the sequence ended, or null while it goes on. */
+  get finishReason(): FinishReason | null {
+    return this.finished;
+  }
+
+  /** Takes a sampled token; returns the text it finalizes. Call finish() once finishReason is set. */
+  accept(token: Token): GeneratedChunk {
+    if (this.finished) throw new Error('token accepted after the sequence finished');
+    this.completionIds.push(token);
+    if (this.eos.has(token)) {
+      this.finished = 'stop';
+      return { tokenId: token, text: '' };
+    }
+    const matched = this.stops.push(this.detok.push(token));
+    this.textSoFar += matched.emit;
+    if (matched.stopped) {
+      this.finished = 'stop';
+      this.stoppedByString = true;
+    } else if (this.completionIds.length >= this.maxTokens) {
+      this.finished = 'length';
+    }
+    return { tokenId: token, text: matched.emit };
+  }
+
+  /** Ends the sequence (for `reason` if it has not ended by itself) and releases held-back text. */
+  finish(reason: FinishReason): GeneratedChunk | null {
+    this.finished ??= reason;
+    if (this.stoppedByString) return null;
+    const tail = this.stops.push(this.detok.flush());
+    const rest = tail.stopped ? tail.emit : tail.emit + this.stops.flush();
+    if (tail.stopped) this.finished = 'stop';
+    this.stoppedByString = true; // nothing more to release
+    this.textSoFar += rest;
+    return rest ? { tokenId: null, text: rest } : null;
+  }
+}

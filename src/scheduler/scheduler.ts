@@ -1,0 +1,325 @@
+// A continuous-batching scheduler in the style of vLLM v1 (vllm/v1/core/sched/): `schedule()` returns plain data
+// saying which tokens of which requests to compute this step, the engine runs them, and `update()` records what
+// was computed and sampled. No tensors, no model, no I/O.
+//
+// There are no prefill and decode phases. Each request has a token count (prompt + generated) and a computed
+// count that catches up with it: a new request has its whole prompt uncomputed, a decoding request has exactly
+// one (the token sampled last step). A prompt longer than the step's budget is simply computed over several
+// steps (chunked prefill), and only the chunk that reaches the end of the known tokens samples a new one.
+//
+// Per step, within `maxBatchTokens`:
+//   1. aborts requested since the last step are applied and reported in `removed`;
+//   2. running requests, in admission order, each get as many of their uncomputed tokens as the budget allows
+//      (so decodes and unfinished prompts go before new prompts, and the oldest request is never starved);
+//   3. waiting requests are admitted strictly FIFO while fewer than `maxSeqs` run and budget remains.
+// Nothing is ever preempted. A running request left without budget would wait for the next step, but admission
+// makes that impossible: a request is admitted only with budget left after every running request's demand, and
+// once its prompt is computed it needs one token per step, so only the newest request can get less than it needs,
+// and it always gets at least one token.
+import { RequestStatus, isFinished, type FinishedStatus } from './request-status.js';
+
+export interface SchedulerConfig {
+  /** Most tokens computed in one step over all requests: prompt chunks plus one per decoding request. */
+  readonly maxBatchTokens: number;
+  /** Most requests running at once (each holds a KV cache). */
+  readonly maxSeqs: number;
+  /** Most requests waiting for admission; `add` beyond it throws QueueFullError. */
+  readonly maxQueue: number;
+}
+
+export interface NewRequest {
+  readonly id: string;
+  /** Tokens in the prompt, at least 1. */
+  readonly promptTokens: number;
+  /** Tokens to generate at most, at least 1; reaching it finishes the request with FINISHED_LENGTH. */
+  readonly maxTokens: number;
+}
+
+/** Tokens [start, start + count) of one request, computed this step. */
+export interface ScheduledChunk {
+  readonly id: string;
+  /** Position of the first token to compute (= tokens already computed, i.e. in the KV cache). */
+  readonly start: number;
+  /** Tokens to compute this step, at least 1. */
+  readonly count: number;
+  /** After this chunk every known token is computed, so the step samples the request's next token. */
+  readonly samples: boolean;
+}
+
+export interface FinishedRequest {
+  readonly id: string;
+  readonly status: FinishedStatus;
+}
+
+export interface SchedulerOutput {
+  /** At most one chunk per request; their counts sum to at most maxBatchTokens. */
+  readonly steps: readonly ScheduledChunk[];
+  /** Requests admitted this step, in FIFO order (each also has a chunk in `steps`): allocate their KV cache. */
+  readonly admitted: readonly string[];
+  /** Requests aborted since the last step, always FINISHED_ABORTED: free their KV cache, end their streams. */
+  readonly removed: readonly FinishedRequest[];
+}
+
+export interface RequestState {
+  readonly status: RequestStatus;
+  /** Tokens whose keys and values are in the KV cache. */
+  readonly computedTokens: number;
+  /** Prompt tokens plus generated tokens. */
+  readonly totalTokens: number;
+  readonly generatedTokens: number;
+}
+
+/**
+ * The Retry-After hint for a full queue. The scheduler does not know how long a step takes, so it cannot predict
+ * when a slot frees; one second is a conservative hint: a queue slot frees at the next step that admits a request,
+ * which is at most one step after a running request finishes, and steps take well under a second.
+ */
+export const QUEUE_FULL_RETRY_AFTER_SECONDS = 1;
+
+export class QueueFullError extends Error {
+  readonly code = 'queue_full';
+  readonly retryAfterSeconds = QUEUE_FULL_RETRY_AFTER_SECONDS;
+
+  constructor(
+    readonly queued: number,
+    readonly maxQueue: number,
+  ) {
+    super(
+      `The waiting queue is full (${queued} of ${maxQueue} requests queued); ` +
+        `retry after ${QUEUE_FULL_RETRY_AFTER_SECONDS} s.`,
+    );
+    this.name = new.target.name;
+  }
+}
+
+export function validateSchedulerConfig(config: SchedulerConfig): SchedulerConfig {
+  return Object.freeze({
+    maxBatchTokens: requirePositiveInteger('SchedulerConfig.maxBatchTokens', config.maxBatchTokens),
+    maxSeqs: requirePositiveInteger('SchedulerConfig.maxSeqs', config.maxSeqs),
+    maxQueue: requirePositiveInteger('SchedulerConfig.maxQueue', config.maxQueue),
+  });
+}
+
+function requirePositiveInteger(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new RangeError(`${name} must be a positive integer, got ${value}.`);
+  }
+  return value;
+}
+
+interface TrackedRequest {
+  readonly id: string;
+  readonly promptTokens: number;
+  readonly maxTokens: number;
+  status: RequestStatus;
+  computedTokens: number;
+  generatedTokens: number;
+}
+
+function totalTokens(request: TrackedRequest): number {
+  return request.promptTokens + request.generatedTokens;
+}
+
+interface PlannedChunk {
+  readonly chunk: ScheduledChunk;
+  readonly request: TrackedRequest;
+}
+
+/** One step's chunks and the budget they leave. */
+class StepPlan {
+  readonly chunks: PlannedChunk[] = [];
+
+  constructor(public budgetTokens: number) {}
+
+  /** Gives the request as many of its uncomputed tokens as the budget allows (maybe none). */
+  take(request: TrackedRequest): void {
+    const uncomputed = totalTokens(request) - request.computedTokens;
+    const count = Math.min(uncomputed, this.budgetTokens);
+    if (count <= 0) return;
+    this.budgetTokens -= count;
+    const chunk = { id: request.id, start: request.computedTokens, count, samples: count === uncomputed };
+    this.chunks.push({ chunk, request });
+  }
+}
+
+export class Scheduler {
+  readonly config: SchedulerConfig;
+  /** Waiting and running requests by id; a request leaves when it finishes. */
+  private readonly requests = new Map<string, TrackedRequest>();
+  private readonly waiting: TrackedRequest[] = [];
+  /** In admission order, which is the order they are served in. */
+  private running: TrackedRequest[] = [];
+  private readonly pendingAborts = new Set<string>();
+  /** The latest schedule()'s output until update() consumes it, with the request behind each chunk. */
+  private inFlight: { readonly output: SchedulerOutput; readonly chunks: readonly PlannedChunk[] } | undefined;
+
+  constructor(config: SchedulerConfig) {
+    this.config = validateSchedulerConfig(config);
+  }
+
+  get numWaiting(): number {
+    return this.waiting.length;
+  }
+
+  get numRunning(): number {
+    return this.running.length;
+  }
+
+  /** True while a schedule() call has something to do: requests to run or admit, or aborts to report. */
+  get hasWork(): boolean {
+    return this.waiting.length > 0 || this.running.length > 0 || this.pendingAborts.size > 0;
+  }
+
+  /** A snapshot of a waiting or running request; undefined once it has finished (or if it never existed). */
+  requestState(id: string): RequestState | undefined {
+    const request = this.requests.get(id);
+    if (request === undefined) return undefined;
+    const { status, computedTokens, generatedTokens } = request;
+    return { status, computedTokens, totalTokens: totalTokens(request), generatedTokens };
+  }
+
+  /**
+   * Queues a request at the back of the FIFO.
+   * @throws RangeError for a bad token count or an id already waiting or running; QueueFullError when
+   *   `maxQueue` requests are waiting.
+   */
+  add(request: NewRequest): void {
+    const { id } = request;
+    requirePositiveInteger(`request '${id}' promptTokens`, request.promptTokens);
+    requirePositiveInteger(`request '${id}' maxTokens`, request.maxTokens);
+    if (this.requests.has(id)) throw new RangeError(`A request with id '${id}' is already waiting or running.`);
+    if (this.waiting.length >= this.config.maxQueue) throw new QueueFullError(this.waiting.length, this.config.maxQueue);
+    const tracked: TrackedRequest = {
+      id,
+      promptTokens: request.promptTokens,
+      maxTokens: request.maxTokens,
+      status: RequestStatus.WAITING,
+      computedTokens: 0,
+      generatedTokens: 0,
+    };
+    this.requests.set(id, tracked);
+    this.waiting.push(tracked);
+  }
+
+  /**
+   * Marks a waiting or running request for removal; the next schedule() removes it and reports it in `removed`
+   * (so the engine frees its KV cache there). Until then it stays where it is, and an update() for an output
+   * already in flight still applies to it. Returns false, doing nothing, for unknown or finished ids.
+   */
+  abort(id: string): boolean {
+    if (!this.requests.has(id)) return false;
+    this.pendingAborts.add(id);
+    return true;
+  }
+
+  /**
+   * The engine ends a request (end-of-sequence token, stop string): it leaves the scheduler at once and is not
+   * reported anywhere, since the caller already knows. A chunk of it in an output in flight is ignored by
+   * update(). Returns false, doing nothing, for unknown or finished ids.
+   */
+  finish(id: string, status: FinishedStatus): boolean {
+    if (!isFinished(status)) throw new RangeError(`finish() needs a finished status, got ${status}.`);
+    const request = this.requests.get(id);
+    if (request === undefined) return false;
+    this.end(request, status);
+    return true;
+  }
+
+  /**
+   * Plans one step. Pass the output to update() once the step has run; calling schedule() again instead
+   * discards this plan (nothing in it counts as computed, and its chunks are planned again).
+   */
+  schedule(): SchedulerOutput {
+    const removed = this.applyAborts();
+    const plan = new StepPlan(this.config.maxBatchTokens);
+    this.scheduleRunning(plan);
+    const admitted = this.scheduleWaiting(plan);
+    const output: SchedulerOutput = { steps: plan.chunks.map((p) => p.chunk), admitted, removed };
+    this.inFlight = { output, chunks: plan.chunks };
+    return output;
+  }
+
+  /**
+   * Records a step: each chunk's tokens are now computed, and each sampling chunk appends the token the engine
+   * sampled for it. Returns the requests that reached maxTokens (FINISHED_LENGTH), which have left the scheduler:
+   * free their KV cache. Checks everything before changing anything.
+   * @param output the latest schedule()'s output, each passed once.
+   * @param sampled the token sampled for every request whose chunk samples; other entries are ignored.
+   */
+  update(output: SchedulerOutput, sampled: ReadonlyMap<string, number>): FinishedRequest[] {
+    const inFlight = this.inFlight;
+    if (inFlight === undefined || inFlight.output !== output) {
+      throw new Error('update() takes the output of the latest schedule(), once.');
+    }
+    // Requests the engine finished since schedule() are skipped: their tokens no longer matter.
+    const live = inFlight.chunks.filter(({ request }) => !isFinished(request.status));
+    for (const { chunk } of live) {
+      if (chunk.samples && !sampled.has(chunk.id)) {
+        throw new RangeError(`No sampled token for request '${chunk.id}', whose chunk ends its known tokens.`);
+      }
+    }
+    this.inFlight = undefined;
+    const finished: FinishedRequest[] = [];
+    for (const { chunk, request } of live) {
+      request.computedTokens += chunk.count;
+      if (!chunk.samples) continue;
+      request.generatedTokens += 1;
+      if (request.generatedTokens >= request.maxTokens) {
+        this.end(request, RequestStatus.FINISHED_LENGTH);
+        finished.push({ id: request.id, status: RequestStatus.FINISHED_LENGTH });
+      }
+    }
+    return finished;
+  }
+
+  private applyAborts(): FinishedRequest[] {
+    const removed: FinishedRequest[] = [];
+    for (const id of [...this.pendingAborts]) {
+      const request = this.requests.get(id);
+      if (request === undefined) continue;
+      this.end(request, RequestStatus.FINISHED_ABORTED);
+      removed.push({ id, status: RequestStatus.FINISHED_ABORTED });
+    }
+    this.pendingAborts.clear();
+    return removed;
+  }
+
+  /** Running requests in admission order, each as many of its uncomputed tokens as the budget leaves. */
+  private scheduleRunning(plan: StepPlan): void {
+    for (const request of this.running) {
+      if (plan.budgetTokens === 0) return;
+      plan.take(request);
+    }
+  }
+
+  /**
+   * Admits from the head of the queue while a sequence slot and budget remain; a prompt larger than the budget
+   * gets a first chunk now and the rest in later steps, as a running request. Strict FIFO: nothing overtakes
+   * the head.
+   */
+  private scheduleWaiting(plan: StepPlan): string[] {
+    const admitted: string[] = [];
+    while (this.running.length < this.config.maxSeqs && plan.budgetTokens > 0) {
+      const request = this.waiting.shift();
+      if (request === undefined) break;
+      request.status = RequestStatus.RUNNING;
+      this.running.push(request);
+      plan.take(request);
+      admitted.push(request.id);
+    }
+    return admitted;
+  }
+
+  /** Removes a request from wherever it is; it can no longer be scheduled, aborted or updated. */
+  private end(request: TrackedRequest, status: FinishedStatus): void {
+    const wasWaiting = request.status === RequestStatus.WAITING;
+    request.status = status;
+    this.requests.delete(request.id);
+    this.pendingAborts.delete(request.id);
+    if (wasWaiting) {
+      this.waiting.splice(this.waiting.indexOf(request), 1);
+    } else {
+      this.running = this.running.filter((r) => r !== request);
+    }
+  }
+}

@@ -1,0 +1,504 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { RequestStatus, isFinished } from '../../src/scheduler/request-status.js';
+import {
+  QueueFullError,
+  Scheduler,
+  type FinishedRequest,
+  type ScheduledChunk,
+  type SchedulerConfig,
+  type SchedulerOutput,
+} from '../../src/scheduler/scheduler.js';
+
+// ---- helpers: a scheduler, hand-made runner outputs, no model ----
+
+function makeScheduler(config: Partial<SchedulerConfig> = {}): Scheduler {
+  return new Scheduler({ maxBatchTokens: 16, maxSeqs: 4, maxQueue: 8, ...config });
+}
+
+function chunk(id: string, start: number, count: number, samples: boolean): ScheduledChunk {
+  return { id, start, count, samples };
+}
+
+/** What a model would return for the output: one sampled token (7) for every chunk that samples. */
+function sampledFor(output: SchedulerOutput): Map<string, number> {
+  return new Map(output.steps.filter((c) => c.samples).map((c) => [c.id, 7]));
+}
+
+/** One engine step: plan, "run" it, record it. */
+function step(scheduler: Scheduler): { output: SchedulerOutput; finished: FinishedRequest[] } {
+  const output = scheduler.schedule();
+  return { output, finished: scheduler.update(output, sampledFor(output)) };
+}
+
+function tokenSum(output: SchedulerOutput): number {
+  return output.steps.reduce((sum, c) => sum + c.count, 0);
+}
+
+/** mulberry32: a tiny seeded generator so the randomized test is repeatable. */
+function seededRandom(seed: number): (lo: number, hi: number) => number {
+  let a = seed >>> 0;
+  const next = (): number => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return (lo, hi) => lo + Math.floor(next() * (hi - lo + 1));
+}
+
+// ---- tests ----
+
+describe('request status', () => {
+  test('is ordered so that every status from FINISHED_STOPPED on is finished', () => {
+    assert.equal(isFinished(RequestStatus.WAITING), false);
+    assert.equal(isFinished(RequestStatus.RUNNING), false);
+    assert.equal(isFinished(RequestStatus.FINISHED_STOPPED), true);
+    assert.equal(isFinished(RequestStatus.FINISHED_LENGTH), true);
+    assert.equal(isFinished(RequestStatus.FINISHED_ABORTED), true);
+  });
+});
+
+describe('Scheduler', () => {
+  test('rejects a config field that is not a positive integer, naming the field', () => {
+    for (const field of ['maxBatchTokens', 'maxSeqs', 'maxQueue'] as const) {
+      for (const bad of [0, -1, 1.5, Number.NaN]) {
+        assert.throws(
+          () => makeScheduler({ [field]: bad }),
+          (e: unknown) => e instanceof RangeError && e.message.includes(field),
+        );
+      }
+    }
+  });
+
+  test('rejects an empty prompt, a maxTokens below 1 and an id already queued', () => {
+    const s = makeScheduler();
+    assert.throws(() => s.add({ id: 'a', promptTokens: 0, maxTokens: 4 }), /promptTokens/);
+    assert.throws(() => s.add({ id: 'a', promptTokens: 3, maxTokens: 0 }), /maxTokens/);
+    s.add({ id: 'a', promptTokens: 3, maxTokens: 4 });
+    assert.throws(() => s.add({ id: 'a', promptTokens: 3, maxTokens: 4 }), RangeError);
+    assert.equal(s.numWaiting, 1);
+  });
+
+  test('a lone request prefills its whole prompt in one step, then decodes one token per step', () => {
+    const s = makeScheduler();
+    s.add({ id: 'a', promptTokens: 5, maxTokens: 3 });
+    assert.equal(s.hasWork, true);
+
+    const first = step(s);
+    assert.deepEqual(first.output, { steps: [chunk('a', 0, 5, true)], admitted: ['a'], removed: [] });
+    assert.deepEqual(s.requestState('a'), {
+      status: RequestStatus.RUNNING,
+      computedTokens: 5,
+      totalTokens: 6,
+      generatedTokens: 1,
+    });
+
+    assert.deepEqual(step(s).output.steps, [chunk('a', 5, 1, true)]);
+    const last = step(s);
+    assert.deepEqual(last.output.steps, [chunk('a', 6, 1, true)]);
+    assert.deepEqual(last.finished, [{ id: 'a', status: RequestStatus.FINISHED_LENGTH }]);
+    assert.equal(s.requestState('a'), undefined);
+    assert.equal(s.hasWork, false);
+  });
+
+  test('chunks a prompt longer than maxBatchTokens over several steps, sampling only after the last chunk', () => {
+    const s = makeScheduler({ maxBatchTokens: 4 });
+    s.add({ id: 'a', promptTokens: 10, maxTokens: 2 });
+    const plans: ScheduledChunk[][] = [];
+    for (let i = 0; i < 4; i++) {
+      const output = s.schedule();
+      plans.push([...output.steps]);
+      // Non-sampling chunks need no sampled token.
+      s.update(output, output.steps[0]?.samples === true ? new Map([['a', 1]]) : new Map());
+    }
+    assert.deepEqual(plans, [
+      [chunk('a', 0, 4, false)],
+      [chunk('a', 4, 4, false)],
+      [chunk('a', 8, 2, true)],
+      [chunk('a', 10, 1, true)],
+    ]);
+    assert.equal(s.requestState('a'), undefined, 'finished after its 2 tokens');
+  });
+
+  test('update throws when a sampling chunk has no sampled token, and changes nothing', () => {
+    const s = makeScheduler();
+    s.add({ id: 'a', promptTokens: 3, maxTokens: 2 });
+    s.add({ id: 'b', promptTokens: 3, maxTokens: 2 });
+    const output = s.schedule();
+    assert.throws(() => s.update(output, new Map([['a', 1]])), /'b'/);
+    assert.equal(s.requestState('a')?.computedTokens, 0);
+    s.update(output, sampledFor(output));
+    assert.equal(s.requestState('a')?.computedTokens, 3);
+  });
+
+  test('update takes only the latest output, once', () => {
+    const s = makeScheduler();
+    s.add({ id: 'a', promptTokens: 3, maxTokens: 5 });
+    const stale = s.schedule();
+    const output = s.schedule();
+    assert.deepEqual(output.steps, [chunk('a', 0, 3, true)], 'a discarded plan is planned again');
+    assert.throws(() => s.update(stale, sampledFor(stale)), /latest schedule/);
+    s.update(output, sampledFor(output));
+    assert.throws(() => s.update(output, sampledFor(output)), /once/);
+    assert.equal(s.requestState('a')?.computedTokens, 3);
+  });
+
+  test('schedules the decode tokens of running requests before new prompts', () => {
+    const s = makeScheduler({ maxBatchTokens: 8 });
+    s.add({ id: 'a', promptTokens: 4, maxTokens: 10 });
+    s.add({ id: 'b', promptTokens: 4, maxTokens: 10 });
+    step(s);
+    s.add({ id: 'c', promptTokens: 20, maxTokens: 10 });
+    const { output } = step(s);
+    assert.deepEqual(output.steps, [chunk('a', 4, 1, true), chunk('b', 4, 1, true), chunk('c', 0, 6, false)]);
+    assert.deepEqual(output.admitted, ['c']);
+  });
+
+  test('every running request gets a token every step: only the newest one can be short of its prompt', () => {
+    const s = makeScheduler({ maxBatchTokens: 4 });
+    s.add({ id: 'a', promptTokens: 6, maxTokens: 3 });
+    s.add({ id: 'b', promptTokens: 5, maxTokens: 3 });
+    assert.deepEqual(step(s).output.steps, [chunk('a', 0, 4, false)], 'no budget left to admit b');
+    assert.deepEqual(step(s).output.steps, [chunk('a', 4, 2, true), chunk('b', 0, 2, false)]);
+    assert.deepEqual(step(s).output.steps, [chunk('a', 6, 1, true), chunk('b', 2, 3, true)]);
+    assert.deepEqual(step(s).output.steps, [chunk('a', 7, 1, true), chunk('b', 5, 1, true)]);
+  });
+
+  test('maxSeqs caps running requests; the next waiting one is admitted the step after one finishes', () => {
+    const s = makeScheduler({ maxSeqs: 2 });
+    s.add({ id: 'a', promptTokens: 2, maxTokens: 2 });
+    s.add({ id: 'b', promptTokens: 2, maxTokens: 5 });
+    s.add({ id: 'c', promptTokens: 2, maxTokens: 5 });
+    const first = step(s);
+    assert.deepEqual(first.output.admitted, ['a', 'b']);
+    assert.equal(s.numRunning, 2);
+    assert.equal(s.numWaiting, 1);
+    const second = step(s);
+    assert.deepEqual(second.output.admitted, []);
+    assert.deepEqual(second.finished, [{ id: 'a', status: RequestStatus.FINISHED_LENGTH }]);
+    const third = step(s);
+    assert.deepEqual(third.output.admitted, ['c']);
+    assert.deepEqual(third.output.steps, [chunk('b', 3, 1, true), chunk('c', 0, 2, true)]);
+  });
+
+  test('strict FIFO: a big prompt at the head is not overtaken by small ones behind it', () => {
+    const s = makeScheduler({ maxBatchTokens: 8 });
+    s.add({ id: 'decoding', promptTokens: 1, maxTokens: 100 });
+    step(s);
+    s.add({ id: 'big', promptTokens: 20, maxTokens: 1 });
+    s.add({ id: 'small1', promptTokens: 2, maxTokens: 1 });
+    s.add({ id: 'small2', promptTokens: 2, maxTokens: 1 });
+
+    const plans = [1, 2, 3].map(() => step(s).output);
+    assert.deepEqual(
+      plans.map((o) => o.steps),
+      [
+        [chunk('decoding', 1, 1, true), chunk('big', 0, 7, false)],
+        [chunk('decoding', 2, 1, true), chunk('big', 7, 7, false)],
+        // The small prompts are admitted only once the big one's prompt leaves budget over.
+        [chunk('decoding', 3, 1, true), chunk('big', 14, 6, true), chunk('small1', 0, 1, false)],
+      ],
+    );
+    assert.deepEqual(
+      plans.map((o) => o.admitted),
+      [['big'], [], ['small1']],
+    );
+    assert.equal(s.requestState('small2')?.status, RequestStatus.WAITING);
+  });
+
+  test('strict FIFO: when no sequence slot is free, nothing behind the head is admitted either', () => {
+    const s = makeScheduler({ maxSeqs: 1, maxBatchTokens: 100 });
+    s.add({ id: 'a', promptTokens: 1, maxTokens: 3 });
+    s.add({ id: 'b', promptTokens: 50, maxTokens: 1 });
+    s.add({ id: 'c', promptTokens: 1, maxTokens: 1 });
+    const admittedPerStep = [1, 2, 3, 4].map(() => step(s).output.admitted);
+    assert.deepEqual(admittedPerStep, [['a'], [], [], ['b']]);
+  });
+
+  test('an aborted waiting or running request appears in removed at the next schedule and is never scheduled again', () => {
+    const s = makeScheduler({ maxSeqs: 1 });
+    s.add({ id: 'running', promptTokens: 3, maxTokens: 50 });
+    s.add({ id: 'waiting', promptTokens: 3, maxTokens: 50 });
+    step(s);
+    assert.equal(s.abort('running'), true);
+    assert.equal(s.abort('waiting'), true);
+    assert.equal(s.abort('unknown'), false);
+    assert.equal(s.requestState('running')?.status, RequestStatus.RUNNING, 'removed only at the next schedule');
+
+    const { output } = step(s);
+    assert.deepEqual(output.removed, [
+      { id: 'running', status: RequestStatus.FINISHED_ABORTED },
+      { id: 'waiting', status: RequestStatus.FINISHED_ABORTED },
+    ]);
+    assert.deepEqual(output.steps, []);
+    assert.equal(s.requestState('running'), undefined);
+    assert.equal(s.requestState('waiting'), undefined);
+    assert.equal(s.abort('running'), false, 'a finished request cannot be aborted');
+    assert.equal(s.hasWork, false);
+    assert.deepEqual(s.schedule().removed, [], 'reported once');
+  });
+
+  test('an abort between schedule and update lets the update apply, and removes the request at the next schedule', () => {
+    const s = makeScheduler();
+    s.add({ id: 'a', promptTokens: 3, maxTokens: 50 });
+    const output = s.schedule();
+    s.abort('a');
+    s.update(output, sampledFor(output));
+    assert.equal(s.requestState('a')?.computedTokens, 3);
+    const next = s.schedule();
+    assert.deepEqual(next.removed, [{ id: 'a', status: RequestStatus.FINISHED_ABORTED }]);
+    assert.deepEqual(next.steps, []);
+  });
+
+  test('an abort that loses the race with maxTokens is dropped and does not touch a new request with the same id', () => {
+    const s = makeScheduler();
+    s.add({ id: 'a', promptTokens: 3, maxTokens: 1 });
+    const output = s.schedule();
+    s.abort('a');
+    assert.deepEqual(s.update(output, sampledFor(output)), [{ id: 'a', status: RequestStatus.FINISHED_LENGTH }]);
+    assert.equal(s.hasWork, false);
+    s.add({ id: 'a', promptTokens: 3, maxTokens: 1 });
+    const next = s.schedule();
+    assert.deepEqual(next.removed, []);
+    assert.deepEqual(next.admitted, ['a']);
+  });
+
+  test('a full queue throws QueueFullError with code queue_full and a retry hint, and accepts again after an admission', () => {
+    const s = makeScheduler({ maxQueue: 2, maxSeqs: 1 });
+    s.add({ id: 'a', promptTokens: 3, maxTokens: 5 });
+    s.add({ id: 'b', promptTokens: 3, maxTokens: 5 });
+    assert.throws(
+      () => s.add({ id: 'c', promptTokens: 3, maxTokens: 5 }),
+      (e: unknown) => {
+        assert.ok(e instanceof QueueFullError);
+        assert.equal(e.code, 'queue_full');
+        assert.ok(Number.isInteger(e.retryAfterSeconds) && e.retryAfterSeconds > 0);
+        assert.equal(e.queued, 2);
+        assert.equal(e.maxQueue, 2);
+        assert.match(e.message, /queue is full.*retry after/);
+        return true;
+      },
+    );
+    assert.deepEqual(step(s).output.admitted, ['a']);
+    s.add({ id: 'c', promptTokens: 3, maxTokens: 5 });
+    assert.equal(s.numWaiting, 2);
+  });
+
+  test('update returns a request that reaches maxTokens as FINISHED_LENGTH, including one that finishes on its prefill', () => {
+    const s = makeScheduler();
+    s.add({ id: 'one', promptTokens: 4, maxTokens: 1 });
+    s.add({ id: 'two', promptTokens: 4, maxTokens: 2 });
+    assert.deepEqual(step(s).finished, [{ id: 'one', status: RequestStatus.FINISHED_LENGTH }]);
+    assert.deepEqual(step(s).finished, [{ id: 'two', status: RequestStatus.FINISHED_LENGTH }]);
+    assert.equal(s.hasWork, false);
+  });
+
+  test('finish() stops scheduling a request at once and frees its sequence slot', () => {
+    const s = makeScheduler({ maxSeqs: 1 });
+    s.add({ id: 'a', promptTokens: 2, maxTokens: 50 });
+    s.add({ id: 'b', promptTokens: 2, maxTokens: 50 });
+    step(s);
+    assert.equal(s.finish('a', RequestStatus.FINISHED_STOPPED), true);
+    assert.equal(s.requestState('a'), undefined);
+    assert.equal(s.finish('a', RequestStatus.FINISHED_STOPPED), false);
+    const { output } = step(s);
+    assert.deepEqual(output.steps, [chunk('b', 0, 2, true)]);
+    assert.deepEqual(output.removed, [], 'the engine already knows');
+    assert.throws(() => s.finish('b', RequestStatus.RUNNING as never), RangeError);
+  });
+
+  test('a request finished between schedule and update has its chunk ignored, and its id can be reused', () => {
+    const s = makeScheduler();
+    s.add({ id: 'a', promptTokens: 2, maxTokens: 50 });
+    const output = s.schedule();
+    s.finish('a', RequestStatus.FINISHED_STOPPED);
+    s.add({ id: 'a', promptTokens: 9, maxTokens: 50 });
+    assert.deepEqual(s.update(output, new Map()), []);
+    assert.deepEqual(s.requestState('a'), {
+      status: RequestStatus.WAITING,
+      computedTokens: 0,
+      totalTokens: 9,
+      generatedTokens: 0,
+    });
+  });
+
+  test('randomized: never exceeds the budget, keeps exact token counts, finishes every request, starves none', () => {
+    for (let seed = 1; seed <= 60; seed++) runRandomized(seed);
+  });
+});
+
+interface Mirror {
+  readonly id: string;
+  readonly promptTokens: number;
+  readonly maxTokens: number;
+  state: 'waiting' | 'running' | 'done';
+  computed: number;
+  generated: number;
+  finalStatus?: RequestStatus;
+  /** The schedule() index at which it was first the head of the queue, and the running work then. */
+  headAt?: { step: number; runningWork: number };
+}
+
+function runRandomized(seed: number): void {
+  const rand = seededRandom(seed);
+  const config: SchedulerConfig = { maxBatchTokens: rand(1, 24), maxSeqs: rand(1, 5), maxQueue: rand(1, 8) };
+  const where = `seed ${seed} ${JSON.stringify(config)}`;
+  const s = new Scheduler(config);
+  const total = 60;
+  const mirrors: Mirror[] = []; // in add order
+  const byId = new Map<string, Mirror>();
+  const pendingAborts = new Set<string>();
+  const live = (): Mirror[] => mirrors.filter((m) => m.state !== 'done');
+  const randomAbort = (): void => {
+    const candidates = live();
+    const victim = candidates[rand(0, candidates.length - 1)];
+    if (victim === undefined || rand(1, 10) > 1) return;
+    assert.equal(s.abort(victim.id), true, where);
+    pendingAborts.add(victim.id);
+  };
+  // Uncomputed prompt tokens plus tokens still to generate: every step that serves a request lowers it.
+  const remainingWork = (m: Mirror): number => Math.max(0, m.promptTokens - m.computed) + m.maxTokens - m.generated;
+
+  let stepIndex = 0;
+  while (mirrors.length < total || s.hasWork) {
+    assert.ok(stepIndex < 100_000, `${where}: did not finish`);
+    for (let k = rand(0, 3); k > 0 && mirrors.length < total; k--) {
+      const m: Mirror = {
+        id: `r${mirrors.length}`,
+        promptTokens: rand(1, 40),
+        maxTokens: rand(1, 12),
+        state: 'waiting',
+        computed: 0,
+        generated: 0,
+      };
+      try {
+        s.add(m);
+      } catch (e) {
+        assert.ok(e instanceof QueueFullError, where);
+        assert.equal(s.numWaiting, config.maxQueue, where);
+        break;
+      }
+      mirrors.push(m);
+      byId.set(m.id, m);
+    }
+    randomAbort();
+
+    const waitingBefore = mirrors.filter((m) => m.state === 'waiting' && !pendingAborts.has(m.id));
+    const head = waitingBefore[0];
+    if (head !== undefined && head.headAt === undefined) {
+      const running = mirrors.filter((m) => m.state === 'running' && !pendingAborts.has(m.id));
+      head.headAt = { step: stepIndex, runningWork: running.reduce((sum, m) => sum + remainingWork(m), 0) };
+    }
+
+    const output = s.schedule();
+
+    // Aborts: exactly the pending ones, then gone.
+    assert.deepEqual(new Set(output.removed.map((r) => r.id)), pendingAborts, where);
+    for (const r of output.removed) {
+      assert.equal(r.status, RequestStatus.FINISHED_ABORTED, where);
+      const m = byId.get(r.id);
+      assert.ok(m !== undefined && m.state !== 'done', where);
+      m.state = 'done';
+      m.finalStatus = r.status;
+    }
+    pendingAborts.clear();
+
+    // Admissions: strictly the head of the queue, in order, within bounded time.
+    assert.deepEqual(output.admitted, waitingBefore.slice(0, output.admitted.length).map((m) => m.id), where);
+    for (const [i, id] of output.admitted.entries()) {
+      const m = byId.get(id);
+      assert.ok(m !== undefined, where);
+      // The ones behind the first became the head during this schedule(), as those before them were admitted.
+      if (i > 0) m.headAt ??= { step: stepIndex, runningWork: 0 };
+      assert.ok(m.headAt !== undefined, `${where}: ${id} admitted before being the head`);
+      assert.ok(
+        stepIndex - m.headAt.step <= m.headAt.runningWork,
+        `${where}: ${id} waited ${stepIndex - m.headAt.step} steps at the head, running work was ${m.headAt.runningWork}`,
+      );
+      m.state = 'running';
+    }
+
+    // Chunks: within budget, each request once, each exactly continuing its computed tokens.
+    const used = tokenSum(output);
+    assert.ok(used <= config.maxBatchTokens, `${where}: ${used} tokens scheduled`);
+    assert.equal(new Set(output.steps.map((c) => c.id)).size, output.steps.length, where);
+    const running = mirrors.filter((m) => m.state === 'running');
+    assert.ok(running.length <= config.maxSeqs, where);
+    assert.equal(s.numRunning, running.length, where);
+    for (const c of output.steps) {
+      const m = byId.get(c.id);
+      assert.ok(m?.state === 'running', where);
+      const known = m.promptTokens + m.generated;
+      assert.ok(c.count >= 1, where);
+      assert.equal(c.start, m.computed, where);
+      assert.ok(c.start + c.count <= known, where);
+      assert.equal(c.samples, c.start + c.count === known, where);
+    }
+    // Work-conserving: a request short of its tokens, or a queue left waiting, means the budget or slots ran out.
+    const shortchanged = running.some((m) => {
+      const c = output.steps.find((x) => x.id === m.id);
+      return (c?.count ?? 0) < m.promptTokens + m.generated - m.computed;
+    });
+    if (shortchanged) assert.equal(used, config.maxBatchTokens, where);
+    if (s.numWaiting > 0) assert.ok(used === config.maxBatchTokens || running.length === config.maxSeqs, where);
+    // Admission leaves every running request's next demand within budget, so none ever waits.
+    assert.equal(output.steps.length, running.length, `${where}: a running request got no tokens`);
+
+    if (rand(1, 2) === 1) randomAbort(); // sometimes between schedule and update
+
+    const sampled = new Map(output.steps.filter((c) => c.samples).map((c) => [c.id, rand(0, 999)]));
+    const finished = s.update(output, sampled);
+    const expectFinished: string[] = [];
+    for (const c of output.steps) {
+      const m = byId.get(c.id);
+      assert.ok(m !== undefined, where);
+      m.computed += c.count;
+      if (c.samples) m.generated += 1;
+      if (m.generated === m.maxTokens) expectFinished.push(m.id);
+    }
+    assert.deepEqual(
+      finished.map((f) => f.id),
+      expectFinished,
+      where,
+    );
+    for (const f of finished) {
+      const m = byId.get(f.id);
+      assert.ok(m !== undefined && f.status === RequestStatus.FINISHED_LENGTH, where);
+      m.state = 'done';
+      m.finalStatus = f.status;
+      pendingAborts.delete(f.id);
+    }
+
+    // Bookkeeping agrees with the mirror.
+    for (const m of mirrors) {
+      const state = s.requestState(m.id);
+      if (m.state === 'done') {
+        assert.equal(state, undefined, where);
+        continue;
+      }
+      assert.deepEqual(
+        state,
+        {
+          status: m.state === 'waiting' ? RequestStatus.WAITING : RequestStatus.RUNNING,
+          computedTokens: m.computed,
+          totalTokens: m.promptTokens + m.generated,
+          generatedTokens: m.generated,
+        },
+        `${where} ${m.id}`,
+      );
+    }
+    stepIndex++;
+  }
+
+  assert.equal(mirrors.length, total, where);
+  for (const m of mirrors) {
+    assert.equal(m.state, 'done', where);
+    assert.ok(
+      m.finalStatus === RequestStatus.FINISHED_LENGTH || m.finalStatus === RequestStatus.FINISHED_ABORTED,
+      `${where} ${m.id}`,
+    );
+    if (m.finalStatus === RequestStatus.FINISHED_LENGTH) assert.equal(m.generated, m.maxTokens, where);
+  }
+}
