@@ -4,10 +4,11 @@ import { z } from 'zod';
 import { generate } from '../engine/generate.js';
 import { MoeModel } from '../engine/moe-model.js';
 import { UsageError } from './cli-error.js';
+import { benchBatch } from './bench-batch.js';
 import { benchOffload } from './bench-offload.js';
 import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag } from './model-options.js';
 
-export const BENCH_HELP = `Usage: moe-serve bench decode|offload [options]
+export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch [options]
 
 decode: batch-1 prompt and decode tokens/s. Greedy, end-of-sequence ignored so every run decodes
 the same number of tokens; one warm-up run, then --runs measured runs per prompt.
@@ -16,6 +17,11 @@ offload: the expert cache at a budget (--budget, default 25% of expert bytes): d
 ratio, prefetch recall and waste for lru, lfu and static with prefetch off and on, and the 'none' and
 'all' bounds; Belady's offline optimum at the same budget from the routing trace of the run.
   --budget F         budget as a fraction of all expert bytes (default 0.25)
+
+batch: continuous batching: output tokens/s with C requests in flight against the same C requests one
+after another (both with the expert cache at --budget), distinct experts per layer per step, and the
+event-loop delay while the engine runs.
+  --concurrency LIST comma-separated request counts (default 1,4,16,64)
 
   --tokens N         tokens to generate per run (default 128)
   --runs N           measured runs per prompt (default 3)
@@ -50,6 +56,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       tokens: { type: 'string', default: '128' },
       runs: { type: 'string', default: '3' },
       budget: { type: 'string', default: '0.25' },
+      concurrency: { type: 'string', default: '1,4,16,64' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     allowPositionals: true,
@@ -66,7 +73,19 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
     await benchOffload(opts.modelDir, opts.device, opts.cpuThreads, budget, parseFlag('tokens', intFlag(1), values.tokens));
     return;
   }
-  if (suite !== 'decode') throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload)`);
+  if (suite === 'batch') {
+    const opts = modelOptions(values);
+    await benchBatch({
+      modelDir: opts.modelDir,
+      device: opts.device,
+      cpuThreads: opts.cpuThreads,
+      budgetFraction: parseFlag('budget', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values.budget),
+      tokens: parseFlag('tokens', intFlag(1), values.tokens),
+      concurrency: parseFlag('concurrency', z.array(intFlag(1)).min(1), values.concurrency.split(',')),
+    });
+    return;
+  }
+  if (suite !== 'decode') throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch)`);
   const tokens = parseFlag('tokens', intFlag(1), values.tokens);
   const runs = parseFlag('runs', intFlag(1), values.runs);
   const threadList = parseFlag('threads', z.array(intFlag(0)).min(1), values.threads.split(','));

@@ -1,0 +1,107 @@
+// `moe-serve bench batch`: continuous batching against running the same requests one after another.
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { BatchEngine } from '../engine/batch-engine.js';
+import { MoeModel } from '../engine/moe-model.js';
+import type { DeviceKind } from '../runtime/onnx-runtime.js';
+
+const PROMPTS = [
+  'The Python interpreter',
+  'A list comprehension',
+  'Q: What is a generator?\nA:',
+  'import os\n',
+  'The *default* argument',
+  'Return the name of',
+  'Raise a TypeError if',
+  'class Foo:\n    def',
+];
+
+interface BatchRow {
+  readonly bench: 'batch';
+  readonly concurrency: number;
+  readonly requests: number;
+  readonly output_tokens: number;
+  readonly batched_tokens_per_s: number;
+  readonly sequential_tokens_per_s: number;
+  readonly speedup: number;
+  /** distinct experts a step needs per sparse layer, on average (of numExperts) */
+  readonly distinct_experts_per_layer_step: number;
+  readonly hit_ratio: number | null;
+  readonly event_loop_delay_p99_ms: number;
+  readonly event_loop_delay_max_ms: number;
+}
+
+export interface BatchBenchOptions {
+  readonly modelDir: string;
+  readonly device: DeviceKind;
+  readonly cpuThreads: number;
+  readonly budgetFraction: number;
+  readonly tokens: number;
+  readonly concurrency: readonly number[];
+}
+
+export async function benchBatch(o: BatchBenchOptions): Promise<void> {
+  const rows: BatchRow[] = [];
+  for (const c of o.concurrency) {
+    const sequential = await run(o, c, 1);
+    const batched = await run(o, c, c);
+    rows.push({
+      bench: 'batch',
+      concurrency: c,
+      requests: c,
+      output_tokens: batched.tokens,
+      batched_tokens_per_s: round(batched.tokensPerS),
+      sequential_tokens_per_s: round(sequential.tokensPerS),
+      speedup: round(batched.tokensPerS / sequential.tokensPerS, 2),
+      distinct_experts_per_layer_step: round(batched.distinctPerLayerStep, 2),
+      hit_ratio: batched.hitRatio === null ? null : round(batched.hitRatio, 3),
+      event_loop_delay_p99_ms: round(batched.loopP99Ms, 2),
+      event_loop_delay_max_ms: round(batched.loopMaxMs, 2),
+    });
+    process.stdout.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
+  }
+  process.stdout.write(`\n${table(rows)}\n`);
+}
+
+/** `requests` requests of `tokens` greedy tokens each (end-of-sequence ignored), at most `maxSeqs` at a time. */
+async function run(o: BatchBenchOptions, requests: number, maxSeqs: number) {
+  await using model = await MoeModel.load(o.modelDir, { device: o.device, cpuThreads: o.cpuThreads, experts: { budgetFraction: o.budgetFraction } });
+  const noEos = Object.create(model, { eosTokenIds: { value: [] } }) as MoeModel;
+  await using engine = new BatchEngine(noEos, { maxBatchTokens: 512, maxSeqs, maxQueue: requests });
+  const delay = monitorEventLoopDelay({ resolution: 1 });
+  delay.enable();
+  const t0 = performance.now();
+  const streams = Array.from({ length: requests }, (_, i) =>
+    engine.submit({ promptIds: model.tokenizer.encode(PROMPTS[i % PROMPTS.length] ?? ''), maxTokens: o.tokens, sampling: { temperature: 0, topP: 1, topK: 0 } }),
+  );
+  const results = await Promise.all(streams.map((s) => s.result));
+  const seconds = (performance.now() - t0) / 1000;
+  delay.disable();
+  const tokens = results.reduce((n, r) => n + r.completionIds.length, 0);
+  const stats = model.experts.stats();
+  const sparseLayers = model.spec.sparseLayers.filter(Boolean).length;
+  return {
+    tokens,
+    tokensPerS: tokens / seconds,
+    distinctPerLayerStep: stats.total.accesses / (engine.stats.steps * sparseLayers),
+    hitRatio: stats.total.hitRatio,
+    loopP99Ms: delay.percentile(99) / 1e6,
+    loopMaxMs: delay.max / 1e6,
+  };
+}
+
+function round(x: number, digits = 1): number {
+  return Number(x.toFixed(digits));
+}
+
+function table(rows: readonly BatchRow[]): string {
+  const head =
+    '| concurrency | batched tokens/s | sequential tokens/s | speedup | distinct experts per layer-step | hit ratio | event-loop delay p99 / max ms |\n' +
+    '|---|---|---|---|---|---|---|';
+  return [
+    head,
+    ...rows.map(
+      (r) =>
+        `| ${r.concurrency} | ${r.batched_tokens_per_s} | ${r.sequential_tokens_per_s} | ${r.speedup}x | ${r.distinct_experts_per_layer_step} | ${r.hit_ratio === null ? '-' : `${(r.hit_ratio * 100).toFixed(1)}%`} | ${r.event_loop_delay_p99_ms} / ${r.event_loop_delay_max_ms} |`,
+    ),
+  ].join('\n');
+}
