@@ -62,7 +62,12 @@ export async function benchBatch(o: BatchBenchOptions): Promise<void> {
   process.stdout.write(`\n${table(rows)}\n`);
 }
 
-/** `requests` requests of `tokens` greedy tokens each (end-of-sequence ignored), at most `maxSeqs` at a time. */
+/**
+ * `requests` requests of `tokens` tokens each (end-of-sequence ignored), at most `maxSeqs` at a time.
+ * Sampled with a seed per request, so that requests sharing a prompt still diverge (identical greedy
+ * copies would route identically and flatter batching) while the sequential run computes exactly the
+ * same tokens.
+ */
 async function run(o: BatchBenchOptions, requests: number, maxSeqs: number) {
   await using model = await MoeModel.load(o.modelDir, { device: o.device, cpuThreads: o.cpuThreads, experts: { budgetFraction: o.budgetFraction } });
   const noEos = Object.create(model, { eosTokenIds: { value: [] } }) as MoeModel;
@@ -71,7 +76,7 @@ async function run(o: BatchBenchOptions, requests: number, maxSeqs: number) {
   delay.enable();
   const t0 = performance.now();
   const streams = Array.from({ length: requests }, (_, i) =>
-    engine.submit({ promptIds: model.tokenizer.encode(PROMPTS[i % PROMPTS.length] ?? ''), maxTokens: o.tokens, sampling: { temperature: 0, topP: 1, topK: 0 } }),
+    engine.submit({ promptIds: model.tokenizer.encode(PROMPTS[i % PROMPTS.length] ?? ''), maxTokens: o.tokens, sampling: { temperature: 0.8, topP: 0.95, topK: 0 }, seed: i }),
   );
   const results = await Promise.all(streams.map((s) => s.result));
   const seconds = (performance.now() - t0) / 1000;

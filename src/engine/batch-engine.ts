@@ -30,6 +30,9 @@ export interface CompletionResult {
   readonly completionIds: readonly Token[];
   readonly text: string;
   readonly finishReason: FinishReason;
+  readonly promptTokens: number;
+  /** Tokens generated, an end-of-sequence token included. */
+  readonly completionTokens: number;
 }
 
 /** A request's tokens as they are produced, then its result. */
@@ -246,7 +249,16 @@ export class BatchEngine implements AsyncDisposable {
     this.release(seq);
     const tail = seq.state.finish(reason);
     if (tail) seq.stream.push(tail);
-    seq.stream.end({ id, promptIds: seq.promptIds, completionIds: seq.state.completionIds, text: seq.state.text, finishReason: seq.state.finishReason ?? reason });
+    const completionIds = seq.state.completionIds;
+    seq.stream.end({
+      id,
+      promptIds: seq.promptIds,
+      completionIds,
+      text: seq.state.text,
+      finishReason: seq.state.finishReason ?? reason,
+      promptTokens: seq.promptIds.length,
+      completionTokens: completionIds.length,
+    });
   }
 
   private fail(seq: Sequence, err: unknown): void {

@@ -25,12 +25,15 @@ function assertLittleEndianHost(): void {
 /**
  * Decodes little-endian `dtype` elements into float32.
  *
+ * `into`, when given with the right length, receives bf16/f16 results instead of a new array (recycled
+ * buffers spare the allocator and the garbage collector).
+ *
  * The result never shares memory with a buffer someone else may reuse: it is a fresh array, except for
  * F32 input that is 4-byte aligned and spans its whole ArrayBuffer (as a `ByteRangeReader` returns), which
  * is viewed in place; the caller hands that buffer over. A slice of Node's Buffer pool (or of any larger
  * buffer) is always copied.
  */
-export function toFloat32(bytes: Uint8Array, dtype: WeightDType): Float32Array {
+export function toFloat32(bytes: Uint8Array, dtype: WeightDType, into?: Float32Array): Float32Array {
   assertLittleEndianHost();
   const elementBytes = bytesPerElement(dtype);
   if (bytes.byteLength % elementBytes !== 0) {
@@ -48,7 +51,7 @@ export function toFloat32(bytes: Uint8Array, dtype: WeightDType): Float32Array {
       // Two elements per 32-bit load (little-endian: the first is the low half), ~1.5x a 16-bit loop.
       const source = bytes.byteOffset % 4 === 0 ? bytes : alignedCopy(bytes);
       const pairs = new Int32Array(source.buffer, source.byteOffset, count >>> 1);
-      const out = new Float32Array(count);
+      const out = reuse(into, count);
       const outBits = new Int32Array(out.buffer);
       for (let i = 0, j = 0; i < pairs.length; i++, j += 2) {
         const pair = pairs[i]!;
@@ -61,13 +64,18 @@ export function toFloat32(bytes: Uint8Array, dtype: WeightDType): Float32Array {
     case 'F16': {
       const halves = uint16View(bytes, count);
       const table = float16ToFloat32BitsTable();
-      const out = new Float32Array(count);
+      const out = reuse(into, count);
       // Copy bit patterns, not numbers, so NaN payloads are not canonicalised on the way through.
       const outBits = new Uint32Array(out.buffer);
       for (let i = 0; i < count; i++) outBits[i] = table[halves[i]!]!;
       return out;
     }
   }
+}
+
+/** `into` when it is a whole, 4-byte-aligned buffer of `count` elements (every element is overwritten), else a new array. */
+function reuse(into: Float32Array | undefined, count: number): Float32Array {
+  return into !== undefined && into.length === count && into.byteOffset === 0 ? into : new Float32Array(count);
 }
 
 /** A Uint16Array over `bytes`, copying first when `bytes` is not 2-byte aligned. */
