@@ -1,7 +1,7 @@
 // THE forward pass of a batch of sequences: embeddings -> per layer (attention block per sequence, routed
 // experts once for the whole batch) -> LM head.
 // Shapes: T_i = tokens of sequence i in this step, H = hidden size, E = experts, V = vocabulary.
-import { ATTN } from '../graphs/attention-block.js';
+import { ATTN, type AttentionBlockVariant } from '../graphs/attention-block.js';
 import { LM_HEAD_IO } from '../graphs/lm-head.js';
 import { MOE } from '../graphs/moe-block.js';
 import type { ModelSpec } from '../model/hf-config.js';
@@ -92,28 +92,38 @@ export class ForwardPass {
       const { cos, sin } = rope.slice(starts[i] as number, T);
       return { [ATTN.cos]: runtime.float32(cos, [T, 1, spec.headDim / 2]), [ATTN.sin]: runtime.float32(sin, [T, 1, spec.headDim / 2]) };
     });
+    // Sequences decoding one token each share one attention run per layer where the provider allows
+    // (on the CPU: their KV rows are packed into one batch, see decodeBatchAttention).
+    const decodeGroup = runtime.onGpu ? [] : items.flatMap((item, i) => (item.tokens.length === 1 ? [i] : []));
+    if (decodeGroup.length < 2) decodeGroup.length = 0;
     // (sum T_i, H): the batch's rows joined, when the last layer leaves them that way
     let joined: RtTensor | undefined;
     try {
       for (let layer = 0; layer < spec.numLayers; layer++) {
         const variant = weights.variants[layer];
         if (!variant) throw new RangeError(`no layer ${layer}`);
-        const outs: Record<string, RtTensor>[] = [];
+        const outs: Record<string, RtTensor>[] = new Array<Record<string, RtTensor>>(items.length);
+        if (decodeGroup.length > 0) {
+          const grouped = await this.decodeBatchAttention(layer, variant, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => hidden[i] as RtTensor), decodeGroup.map((i) => starts[i] as number));
+          decodeGroup.forEach((i, b) => (outs[i] = grouped[b] as Record<string, RtTensor>));
+        }
         for (const [i, item] of items.entries()) {
-          const out = await sessions.attentionFor(variant).run(
-            { ...weights.layerInputs(layer), ...ropeFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: hidden[i] as RtTensor },
-            item.kv.layerFetches(layer),
-          );
-          item.kv.accept(layer, out);
-          outs.push(out);
+          if (!outs[i]) {
+            const out = await sessions.attentionFor(variant).run(
+              { ...weights.layerInputs(layer), ...ropeFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: hidden[i] as RtTensor },
+              item.kv.layerFetches(layer),
+            );
+            item.kv.accept(layer, out);
+            outs[i] = out;
+          }
           runtime.release(hidden[i]);
           // (T_i, H) residual stream after attention (and the shared expert or dense MLP)
-          hidden[i] = required(out, ATTN.residual);
+          hidden[i] = required(outs[i] as Record<string, RtTensor>, ATTN.residual);
         }
         if (variant.mlp === 'dense') continue;
         // (sum T_i, E) router logits of the whole batch, always on the host
         const routing = routeTokens(concatData(outs.map((o) => required(o, ATTN.routerLogits))), spec.numExperts, spec.topK, spec.normTopKProb);
-        const lookaheads = outs.map((o, i) => this.predictLookahead(o[ATTN.lookaheadLogits], items[i]?.tokens.length ?? 0));
+        const lookaheads = outs.map((o) => this.predictLookahead([o[ATTN.lookaheadLogits]]));
         items.forEach((item, i) => item.observer?.onRouting({ layer, position: starts[i] as number, routing: sliceRouting(routing, offsets[i] as number, item.tokens.length), lookahead: lookaheads[i] ?? [] }));
         const moeInputs = outs.map((o) => required(o, ATTN.moeInput));
         const residual = await this.join(hidden as RtTensor[]);
@@ -121,7 +131,8 @@ export class ForwardPass {
         const moeInput = await this.join(moeInputs, false);
         let out: RtTensor;
         try {
-          out = await this.applyExperts(layer, residual, moeInput, total, groupByExpert(routing), unionPerDepth(lookaheads));
+          const batchLookahead = items.length === 1 ? (lookaheads[0] ?? []) : this.predictLookahead(outs.map((o) => o[ATTN.lookaheadLogits]));
+          out = await this.applyExperts(layer, residual, moeInput, total, groupByExpert(routing), batchLookahead);
         } finally {
           if (items.length > 1) runtime.release(moeInput);
           moeInputs.forEach((t) => runtime.release(t));
@@ -147,6 +158,83 @@ export class ForwardPass {
       hidden.forEach((t) => runtime.release(t));
       runtime.release(joined);
     }
+  }
+
+  /**
+   * Attention for B sequences with one new token each, in one GroupQueryAttention run of batch B. The
+   * sequences' caches are separate buffers, so their rows are packed into a (B, kvHeads, P, D) past
+   * (P = longest past + 1), which the kernel appends to in place; each new row is then copied back to
+   * its sequence. The copy is O(context) per step, as reading the cache is anyway; it replaces B - 1
+   * session runs. CPU provider only (GPU tensors cannot be packed from JS).
+   * Returns each sequence's outputs as row views of the batched ones.
+   */
+  private async decodeBatchAttention(layer: number, variant: AttentionBlockVariant, items: readonly BatchItem[], hidden: readonly RtTensor[], positions: readonly number[]): Promise<Record<string, RtTensor>[]> {
+    const { spec, runtime, weights, sessions, rope } = this.m;
+    const B = items.length;
+    const H = spec.hiddenSize;
+    const nKv = spec.numKvHeads;
+    const D = spec.headDim;
+    const half = D / 2;
+    const P = Math.max(...positions) + 1;
+    // (B, H) this step's token of each sequence; (B, 1, D/2) rotary rows at each one's position
+    const x = new Float32Array(B * H);
+    const cos = new Float32Array(B * half);
+    const sin = new Float32Array(B * half);
+    hidden.forEach((t, b) => x.set(t.data as Float32Array, b * H));
+    positions.forEach((p, b) => {
+      const r = rope.slice(p, 1);
+      cos.set(r.cos, b * half);
+      sin.set(r.sin, b * half);
+    });
+    // (B, nKv, P, D) packed past keys and values
+    const pastKey = new Float32Array(B * nKv * P * D);
+    const pastValue = new Float32Array(B * nKv * P * D);
+    const caches = items.map((item) => {
+      const rows = item.kv.hostRows(layer);
+      if (!rows) throw new Error('batched decode needs host KV caches');
+      return rows;
+    });
+    caches.forEach((c, b) => {
+      const len = positions[b] as number;
+      for (let h = 0; h < nKv; h++) {
+        const from = h * c.capacity * D;
+        pastKey.set(c.key.subarray(from, from + len * D), (b * nKv + h) * P * D);
+        pastValue.set(c.value.subarray(from, from + len * D), (b * nKv + h) * P * D);
+      }
+    });
+    const keyT = runtime.float32(pastKey, [B, nKv, P, D]);
+    const valueT = runtime.float32(pastValue, [B, nKv, P, D]);
+    const out = await (await sessions.decodeBatchFor(variant)).run(
+      {
+        ...weights.layerInputs(layer),
+        [ATTN.hidden]: runtime.float32(x, [B, H]),
+        [ATTN.cos]: runtime.float32(cos, [B, 1, half]),
+        [ATTN.sin]: runtime.float32(sin, [B, 1, half]),
+        [ATTN.pastKey]: keyT,
+        [ATTN.pastValue]: valueT,
+        [ATTN.seqlensK]: runtime.int32(Int32Array.from(positions), [B]),
+        [ATTN.totalSeqLen]: runtime.int32(Int32Array.of(P), []),
+      },
+      { [ATTN.presentKey]: keyT, [ATTN.presentValue]: valueT },
+    );
+    caches.forEach((c, b) => {
+      const len = positions[b] as number;
+      for (let h = 0; h < nKv; h++) {
+        const row = ((b * nKv + h) * P + len) * D;
+        c.key.set(pastKey.subarray(row, row + D), h * c.capacity * D + len * D);
+        c.value.set(pastValue.subarray(row, row + D), h * c.capacity * D + len * D);
+      }
+    });
+    return items.map((_, b) => {
+      const views: Record<string, RtTensor> = {};
+      for (const name of [ATTN.residual, ATTN.moeInput, ATTN.routerLogits, ATTN.lookaheadLogits]) {
+        const t = out[name];
+        if (!t) continue;
+        const width = t.dims[1] as number;
+        views[name] = runtime.float32((t.data as Float32Array).subarray(b * width, (b + 1) * width), [1, width]);
+      }
+      return views;
+    });
   }
 
   /** One tensor of the parts' rows; a single part is returned as is. Releases the parts it joins if `release`. */
@@ -180,18 +268,25 @@ export class ForwardPass {
     return spans.map((s) => (s.wanted ? all.subarray(s.first * V, (s.first + s.count) * V) : null));
   }
 
-  /** Top-k experts per token from the lookahead logits, as one set per predicted layer. */
-  private predictLookahead(logits: RtTensor | undefined, T: number): number[][] {
-    if (!logits) return [];
+  /**
+   * Top-k experts per token from lookahead logits, per predicted layer, most-voted first (ties: lower
+   * id), so that a prefetch limited to a few experts takes the likeliest.
+   */
+  private predictLookahead(logits: readonly (RtTensor | undefined)[]): number[][] {
+    const present = logits.filter((t): t is RtTensor => t !== undefined);
+    if (present.length === 0) return [];
     const { numExperts: E, topK } = this.m.spec;
-    const data = logits.data as Float32Array;
-    const layers = data.length / (T * E);
+    const data = concatData(present);
+    const width = present[0]?.dims[1] as number;
+    const T = data.length / width;
+    const layers = width / E;
     const out: number[][] = [];
     for (let d = 0; d < layers; d++) {
       const rows = new Float32Array(T * E);
       for (let t = 0; t < T; t++) rows.set(data.subarray((t * layers + d) * E, (t * layers + d + 1) * E), t * E);
-      const r = routeTokens(rows, E, topK, false);
-      out.push([...new Set(r.experts)].sort((a, b) => a - b));
+      const votes = new Map<number, number>();
+      for (const e of routeTokens(rows, E, topK, false).experts) votes.set(e, (votes.get(e) ?? 0) + 1);
+      out.push([...votes.keys()].sort((a, b) => (votes.get(b) as number) - (votes.get(a) as number) || a - b));
     }
     return out;
   }
@@ -281,13 +376,6 @@ function sliceRouting(r: Routing, first: number, count: number): Routing {
   if (first === 0 && count === r.tokens) return r;
   const k = r.topK;
   return { tokens: count, topK: k, experts: r.experts.subarray(first * k, (first + count) * k), weights: r.weights.subarray(first * k, (first + count) * k) };
-}
-
-/** Per lookahead depth, the union of the sequences' predicted experts. */
-function unionPerDepth(perItem: readonly (readonly (readonly number[])[])[]): number[][] {
-  if (perItem.length === 1) return (perItem[0] ?? []).map((d) => [...d]);
-  const depth = Math.max(0, ...perItem.map((l) => l.length));
-  return Array.from({ length: depth }, (_, d) => [...new Set(perItem.flatMap((l) => [...(l[d] ?? [])]))].sort((a, b) => a - b));
 }
 
 function required(outputs: Record<string, RtTensor>, name: string): RtTensor {

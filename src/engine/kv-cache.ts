@@ -86,6 +86,15 @@ export class SequenceKvCache implements Disposable {
     };
   }
 
+  /**
+   * The CPU cache rows of a layer, (kvHeads, capacity, headDim) each for keys and values, for packing
+   * several sequences into one batched attention run; null on GPU providers.
+   */
+  hostRows(layer: number): { key: Float32Array; value: Float32Array; capacity: number } | null {
+    const l = this.layer(layer);
+    return l instanceof InPlaceLayerKv ? l.rows() : null;
+  }
+
   layerFetches(layer: number): Record<string, RtTensor | null> | undefined {
     return this.layer(layer).fetches();
   }
@@ -149,6 +158,11 @@ class InPlaceLayerKv implements LayerKv {
       for (let h = 0; h < nKv; h++) data.set(src.subarray(h * rows, h * rows + rows), h * capacity * D);
     }
     return this.runtime.float32(data, [1, nKv, capacity, D]);
+  }
+
+  rows(): { key: Float32Array; value: Float32Array; capacity: number } {
+    if (!this.key || !this.value) throw new Error('KV cache used before reserve()');
+    return { key: this.key.data as Float32Array, value: this.value.data as Float32Array, capacity: this.capacity };
   }
 
   feeds(): Record<string, RtTensor> {

@@ -47,6 +47,21 @@ export class ModelSessions {
     return s;
   }
 
+  private readonly decodeBatch = new Map<string, Promise<GraphSession>>();
+
+  /** The attention session for several sequences' single decode tokens at once (built on first use). */
+  decodeBatchFor(variant: AttentionBlockVariant): Promise<GraphSession> {
+    const key = attentionBlockKey(variant);
+    let s = this.decodeBatch.get(key);
+    if (!s) {
+      const v = { ...variant, decodeBatch: true };
+      const outputs = [ATTN.residual, ATTN.presentKey, ATTN.presentValue, ...(v.mlp === 'sparse' ? [ATTN.moeInput] : [])];
+      s = this.runtime.createSession(`attention_decode_batch_${v.mlp}`, buildAttentionBlock(v), outputs);
+      this.decodeBatch.set(key, s);
+    }
+    return s;
+  }
+
   /** The routed-experts block with `slots` expert slots. */
   moeBlock(slots: number): Promise<GraphSession> {
     let s = this.moe.get(slots);
@@ -59,7 +74,7 @@ export class ModelSessions {
   }
 
   async release(): Promise<void> {
-    const all = [...this.attention.values(), this.lmHead, ...(await Promise.all(this.moe.values()))];
+    const all = [...this.attention.values(), this.lmHead, ...(await Promise.all([...this.moe.values(), ...this.decodeBatch.values()]))];
     await Promise.all(all.map((s) => s.release()));
   }
 }

@@ -10,6 +10,7 @@ import { LRUCache } from 'lru-cache';
 import type { ModelSpec } from '../model/hf-config.js';
 import { toFloat32 } from '../model/dtype.js';
 import type { DeviceTensor, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
+import { prefetchLimit } from './cache-plan.js';
 import { ExpertIds, type ExpertId } from './expert-id.js';
 import { addCounters, emptyCounters, ratio, type ExpertCacheStats, type ExpertCounters } from './expert-stats.js';
 import type { HostExpertCache, StoredExpert } from './host-expert-cache.js';
@@ -205,9 +206,13 @@ export class ExpertStore implements Disposable {
     };
   }
 
-  /** Starts loading experts the router lookahead predicts for `layer`, if the policy keeps them. */
-  prefetch(layer: number, experts: readonly number[]): void {
-    this.recordPrediction(layer, experts);
+  /**
+   * Starts loading experts the router lookahead predicts for `layer` (most likely first), as many as
+   * prefetchLimit allows and the policy keeps.
+   */
+  prefetch(layer: number, predicted: readonly number[]): void {
+    this.recordPrediction(layer, predicted);
+    const experts = predicted.slice(0, prefetchLimit(this.maxExpertsInUse, this.o.spec.sparseLayers.filter(Boolean).length));
     const c = this.layerCounters(layer);
     const busy = new Set(this.pins.keys());
     // Entries join the cache as they are admitted (a later admission may evict an earlier one), and load

@@ -26,6 +26,11 @@ export interface AttentionBlockVariant {
    * weights) applied to this layer's normalized residual; 0 = none.
    */
   readonly lookaheadRows: number;
+  /**
+   * The rows of `hidden` are one token each of different sequences (batched decode: GroupQueryAttention
+   * batch B, one token each, per-sequence past lengths) rather than consecutive tokens of one sequence.
+   */
+  readonly decodeBatch?: boolean;
 }
 
 /** Names of the graph's inputs and outputs; the forward pass feeds and fetches by these. */
@@ -75,9 +80,10 @@ export function buildAttentionBlock(v: AttentionBlockVariant): Uint8Array {
   const hidden = g.input(ATTN.hidden, 'float32', [T, H]);
   const cos = g.input(ATTN.cos, 'float32', [T, 1, D / 2]);
   const sin = g.input(ATTN.sin, 'float32', [T, 1, D / 2]);
-  const pastKey = g.input(ATTN.pastKey, 'float32', [1, nKv, 'past', D]);
-  const pastValue = g.input(ATTN.pastValue, 'float32', [1, nKv, 'past', D]);
-  const seqlensK = g.input(ATTN.seqlensK, 'int32', [1]);
+  const batch = v.decodeBatch ? 'batch' : 1;
+  const pastKey = g.input(ATTN.pastKey, 'float32', [batch, nKv, 'past', D]);
+  const pastValue = g.input(ATTN.pastValue, 'float32', [batch, nKv, 'past', D]);
+  const seqlensK = g.input(ATTN.seqlensK, 'int32', [batch]);
   const totalSeqLen = g.input(ATTN.totalSeqLen, 'int32', []);
   const wInputNorm = g.input(ATTN.inputNorm, 'float32', [H]);
   const wq = g.input(ATTN.q, 'float32', [nH * D, H]);
@@ -118,10 +124,12 @@ export function buildAttentionBlock(v: AttentionBlockVariant): Uint8Array {
   }
   qh = rotary(g, qh, cos, sin, D);
   kh = rotary(g, kh, cos, sin, D);
-  // GroupQueryAttention takes (batch=1, T, heads*D) and keeps the cache as (1, nKv, capacity, D).
+  // GroupQueryAttention takes (batch, tokens, heads*D) and keeps the cache as (batch, nKv, capacity, D):
+  // one sequence of T tokens, or (decodeBatch) T sequences of one token each.
+  const gqaShape = (width: number) => (v.decodeBatch ? [-1, 1, width] : [1, -1, width]);
   const [attn, presentKey, presentValue] = g.opN(
     'GroupQueryAttention',
-    [reshape(g, qh, [1, -1, nH * D]), reshape(g, kh, [1, -1, nKv * D]), reshape(g, val, [1, -1, nKv * D]), pastKey, pastValue, seqlensK, totalSeqLen],
+    [reshape(g, qh, gqaShape(nH * D)), reshape(g, kh, gqaShape(nKv * D)), reshape(g, val, gqaShape(nKv * D)), pastKey, pastValue, seqlensK, totalSeqLen],
     3,
     { num_heads: attr.int(nH), kv_num_heads: attr.int(nKv), scale: attr.float(1 / Math.sqrt(D)) },
     { domain: 'com.microsoft', outputNames: ['attn', ATTN.presentKey, ATTN.presentValue] },
@@ -165,7 +173,7 @@ export function buildAttentionBlock(v: AttentionBlockVariant): Uint8Array {
     }
   }
   g.output(residual, ATTN.residual, 'float32', [T, H]);
-  g.output(presentKey, ATTN.presentKey, 'float32', [1, nKv, 'present', D]);
-  g.output(presentValue, ATTN.presentValue, 'float32', [1, nKv, 'present', D]);
+  g.output(presentKey, ATTN.presentKey, 'float32', [batch, nKv, 'present', D]);
+  g.output(presentValue, ATTN.presentValue, 'float32', [batch, nKv, 'present', D]);
   return g.toModelBytes();
 }

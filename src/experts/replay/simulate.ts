@@ -2,7 +2,7 @@
 // ResidencySet calls in the same order as the server's device cache (ExpertStore), so the hit ratio is
 // the one the server would see. Timing is ignored: a prefetch here always lands before its use.
 import type { ExpertId } from '../expert-id.js';
-import { planCache } from '../cache-plan.js';
+import { planCache, prefetchLimit } from '../cache-plan.js';
 import type { PolicyName } from '../policies/index.js';
 import { ResidencySet } from '../residency-set.js';
 import type { Trace } from './read-trace.js';
@@ -51,6 +51,7 @@ export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
   const bytes = header.expert_bytes;
   const { residency, preload } = buildCache(trace, options, accesses);
   const capacityExperts = Math.floor(residency.capacityBytes / bytes);
+  const limit = prefetchLimit(capacityExperts, header.sparse_layers.length);
   const prefetchedUnused = new Set<ExpertId>();
   let hits = 0;
   let misses = 0;
@@ -64,7 +65,7 @@ export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
   };
   const prefetch = (line: LineAccesses, busy: ReadonlySet<ExpertId>) => {
     for (let d = 1; d <= options.prefetchDepth; d++) {
-      for (const id of line.predicted[d - 1] ?? []) {
+      for (const id of (line.predicted[d - 1] ?? []).slice(0, limit)) {
         const r = residency.prefetch(id, bytes, busy);
         evicted(r.evicted);
         if (!r.kept) continue;
