@@ -212,7 +212,7 @@ export class ExpertStore implements Disposable {
    */
   prefetch(layer: number, predicted: readonly number[]): void {
     this.recordPrediction(layer, predicted);
-    const experts = predicted.slice(0, prefetchLimit(this.maxExpertsInUse, this.o.spec.sparseLayers.filter(Boolean).length));
+    const experts = predicted.slice(0, prefetchLimit(this.maxExpertsInUse, this.o.spec.sparseLayers.filter(Boolean).length, this.o.spec.topK));
     const c = this.layerCounters(layer);
     const busy = new Set(this.pins.keys());
     // Entries join the cache as they are admitted (a later admission may evict an earlier one), and load

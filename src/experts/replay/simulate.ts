@@ -51,7 +51,7 @@ export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
   const bytes = header.expert_bytes;
   const { residency, preload } = buildCache(trace, options, accesses);
   const capacityExperts = Math.floor(residency.capacityBytes / bytes);
-  const limit = prefetchLimit(capacityExperts, header.sparse_layers.length);
+  const limit = prefetchLimit(capacityExperts, header.sparse_layers.length, header.top_k);
   const prefetchedUnused = new Set<ExpertId>();
   let hits = 0;
   let misses = 0;
