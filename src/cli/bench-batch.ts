@@ -3,17 +3,8 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { BatchEngine } from '../engine/batch-engine.js';
 import { MoeModel } from '../engine/moe-model.js';
 import type { DeviceKind } from '../runtime/onnx-runtime.js';
+import { BENCH_PROMPTS } from './bench-prompts.js';
 
-const PROMPTS = [
-  'The Python interpreter',
-  'A list comprehension',
-  'Q: What is a generator?\nA:',
-  'import os\n',
-  'The *default* argument',
-  'Return the name of',
-  'Raise a TypeError if',
-  'class Foo:\n    def',
-];
 
 interface BatchRow {
   readonly bench: 'batch';
@@ -76,7 +67,7 @@ async function run(o: BatchBenchOptions, requests: number, maxSeqs: number) {
   delay.enable();
   const t0 = performance.now();
   const streams = Array.from({ length: requests }, (_, i) =>
-    engine.submit({ promptIds: model.tokenizer.encode(PROMPTS[i % PROMPTS.length] ?? ''), maxTokens: o.tokens, sampling: { temperature: 0.8, topP: 0.95, topK: 0 }, seed: i }),
+    engine.submit({ promptIds: model.tokenizer.encode(BENCH_PROMPTS[i % BENCH_PROMPTS.length] ?? ''), maxTokens: o.tokens, sampling: { temperature: 0.8, topP: 0.95, topK: 0 }, seed: i }),
   );
   const results = await Promise.all(streams.map((s) => s.result));
   const seconds = (performance.now() - t0) / 1000;

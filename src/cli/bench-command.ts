@@ -5,6 +5,7 @@ import { generate } from '../engine/generate.js';
 import { MoeModel } from '../engine/moe-model.js';
 import { UsageError } from './cli-error.js';
 import { benchBatch } from './bench-batch.js';
+import { BENCH_PROMPTS } from './bench-prompts.js';
 import { benchOffload } from './bench-offload.js';
 import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag } from './model-options.js';
 
@@ -29,12 +30,6 @@ event-loop delay while the engine runs.
 ${MODEL_OPTIONS_HELP.split('\n').filter((l) => !l.includes('--threads')).join('\n')}
 `;
 
-const PROMPTS = [
-  'The Python interpreter',
-  'A list comprehension',
-  'Q: What is a generator?\nA:',
-  'import os\n',
-];
 
 interface DecodeRow {
   readonly bench: 'decode';
@@ -106,7 +101,7 @@ async function benchDecode(modelDir: string, device: 'cpu' | 'webgpu' | 'cuda', 
   let promptMs = 0;
   let decodeSteps = 0;
   let decodeMs = 0;
-  for (const prompt of PROMPTS) {
+  for (const prompt of BENCH_PROMPTS.slice(0, 4)) {
     const promptIds = model.tokenizer.encode(prompt);
     for (let run = 0; run <= runs; run++) {
       const stream = generate(noEos, { promptIds, maxTokens: tokens, sampling: { temperature: 0, topP: 1, topK: 0 } });

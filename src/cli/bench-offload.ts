@@ -10,8 +10,8 @@ import { readTrace } from '../experts/replay/read-trace.js';
 import { simulate } from '../experts/replay/simulate.js';
 import type { RoutingObserver } from '../engine/forward.js';
 import type { DeviceKind } from '../runtime/onnx-runtime.js';
+import { BENCH_PROMPTS } from './bench-prompts.js';
 
-const PROMPTS = ['The Python interpreter', 'A list comprehension', 'Q: What is a generator?\nA:', 'import os\n'];
 
 interface OffloadRow {
   readonly bench: 'offload';
@@ -91,7 +91,7 @@ async function decodeAll(model: MoeModel, tokens: number, observer: () => Routin
   const noEos = Object.create(model, { eosTokenIds: { value: [] } }) as MoeModel;
   let decodeMs = 0;
   let steps = 0;
-  for (const prompt of PROMPTS) {
+  for (const prompt of BENCH_PROMPTS.slice(0, 4)) {
     const stream = generate(noEos, { promptIds: model.tokenizer.encode(prompt), maxTokens: tokens, sampling: { temperature: 0, topP: 1, topK: 0 }, observer: observer() });
     let step = await stream.next();
     while (!step.done) step = await stream.next();

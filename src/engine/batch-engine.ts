@@ -5,24 +5,15 @@ import type { FinishedStatus } from '../scheduler/request-status.js';
 import { RequestStatus } from '../scheduler/request-status.js';
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../scheduler/scheduler.js';
 import type { Token } from '../tokenizer/token.js';
-import { CompletionState, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import { CompletionState, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
+
+export type { CompletionRequest } from './completion-state.js';
 import type { BatchItem, RoutingObserver } from './forward.js';
 import { EmptyPromptError } from './generate.js';
 import { ContextLengthError, type SequenceKvCache } from './kv-cache.js';
 import type { MoeModel } from './moe-model.js';
 import { createRng, randomSeed, sampleToken, type Rng, type SamplingParams } from './sampler.js';
 
-export interface CompletionRequest {
-  readonly promptIds: readonly Token[];
-  readonly maxTokens: number;
-  readonly sampling: SamplingParams;
-  /** Seed of this request's own random stream: the same seed gives the same tokens whatever else runs. */
-  readonly seed?: number;
-  readonly stop?: readonly string[];
-  /** Aborting removes the request at the next step and frees its KV cache. */
-  readonly signal?: AbortSignal;
-  readonly observer?: RoutingObserver;
-}
 
 export interface CompletionResult {
   readonly id: string;

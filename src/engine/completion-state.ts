@@ -2,9 +2,25 @@
 // strings and the token limit. Shared by the single-sequence loop and the batching engine.
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import type { Token } from '../tokenizer/token.js';
+import type { RoutingObserver } from './forward.js';
+import type { SamplingParams } from './sampler.js';
 import { StopStringMatcher } from './stop-strings.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
+
+/** One completion to generate: the prompt, how to sample, and when to stop. */
+export interface CompletionRequest {
+  readonly promptIds: readonly Token[];
+  readonly maxTokens: number;
+  readonly sampling: SamplingParams;
+  /** Seed of this request's own random stream: the same seed gives the same tokens, whatever else runs. */
+  readonly seed?: number;
+  readonly stop?: readonly string[];
+  /** Aborting removes the request at the next step and frees its KV cache. */
+  readonly signal?: AbortSignal;
+  readonly observer?: RoutingObserver;
+}
+
 
 export interface GeneratedChunk {
   /** The sampled token; null for text released when the sequence ends. */

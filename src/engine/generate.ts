@@ -1,22 +1,12 @@
 // Single-sequence generation: prefill, then decode token by token, sampling, stopping and streaming
 // text that never splits a UTF-8 character or shows part of a stop string.
 import { asToken, type Token } from '../tokenizer/token.js';
-import type { RoutingObserver } from './forward.js';
 import type { MoeModel } from './moe-model.js';
-import { createRng, randomSeed, sampleToken, type SamplingParams } from './sampler.js';
-import { CompletionState, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import { createRng, randomSeed, sampleToken } from './sampler.js';
+import { CompletionState, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
 
-export interface GenerateRequest {
-  readonly promptIds: readonly Token[];
-  readonly maxTokens: number;
-  readonly sampling: SamplingParams;
-  /** Seed of the sampler's random stream; the same seed and request give the same tokens. */
-  readonly seed?: number;
-  /** Strings that end generation; they are not part of the returned text. */
-  readonly stop?: readonly string[];
-  readonly signal?: AbortSignal;
-  readonly observer?: RoutingObserver;
-}
+/** A single-sequence request: the same fields as the batching engine's. */
+export type GenerateRequest = CompletionRequest;
 
 export type { FinishReason, GeneratedChunk } from './completion-state.js';
 

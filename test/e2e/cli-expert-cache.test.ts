@@ -1,33 +1,15 @@
 // The expert-cache flags of `moe-serve generate`, and `replay` on the trace it writes, as a user runs them:
 // real processes on the embedded tiny-moe model. Runs are shared between tests and started concurrently.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { promisify } from 'node:util';
 import type { ExpertCacheStats } from '../../src/experts/expert-stats.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
-import { CLI_PATH, FIXTURES_DIR, readJson, TINY_MOE_DIR } from '../helpers/paths.js';
+import { FIXTURES_DIR, readJson, TINY_MOE_DIR } from '../helpers/paths.js';
+import { cli, type CliResult } from '../helpers/cli.js';
 
-const run = promisify(execFile);
-
-interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(...args: string[]): Promise<CliResult> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [CLI_PATH, ...args], { timeout: 60_000 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
 
 /** Starts `start` on first use and hands every later caller the same promise. */
 function shared<T>(start: () => Promise<T>): () => Promise<T> {

@@ -1,29 +1,11 @@
 // The `moe-serve generate` command as a user runs it: a real process, real model files.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { promisify } from 'node:util';
 import type { FixturePrompt } from '../helpers/fixtures.js';
-import { CLI_PATH, FIXTURES_DIR, readJson } from '../helpers/paths.js';
+import { FIXTURES_DIR, readJson } from '../helpers/paths.js';
+import { cli } from '../helpers/cli.js';
 
-const run = promisify(execFile);
-
-interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function cli(...args: string[]): Promise<CliResult> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [CLI_PATH, ...args], { timeout: 60_000 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
 
 const reference = readJson<{ prompts: FixturePrompt[] }>(join(FIXTURES_DIR, 'tiny-moe-reference.json'));
 const first = reference.prompts[0]!;

@@ -6,19 +6,14 @@ import type { ExpertId } from '../../src/experts/expert-id.js';
 import { createPolicy, POLICY_NAMES, type CachePolicy, type PolicyName } from '../../src/experts/policies/index.js';
 import { StaticPolicy } from '../../src/experts/policies/static-policy.js';
 import { ResidencySet } from '../../src/experts/residency-set.js';
+import { createRng } from '../../src/engine/sampler.js';
 
 const EXPERT_BYTES = 100;
 
-/** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
+/** Seeded uniform numbers in [0, 1), from the sampler's PRNG. */
 function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rng = createRng(seed);
+  return () => rng.next();
 }
 
 interface Shape {
