@@ -28,6 +28,7 @@ export interface BatchBenchOptions {
   readonly budgetFraction: number;
   readonly tokens: number;
   readonly concurrency: readonly number[];
+  readonly maxBatchTokens: number;
 }
 
 export async function benchBatch(o: BatchBenchOptions): Promise<void> {
@@ -62,7 +63,7 @@ export async function benchBatch(o: BatchBenchOptions): Promise<void> {
 async function run(o: BatchBenchOptions, requests: number, maxSeqs: number) {
   await using model = await MoeModel.load(o.modelDir, { device: o.device, cpuThreads: o.cpuThreads, experts: { budgetFraction: o.budgetFraction } });
   const noEos = Object.create(model, { eosTokenIds: { value: [] } }) as MoeModel;
-  await using engine = new BatchEngine(noEos, { maxBatchTokens: 512, maxSeqs, maxQueue: requests });
+  await using engine = new BatchEngine(noEos, { maxBatchTokens: o.maxBatchTokens, maxSeqs, maxQueue: requests });
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
   const t0 = performance.now();

@@ -7,7 +7,7 @@ import { UsageError } from './cli-error.js';
 import { benchBatch } from './bench-batch.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 import { benchOffload } from './bench-offload.js';
-import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag } from './model-options.js';
+import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
 
 export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch [options]
 
@@ -23,6 +23,7 @@ batch: continuous batching: output tokens/s with C requests in flight against th
 after another (both with the expert cache at --budget), distinct experts per layer per step, and the
 event-loop delay while the engine runs.
   --concurrency LIST comma-separated request counts (default 1,4,16,64)
+  --max-batch-tokens N  most tokens per engine step (default 512)
 
   --tokens N         tokens to generate per run (default 128)
   --runs N           measured runs per prompt (default 3)
@@ -52,6 +53,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       runs: { type: 'string', default: '3' },
       budget: { type: 'string', default: '0.25' },
       concurrency: { type: 'string', default: '1,4,16,64' },
+      'max-batch-tokens': SCHEDULER_OPTIONS['max-batch-tokens'],
       help: { type: 'boolean', short: 'h', default: false },
     },
     allowPositionals: true,
@@ -77,6 +79,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       budgetFraction: parseFlag('budget', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values.budget),
       tokens: parseFlag('tokens', intFlag(1), values.tokens),
       concurrency: parseFlag('concurrency', z.array(intFlag(1)).min(1), values.concurrency.split(',')),
+      maxBatchTokens: schedulerOptions(values).maxBatchTokens,
     });
     return;
   }

@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import type { ExpertCacheOptions } from '../engine/moe-model.js';
 import { POLICY_NAMES } from '../experts/policies/index.js';
+import type { SchedulerConfig } from '../scheduler/scheduler.js';
 import { DEVICE_KINDS, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { UsageError } from './cli-error.js';
 
@@ -75,5 +76,27 @@ export function modelOptions(values: ModelFlagValues): ModelOptions {
       hostCacheMb: optionalFlag('host-cache-mb', positiveMb, values['host-cache-mb']),
       profilePath: values['expert-profile'],
     },
+  };
+}
+
+/** Continuous-batching limits, for the commands that run the batching engine. */
+export const SCHEDULER_OPTIONS = {
+  'max-batch-tokens': { type: 'string', default: '512' },
+  'max-seqs': { type: 'string', default: '16' },
+  'max-queue': { type: 'string', default: '64' },
+} as const;
+
+export const SCHEDULER_OPTIONS_HELP = `Batching:
+  --max-batch-tokens N         most tokens per engine step: prompt chunks plus one per decoding sequence (default 512)
+  --max-seqs N                 most sequences running at once (default 16)
+  --max-queue N                most requests waiting; beyond it requests are refused at once (default 64)`;
+
+type SchedulerFlagValues = { [K in keyof typeof SCHEDULER_OPTIONS]?: string | undefined };
+
+export function schedulerOptions(values: SchedulerFlagValues): SchedulerConfig {
+  return {
+    maxBatchTokens: parseFlag('max-batch-tokens', intFlag(1), values['max-batch-tokens'] ?? SCHEDULER_OPTIONS['max-batch-tokens'].default),
+    maxSeqs: parseFlag('max-seqs', intFlag(1), values['max-seqs'] ?? SCHEDULER_OPTIONS['max-seqs'].default),
+    maxQueue: parseFlag('max-queue', intFlag(1), values['max-queue'] ?? SCHEDULER_OPTIONS['max-queue'].default),
   };
 }
