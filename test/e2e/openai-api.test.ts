@@ -1,0 +1,197 @@
+// The HTTP API through the official `openai` client, over real loopback sockets: what a user's code sees.
+import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import OpenAI from 'openai';
+import { buildApp } from '../../src/api/build-app.js';
+import { BatchEngine } from '../../src/engine/batch-engine.js';
+import { MoeModel } from '../../src/engine/moe-model.js';
+import type { FixturePrompt } from '../helpers/fixtures.js';
+import { FIXTURES_DIR, readJson, TINY_MOE_DIR } from '../helpers/paths.js';
+import { join } from 'node:path';
+
+const reference = readJson<{ prompts: FixturePrompt[] }>(join(FIXTURES_DIR, 'tiny-moe-reference.json'));
+const first = reference.prompts[0]!;
+const MODEL = 'tiny-moe';
+
+interface Server {
+  client: OpenAI;
+  engine: BatchEngine;
+  baseURL: string;
+  close(): Promise<void>;
+}
+
+async function start(model: MoeModel, opts: { apiKey?: string; maxSeqs?: number; maxQueue?: number } = {}): Promise<Server> {
+  const engine = new BatchEngine(model, { maxBatchTokens: 256, maxSeqs: opts.maxSeqs ?? 8, maxQueue: opts.maxQueue ?? 32 });
+  const app = buildApp({ model, engine, modelName: MODEL, apiKey: opts.apiKey });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const { port } = app.server.address() as AddressInfo;
+  const baseURL = `http://127.0.0.1:${port}/v1`;
+  return {
+    client: new OpenAI({ baseURL, apiKey: opts.apiKey ?? 'unused', maxRetries: 0 }),
+    engine,
+    baseURL,
+    close: async () => {
+      await app.close();
+      await engine[Symbol.asyncDispose]();
+    },
+  };
+}
+
+async function statusOf(p: Promise<unknown>): Promise<InstanceType<typeof OpenAI.APIError>> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof OpenAI.APIError) return err;
+    throw err;
+  }
+  assert.fail('the request succeeded');
+}
+
+describe('OpenAI-compatible API with the official client', () => {
+  let model: MoeModel;
+  let server: Server;
+  before(async () => {
+    model = await MoeModel.load(TINY_MOE_DIR, { device: 'cpu' });
+    server = await start(model);
+  });
+  after(async () => {
+    await server.close();
+    await model[Symbol.asyncDispose]();
+  });
+
+  test('a greedy completion is the transformers continuation, with usage', async () => {
+    const r = await server.client.completions.create({ model: MODEL, prompt: first.prompt, max_tokens: 32, temperature: 0 });
+    assert.equal(r.object, 'text_completion');
+    assert.equal(r.choices[0]?.text, first.greedy_text);
+    assert.equal(r.choices[0]?.finish_reason, 'length');
+    assert.deepEqual(r.usage, { prompt_tokens: 3, completion_tokens: 32, total_tokens: 35 });
+  });
+
+  test('a streamed completion sends the same text in chunks sharing one id, finish_reason only at the end, then usage', async () => {
+    const stream = await server.client.completions.create({ model: MODEL, prompt: first.prompt, max_tokens: 32, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    let text = '';
+    const ids = new Set<string>();
+    const finishes: (string | null)[] = [];
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) {
+      ids.add(chunk.id);
+      for (const c of chunk.choices) {
+        text += c.text;
+        finishes.push(c.finish_reason);
+      }
+      if (chunk.usage) {
+        assert.equal(chunk.choices.length, 0, 'the usage chunk has no choices');
+        usage = chunk.usage;
+      }
+    }
+    assert.equal(text, first.greedy_text);
+    assert.equal(ids.size, 1);
+    assert.equal(finishes.at(-1), 'length');
+    assert.ok(finishes.slice(0, -1).every((f) => f === null));
+    assert.equal(usage?.completion_tokens, 32);
+  });
+
+  test('chat completions, streamed and not, give the same message', async () => {
+    const messages = [{ role: 'user' as const, content: 'What does the interpreter do?' }];
+    const whole = await server.client.chat.completions.create({ model: MODEL, messages, max_tokens: 16, temperature: 0 });
+    assert.equal(whole.object, 'chat.completion');
+    assert.equal(whole.choices[0]?.message.role, 'assistant');
+    const stream = await server.client.chat.completions.create({ model: MODEL, messages, max_completion_tokens: 16, temperature: 0, stream: true });
+    let text = '';
+    let role: string | undefined;
+    for await (const chunk of stream) {
+      role ??= chunk.choices[0]?.delta.role;
+      text += chunk.choices[0]?.delta.content ?? '';
+    }
+    assert.equal(role, 'assistant');
+    assert.equal(text, whole.choices[0]?.message.content);
+  });
+
+  test('a stop sequence ends the text before it with finish_reason stop', async () => {
+    const r = await server.client.completions.create({ model: MODEL, prompt: first.prompt, max_tokens: 32, temperature: 0, stop: ['thread'] });
+    assert.equal(r.choices[0]?.text, first.greedy_text.slice(0, first.greedy_text.indexOf('thread')));
+    assert.equal(r.choices[0]?.finish_reason, 'stop');
+  });
+
+  test('the same seed gives the same sampled text, even with other requests running', async () => {
+    const ask = (seed: number) => server.client.completions.create({ model: MODEL, prompt: 'import os\n', max_tokens: 24, temperature: 1, seed });
+    const [a, b, c] = await Promise.all([ask(7), ask(7), ask(8)]);
+    assert.equal(a.choices[0]?.text, b.choices[0]?.text);
+    assert.notEqual(a.choices[0]?.text, c.choices[0]?.text);
+  });
+
+  test('lists the model', async () => {
+    const models = await server.client.models.list();
+    assert.deepEqual(models.data.map((m) => m.id), [MODEL]);
+  });
+
+  test('errors come back in the OpenAI shape: 400 naming the field, 404 for an unknown model', async () => {
+    const bad = await statusOf(server.client.completions.create({ model: MODEL, prompt: 'x', temperature: 7 }));
+    assert.equal(bad.status, 400);
+    assert.equal(bad.type, 'invalid_request_error');
+    assert.equal(bad.param, 'temperature');
+    const unknown = await statusOf(server.client.completions.create({ model: 'gpt-9', prompt: 'x' }));
+    assert.equal(unknown.status, 404);
+    assert.equal(unknown.code, 'model_not_found');
+    const empty = await statusOf(server.client.completions.create({ model: MODEL, prompt: '' }));
+    assert.equal(empty.status, 400);
+  });
+
+  test('malformed JSON is a 400 in the OpenAI shape', async () => {
+    const res = await fetch(`${server.baseURL}/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"model": ' });
+    assert.equal(res.status, 400);
+    const body = (await res.json()) as { error: { type: string; message: string } };
+    assert.equal(body.error.type, 'invalid_request_error');
+  });
+
+  test('aborting a stream cancels its generation and frees the request', async () => {
+    const controller = new AbortController();
+    const stream = await server.client.completions.create(
+      { model: MODEL, prompt: first.prompt, max_tokens: 900, temperature: 0, stream: true },
+      { signal: controller.signal },
+    );
+    let chunks = 0;
+    try {
+      for await (const _ of stream) {
+        if (++chunks === 3) controller.abort();
+      }
+    } catch {
+      // the client reports the abort
+    }
+    for (let i = 0; i < 100 && server.engine.stats.running + server.engine.stats.waiting > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(server.engine.stats.running + server.engine.stats.waiting, 0, 'the cancelled request left the engine');
+  });
+
+  test('a wrong API key is a 401; /health stays open', async () => {
+    const guarded = await start(model, { apiKey: 'secret' });
+    try {
+      const wrong = new OpenAI({ baseURL: guarded.baseURL, apiKey: 'nope', maxRetries: 0 });
+      const e = await statusOf(wrong.models.list());
+      assert.equal(e.status, 401);
+      assert.equal(e.type, 'authentication_error');
+      assert.equal((await guarded.client.models.list()).data.length, 1);
+      assert.equal((await fetch(guarded.baseURL.replace('/v1', '/health'))).status, 200);
+    } finally {
+      await guarded.close();
+    }
+  });
+
+  test('a full queue answers 429 with Retry-After', async () => {
+    const tight = await start(model, { maxSeqs: 1, maxQueue: 1 });
+    try {
+      const ask = () => tight.client.completions.create({ model: MODEL, prompt: first.prompt, max_tokens: 8, temperature: 0 });
+      const results = await Promise.allSettled([ask(), ask(), ask(), ask()]);
+      const rejected = results.flatMap((r) => (r.status === 'rejected' && r.reason instanceof OpenAI.APIError ? [r.reason] : []));
+      assert.ok(rejected.length >= 1, 'some requests were refused');
+      for (const e of rejected) {
+        assert.equal(e.status, 429);
+        assert.equal(e.code, 'queue_full');
+        assert.ok(Number(e.headers?.get('retry-after')) > 0);
+      }
+      assert.ok(results.some((r) => r.status === 'fulfilled'));
+    } finally {
+      await tight.close();
+    }
+  });
+});
