@@ -11,9 +11,15 @@ import type { Token } from '../tokenizer/token.js';
 import { ApiError, badRequest, toApiError } from './api-errors.js';
 import { chatCompletionRequest, completionRequest } from './request-schemas.js';
 
-export interface AppDeps {
+/** What the routes serve with, once the model is loaded. */
+export interface Serving {
   readonly model: MoeModel;
   readonly engine: BatchEngine;
+}
+
+export interface AppDeps {
+  /** The loaded model and its engine; undefined while loading (routes answer 503, /health too). */
+  readonly serving: () => Serving | undefined;
   /** The name clients use in `model` (GET /v1/models lists it). */
   readonly modelName: string;
   /** When set, every route but /health needs `Authorization: Bearer <apiKey>`. */
@@ -53,7 +59,16 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     });
   }
 
-  app.get('/health', async () => ({ status: 'ok' }));
+  /** The model and engine, or a 503 while the model loads. */
+  const ready = (): Serving => {
+    const s = deps.serving();
+    if (!s) throw new ApiError(503, 'server_error', 'the model is still loading; retry shortly', null, 'model_loading', { 'retry-after': '1' });
+    return s;
+  };
+
+  app.get('/health', async (_req, reply) => (deps.serving() ? { status: 'ok' } : reply.code(503).send({ status: 'loading' })));
+
+  app.get('/v1/experts', async () => ready().model.experts.stats());
 
   app.get('/v1/models', async () => ({
     object: 'list',
@@ -61,10 +76,11 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   }));
 
   app.post('/v1/completions', async (req, reply) => {
+    const { model } = ready();
     const body = parse(completionRequest, req.body);
     checkModel(body.model);
     const prompt = Array.isArray(body.prompt) ? (body.prompt[0] ?? '') : body.prompt;
-    const gen = generation(deps.model.tokenizer.encode(prompt), body.max_tokens ?? 16, body);
+    const gen = generation(model.tokenizer.encode(prompt), body.max_tokens ?? 16, body);
     const id = `cmpl-${randomUUID()}`;
     const frame = (text: string, finish: FinishReason | null) => ({
       id,
@@ -82,9 +98,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   });
 
   app.post('/v1/chat/completions', async (req, reply) => {
+    const { model } = ready();
     const body = parse(chatCompletionRequest, req.body);
     checkModel(body.model);
-    const template = deps.model.tokenizer.chatTemplate;
+    const template = model.tokenizer.chatTemplate;
     if (!template) throw badRequest(`model '${deps.modelName}' has no chat_template in tokenizer_config.json; use /v1/completions`, 'messages', 'no_chat_template');
     let text: string;
     try {
@@ -92,8 +109,8 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     } catch (err) {
       throw badRequest(`the chat template failed on these messages: ${(err as Error).message}`, 'messages', 'chat_template_error');
     }
-    const promptIds = deps.model.tokenizer.encode(text);
-    const room = deps.model.spec.maxPositions - promptIds.length;
+    const promptIds = model.tokenizer.encode(text);
+    const room = model.spec.maxPositions - promptIds.length;
     const gen = generation(promptIds, body.max_completion_tokens ?? body.max_tokens ?? Math.max(1, room), body);
     const id = `chatcmpl-${randomUUID()}`;
     const frame = (delta: object, finish: FinishReason | null) => ({
@@ -128,9 +145,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   }
 
   function generation(promptIds: readonly Token[], maxTokens: number, body: { stream?: boolean | null; stream_options?: { include_usage?: boolean } | null }): Generation {
+    const maxPositions = ready().model.spec.maxPositions;
     if (promptIds.length === 0) throw badRequest('the prompt encodes to zero tokens', 'prompt', 'empty_prompt');
-    if (promptIds.length >= deps.model.spec.maxPositions) {
-      throw badRequest(`the prompt has ${promptIds.length} tokens; this model's context is ${deps.model.spec.maxPositions}`, 'prompt', 'context_length_exceeded');
+    if (promptIds.length >= maxPositions) {
+      throw badRequest(`the prompt has ${promptIds.length} tokens; this model's context is ${maxPositions}`, 'prompt', 'context_length_exceeded');
     }
     return { promptIds, maxTokens, stream: body.stream === true, includeUsage: body.stream_options?.include_usage === true };
   }
@@ -151,7 +169,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
   ): Promise<unknown> {
     const abort = new AbortController();
     const stop = body.stop == null ? [] : Array.isArray(body.stop) ? body.stop : [body.stop];
-    const stream = deps.engine.submit({
+    const stream = ready().engine.submit({
       promptIds: gen.promptIds,
       maxTokens: gen.maxTokens,
       sampling: { temperature: body.temperature ?? 1, topP: body.top_p ?? 1, topK: 0 },

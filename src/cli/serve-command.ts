@@ -2,7 +2,7 @@
 import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { buildApp } from '../api/build-app.js';
+import { buildApp, type Serving } from '../api/build-app.js';
 import { BatchEngine } from '../engine/batch-engine.js';
 import { MoeModel } from '../engine/moe-model.js';
 import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, parseFlag, SCHEDULER_OPTIONS, SCHEDULER_OPTIONS_HELP, schedulerOptions } from './model-options.js';
@@ -46,12 +46,15 @@ export async function serveCommand(argv: readonly string[]): Promise<void> {
   const port = parseFlag('port', intFlag(0).max(65535), values.port);
   const host = parseFlag('host', z.string().min(1), values.host);
   const apiKey = values['api-key'] ?? process.env.MOE_SERVE_API_KEY;
-  process.stderr.write(`loading ${opts.modelDir} on ${opts.device}...\n`);
+  // Listen first, so that /health answers 503 while the weights load and 200 after.
+  let serving: Serving | undefined;
+  const app = buildApp({ serving: () => serving, modelName: values['model-name'] ?? basename(opts.modelDir), apiKey, logger: values.log });
+  const address = await app.listen({ host, port });
+  process.stderr.write(`moe-serve listening on ${address}; loading ${opts.modelDir} on ${opts.device}...\n`);
   const model = await MoeModel.load(opts.modelDir, { device: opts.device, cpuThreads: opts.cpuThreads, experts: opts.experts });
   const engine = new BatchEngine(model, scheduler);
-  const app = buildApp({ model, engine, modelName: values['model-name'] ?? basename(opts.modelDir), apiKey, logger: values.log });
-  const address = await app.listen({ host, port });
-  process.stderr.write(`moe-serve listening on ${address}\n`);
+  serving = { model, engine };
+  process.stderr.write(`model loaded: serving '${values['model-name'] ?? basename(opts.modelDir)}'\n`);
   await new Promise<void>((resolve) => {
     const stop = () => resolve();
     process.once('SIGINT', stop);

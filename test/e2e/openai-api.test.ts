@@ -23,7 +23,7 @@ interface Server {
 
 async function start(model: MoeModel, opts: { apiKey?: string; maxSeqs?: number; maxQueue?: number } = {}): Promise<Server> {
   const engine = new BatchEngine(model, { maxBatchTokens: 256, maxSeqs: opts.maxSeqs ?? 8, maxQueue: opts.maxQueue ?? 32 });
-  const app = buildApp({ model, engine, modelName: MODEL, apiKey: opts.apiKey });
+  const app = buildApp({ serving: () => ({ model, engine }), modelName: MODEL, apiKey: opts.apiKey });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = app.server.address() as AddressInfo;
   const baseURL = `http://127.0.0.1:${port}/v1`;
@@ -119,6 +119,30 @@ describe('OpenAI-compatible API with the official client', () => {
     const [a, b, c] = await Promise.all([ask(7), ask(7), ask(8)]);
     assert.equal(a.choices[0]?.text, b.choices[0]?.text);
     assert.notEqual(a.choices[0]?.text, c.choices[0]?.text);
+  });
+
+  test('GET /v1/experts returns the expert cache statistics', async () => {
+    const res = await fetch(`${server.baseURL}/experts`);
+    assert.equal(res.status, 200);
+    const stats = (await res.json()) as { policy: string; total: { accesses: number }; layers: unknown[] };
+    assert.equal(stats.policy, 'lru');
+    assert.ok(stats.total.accesses > 0);
+    assert.equal(stats.layers.length, 6);
+  });
+
+  test('while the model loads, /health and the API answer 503', async () => {
+    const app = buildApp({ serving: () => undefined, modelName: MODEL });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const { port } = app.server.address() as AddressInfo;
+      assert.equal((await fetch(`http://127.0.0.1:${port}/health`)).status, 503);
+      const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'unused', maxRetries: 0 });
+      const e = await statusOf(client.completions.create({ model: MODEL, prompt: 'x' }));
+      assert.equal(e.status, 503);
+      assert.equal(e.code, 'model_loading');
+    } finally {
+      await app.close();
+    }
   });
 
   test('lists the model', async () => {
