@@ -2,6 +2,7 @@
 // tokens it gets alone, whoever shares its steps, joins mid-flight or is cancelled beside it.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { BENCH_PROMPTS } from '../../src/cli/bench-prompts.js';
 import { BatchEngine, type CompletionRequest, type CompletionStream } from '../../src/engine/batch-engine.js';
 import { generate } from '../../src/engine/generate.js';
 import { SequenceKvCache } from '../../src/engine/kv-cache.js';
@@ -10,16 +11,7 @@ import { QueueFullError } from '../../src/scheduler/scheduler.js';
 import { testDevices } from '../helpers/devices.js';
 import { TINY_MOE_DIR } from '../helpers/paths.js';
 
-const PROMPTS = [
-  'The Python interpreter',
-  'A list comprehension',
-  'Q: What is a generator?\nA:',
-  'import os\n',
-  'The *default* argument',
-  'Return the name of',
-  'Raise a TypeError if',
-  'class Foo:\n    def',
-];
+const PROMPTS = BENCH_PROMPTS;
 const GREEDY = { temperature: 0, topP: 1, topK: 0 };
 
 async function alone(model: MoeModel, req: CompletionRequest): Promise<number[]> {
