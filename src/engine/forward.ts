@@ -96,6 +96,16 @@ export class ForwardPass {
     // (on the CPU: their KV rows are packed into one batch, see decodeBatchAttention).
     const decodeGroup = runtime.onGpu ? [] : items.flatMap((item, i) => (item.tokens.length === 1 ? [i] : []));
     if (decodeGroup.length < 2) decodeGroup.length = 0;
+    // (B, 1, D/2) rotary rows of the group, the same at every layer: joined once per step from the items'
+    const groupRope =
+      decodeGroup.length === 0
+        ? {}
+        : Object.fromEntries(
+            [ATTN.cos, ATTN.sin].map((name) => [
+              name,
+              runtime.float32(concatData(decodeGroup.map((i) => ropeFeeds[i]?.[name] as RtTensor)), [decodeGroup.length, 1, spec.headDim / 2]),
+            ]),
+          );
     // (sum T_i, H): the batch's rows joined, when the last layer leaves them that way
     let joined: RtTensor | undefined;
     try {
@@ -104,7 +114,7 @@ export class ForwardPass {
         if (!variant) throw new RangeError(`no layer ${layer}`);
         const outs: Record<string, RtTensor>[] = new Array<Record<string, RtTensor>>(items.length);
         if (decodeGroup.length > 0) {
-          const grouped = await this.decodeBatchAttention(layer, variant, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => hidden[i] as RtTensor), decodeGroup.map((i) => starts[i] as number));
+          const grouped = await this.decodeBatchAttention(layer, variant, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => hidden[i] as RtTensor), decodeGroup.map((i) => starts[i] as number), groupRope);
           decodeGroup.forEach((i, b) => (outs[i] = grouped[b] as Record<string, RtTensor>));
         }
         for (const [i, item] of items.entries()) {
@@ -168,24 +178,22 @@ export class ForwardPass {
    * session runs. CPU provider only (GPU tensors cannot be packed from JS).
    * Returns each sequence's outputs as row views of the batched ones.
    */
-  private async decodeBatchAttention(layer: number, variant: AttentionBlockVariant, items: readonly BatchItem[], hidden: readonly RtTensor[], positions: readonly number[]): Promise<Record<string, RtTensor>[]> {
-    const { spec, runtime, weights, sessions, rope } = this.m;
+  private async decodeBatchAttention(
+    layer: number,
+    variant: AttentionBlockVariant,
+    items: readonly BatchItem[],
+    hidden: readonly RtTensor[],
+    positions: readonly number[],
+    ropeFeeds: Record<string, RtTensor>,
+  ): Promise<Record<string, RtTensor>[]> {
+    const { spec, runtime, weights, sessions } = this.m;
     const B = items.length;
     const H = spec.hiddenSize;
     const nKv = spec.numKvHeads;
     const D = spec.headDim;
-    const half = D / 2;
     const P = Math.max(...positions) + 1;
-    // (B, H) this step's token of each sequence; (B, 1, D/2) rotary rows at each one's position
-    const x = new Float32Array(B * H);
-    const cos = new Float32Array(B * half);
-    const sin = new Float32Array(B * half);
-    hidden.forEach((t, b) => x.set(t.data as Float32Array, b * H));
-    positions.forEach((p, b) => {
-      const r = rope.slice(p, 1);
-      cos.set(r.cos, b * half);
-      sin.set(r.sin, b * half);
-    });
+    // (B, H) this step's token of each sequence
+    const x = concatData(hidden);
     // (B, nKv, P, D) packed past keys and values
     const pastKey = new Float32Array(B * nKv * P * D);
     const pastValue = new Float32Array(B * nKv * P * D);
@@ -208,8 +216,7 @@ export class ForwardPass {
       {
         ...weights.layerInputs(layer),
         [ATTN.hidden]: runtime.float32(x, [B, H]),
-        [ATTN.cos]: runtime.float32(cos, [B, 1, half]),
-        [ATTN.sin]: runtime.float32(sin, [B, 1, half]),
+        ...ropeFeeds,
         [ATTN.pastKey]: keyT,
         [ATTN.pastValue]: valueT,
         [ATTN.seqlensK]: runtime.int32(Int32Array.from(positions), [B]),

@@ -114,6 +114,8 @@ export class ExpertStore implements Disposable {
   readonly ids: ExpertIds;
   /** Bytes of one expert in compute form (fp32). */
   readonly expertBytes: number;
+  /** Most predicted experts one prefetch call loads (see cache-plan.ts). */
+  private readonly prefetchLimit: number;
   private readonly residency: ResidencySet;
   private readonly cache: LRUCache<ExpertId, CacheEntry>;
   private readonly pins = new Map<ExpertId, number>();
@@ -139,6 +141,7 @@ export class ExpertStore implements Disposable {
       dispose: (entry) => this.free(entry),
     });
     this.counters = Array.from({ length: spec.numLayers }, emptyCounters);
+    this.prefetchLimit = prefetchLimit(this.maxExpertsInUse, spec.sparseLayers.filter(Boolean).length, spec.topK);
   }
 
   get prefetchDepth(): number {
@@ -212,7 +215,7 @@ export class ExpertStore implements Disposable {
    */
   prefetch(layer: number, predicted: readonly number[]): void {
     this.recordPrediction(layer, predicted);
-    const experts = predicted.slice(0, prefetchLimit(this.maxExpertsInUse, this.o.spec.sparseLayers.filter(Boolean).length, this.o.spec.topK));
+    const experts = predicted.slice(0, this.prefetchLimit);
     const c = this.layerCounters(layer);
     const busy = new Set(this.pins.keys());
     // Entries join the cache as they are admitted (a later admission may evict an earlier one), and load
