@@ -33,7 +33,7 @@ export function toApiError(err: unknown): ApiError {
   if (err instanceof QueueFullError) {
     return new ApiError(429, 'rate_limit_error', err.message, null, err.code, { 'retry-after': String(err.retryAfterSeconds) });
   }
-  if (err instanceof ContextLengthError) return badRequest(err.message, 'messages', err.code);
+  if (err instanceof ContextLengthError) return badRequest(err.message, null, err.code);
   if (err instanceof EmptyPromptError) return badRequest(err.message, 'prompt', err.code);
   const fastifyCode = (err as { code?: unknown; statusCode?: unknown }).code;
   const statusCode = (err as { statusCode?: unknown }).statusCode;
