@@ -2,7 +2,7 @@
 //   {"error": {"message", "type", "param", "code"}}
 // with the status a client of the OpenAI API expects.
 import { ContextLengthError } from '../engine/kv-cache.js';
-import { EmptyPromptError } from '../engine/generate.js';
+import { EmptyPromptError } from '../engine/completion-state.js';
 import { QueueFullError } from '../scheduler/scheduler.js';
 
 export type OpenAiErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'rate_limit_error' | 'server_error';

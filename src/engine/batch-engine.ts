@@ -5,11 +5,10 @@ import type { FinishedStatus } from '../scheduler/request-status.js';
 import { RequestStatus } from '../scheduler/request-status.js';
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../scheduler/scheduler.js';
 import type { Token } from '../tokenizer/token.js';
-import { CompletionState, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import { CompletionState, EmptyPromptError, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
 
 export type { CompletionRequest } from './completion-state.js';
 import type { BatchItem, RoutingObserver } from './forward.js';
-import { EmptyPromptError } from './generate.js';
 import { ContextLengthError, type SequenceKvCache } from './kv-cache.js';
 import type { MoeModel } from './moe-model.js';
 import type { TokenLogprob } from './logit-processing.js';

@@ -26,6 +26,16 @@ export interface CompletionRequest {
   readonly observer?: RoutingObserver;
 }
 
+/** A request whose prompt has no tokens: there is nothing to condition the first token on. */
+export class EmptyPromptError extends Error {
+  readonly code = 'empty_prompt';
+
+  constructor() {
+    super('the prompt encodes to zero tokens; give at least one token of input');
+    this.name = 'EmptyPromptError';
+  }
+}
+
 export interface GeneratedChunk {
   /** The sampled token; null for text released when the sequence ends. */
   readonly tokenId: Token | null;

@@ -2,7 +2,7 @@
 // text that never splits a UTF-8 character or shows part of a stop string.
 import { asToken, type Token } from '../tokenizer/token.js';
 import type { MoeModel } from './moe-model.js';
-import { CompletionState, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import { CompletionState, EmptyPromptError, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
 import type { TokenLogprob } from './logit-processing.js';
 import { SequenceSampler } from './sequence-sampler.js';
 
@@ -30,14 +30,6 @@ export interface GenerateResult {
   readonly timings: GenerationTimings;
 }
 
-export class EmptyPromptError extends Error {
-  readonly code = 'empty_prompt';
-
-  constructor() {
-    super('the prompt encodes to zero tokens; give at least one token of input');
-    this.name = 'EmptyPromptError';
-  }
-}
 
 export async function* generate(model: MoeModel, req: GenerateRequest): AsyncGenerator<GeneratedChunk, GenerateResult> {
   if (req.promptIds.length === 0) throw new EmptyPromptError();
