@@ -49,8 +49,17 @@ export interface BatchItem {
   readonly observer?: RoutingObserver;
 }
 
+/**
+ * session.run is synchronous, and awaiting an expert that is already resident does not reach the event
+ * loop either, so without this a whole batched step (tens of ms with 16 sequences on a CPU) would hold
+ * the thread: health checks, new requests and streamed tokens would wait for it. After a layer, a step
+ * that has held the thread this long lets pending I/O run.
+ */
+const YIELD_AFTER_MS = 4;
+
 export class ForwardPass {
   private readonly rows: RowOps;
+  private lastYield = performance.now();
 
   constructor(private readonly m: ForwardParts) {
     this.rows = new RowOps(m.runtime, m.spec.hiddenSize);
@@ -110,6 +119,7 @@ export class ForwardPass {
     let joined: RtTensor | undefined;
     try {
       for (let layer = 0; layer < spec.numLayers; layer++) {
+        await this.letIoIn();
         const variant = weights.variants[layer];
         if (!variant) throw new RangeError(`no layer ${layer}`);
         const outs: Record<string, RtTensor>[] = new Array<Record<string, RtTensor>>(items.length);
@@ -168,6 +178,12 @@ export class ForwardPass {
       hidden.forEach((t) => runtime.release(t));
       runtime.release(joined);
     }
+  }
+
+  private async letIoIn(): Promise<void> {
+    if (performance.now() - this.lastYield < YIELD_AFTER_MS) return;
+    await new Promise((resolve) => setImmediate(resolve));
+    this.lastYield = performance.now();
   }
 
   /**
