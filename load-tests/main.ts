@@ -8,6 +8,8 @@ import { z } from 'zod';
 import { DEFAULT_MODEL_DIR } from '../src/cli/model-options.js';
 import { beladyHitRatio } from './belady-bound.js';
 import { runLoad, type RunResult } from './load-run.js';
+import { OK } from './request-record.js';
+import { sseCompletion } from './stream-client.js';
 import { LOADTEST_HELP, LoadtestUsageError, parseLoadtestArgs, type LoadtestOptions } from './options.js';
 import { LOAD_PROMPTS } from './prompts.js';
 import { commandLine, gitCommit, machineDescription, type ReportContext } from './report-context.js';
@@ -112,15 +114,13 @@ async function modelId(baseUrl: string): Promise<string> {
   return modelList.parse(await res.json()).data[0]!.id;
 }
 
-/** One request before measuring, so the first run does not pay for first-use costs alone. */
+/**
+ * One streamed request before measuring, so that neither the server's first-use costs nor the client's
+ * (the first fetch of a process loads undici and compiles its stream code) land in the first run.
+ */
 async function warmUp(baseUrl: string, model: string, maxTokens: number): Promise<void> {
-  const res = await fetch(new URL('/v1/completions', baseUrl), {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model, prompt: LOAD_PROMPTS[0]!.text, max_tokens: maxTokens, temperature: 0 }),
-  });
-  const text = await res.text();
-  if (res.status !== 200) throw new Error(`warm-up request: HTTP ${res.status}: ${text.slice(0, 200)}`);
+  const r = await sseCompletion(baseUrl, { model, prompt: LOAD_PROMPTS[0]!.text, maxTokens, temperature: 0, seed: 0 }, AbortSignal.timeout(120_000));
+  if (r.outcome !== OK) throw new Error(`the warm-up request to ${baseUrl} failed: ${r.outcome}`);
 }
 
 process.exitCode = await main(process.argv.slice(2));

@@ -38,7 +38,7 @@ const sseChunk = z.object({
   error: z.object({ code: z.string().nullish(), type: z.string().nullish() }).optional(),
 });
 
-/** One streamed completion over SSE; never throws: every ending becomes an outcome. */
+/** One streamed completion over SSE. Every ending becomes an outcome; only a non-loopback target throws. */
 export async function sseCompletion(baseUrl: string, p: CompletionParams, signal: AbortSignal): Promise<RequestRecord> {
   const url = new URL('/v1/completions', assertLoopback(baseUrl));
   const clock = new TokenClock();
