@@ -76,19 +76,20 @@ export function charts(runs: readonly RunResult[]): string[] {
       yLabel: 'hit ratio',
       yRange: [0, 1],
       yFormat: (y) => `${Math.round(y * 100)}%`,
-      series: [...byPolicy((r) => r.server.hitRatio), { name: 'Belady bound', color: 'black', dashed: true, points: beladyPoints(runs) }],
+      series: [...byPolicy((r) => r.server.hitRatio), ...beladySeries(runs)],
     }),
   ];
 }
 
 /**
- * Belady's bound at each budget. Each server has its own trace (the same prompts, but a different
- * number of requests got through in the time), so the bound drawn is the highest of them at that budget.
+ * Belady's bound at each budget, drawn dashed; none without routing traces. Each server has its own
+ * trace (the same prompts, but a different number of requests got through in the time), so the bound
+ * drawn is the highest of them at that budget.
  */
-function beladyPoints(runs: readonly RunResult[]): { x: number; y: number | null }[] {
+function beladySeries(runs: readonly RunResult[]): Series[] {
   const best = new Map<number, number>();
   for (const r of runs) if (r.beladyHitRatio !== null) best.set(r.budgetPercent, Math.max(best.get(r.budgetPercent) ?? 0, r.beladyHitRatio));
-  return [...best].map(([x, y]) => ({ x, y }));
+  return best.size === 0 ? [] : [{ name: 'Belady bound', color: 'black', dashed: true, points: [...best].map(([x, y]) => ({ x, y })) }];
 }
 
 /** Markdown's **bold** and `code` in a line of HTML text. */

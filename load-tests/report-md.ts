@@ -39,6 +39,22 @@ export function reportMarkdown(ctx: ReportContext, results: readonly RunResult[]
     for (const r of group.runs) out.push(`| ${tableRow(r).join(' | ')} |`);
     out.push('');
   }
+  const withMetrics = results.filter((r) => r.server.metrics !== null);
+  if (withMetrics.length > 0) {
+    out.push(
+      '## What the server counted (GET /metrics, change over each run)',
+      '',
+      '| client | policy | budget | concurrency | generation tokens/s | prompt tokens | requests by status | event-loop lag p99 ms |',
+      '|---|---|---|---:|---:|---:|---|---:|',
+    );
+    for (const r of withMetrics) {
+      const m = r.server.metrics!;
+      const statuses = Object.entries(m.requestsByStatus).map(([status, n]) => `${status}: ${n}`).join(', ') || '-';
+      const lag = m.eventLoopLagP99Seconds === null || Number.isNaN(m.eventLoopLagP99Seconds) ? '-' : (m.eventLoopLagP99Seconds * 1000).toFixed(1);
+      out.push(`| ${r.client} | ${r.policy} | ${r.budgetPercent}% | ${r.concurrency} | ${r.serverTokensPerSecond?.toFixed(1) ?? '-'} | ${m.promptTokens} | ${statuses} | ${lag} |`);
+    }
+    out.push('');
+  }
   const failed = results.filter((r) => r.errors > 0);
   out.push('## Errors', '');
   if (failed.length === 0) out.push('No run had an error response other than deliberate overload (429).');
