@@ -2,7 +2,7 @@
 //   {"error": {"message", "type", "param", "code"}}
 // with the status a client of the OpenAI API expects.
 import { ContextLengthError } from '../engine/kv-cache.js';
-import { EmptyPromptError } from '../engine/generate.js';
+import { EmptyPromptError } from '../engine/completion-state.js';
 import { QueueFullError } from '../scheduler/scheduler.js';
 
 export type OpenAiErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'rate_limit_error' | 'server_error';
@@ -33,7 +33,7 @@ export function toApiError(err: unknown): ApiError {
   if (err instanceof QueueFullError) {
     return new ApiError(429, 'rate_limit_error', err.message, null, err.code, { 'retry-after': String(err.retryAfterSeconds) });
   }
-  if (err instanceof ContextLengthError) return badRequest(err.message, 'messages', err.code);
+  if (err instanceof ContextLengthError) return badRequest(err.message, null, err.code);
   if (err instanceof EmptyPromptError) return badRequest(err.message, 'prompt', err.code);
   const fastifyCode = (err as { code?: unknown; statusCode?: unknown }).code;
   const statusCode = (err as { statusCode?: unknown }).statusCode;

@@ -5,20 +5,22 @@ import type { FinishedStatus } from '../scheduler/request-status.js';
 import { RequestStatus } from '../scheduler/request-status.js';
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../scheduler/scheduler.js';
 import type { Token } from '../tokenizer/token.js';
-import { CompletionState, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import { CompletionState, EmptyPromptError, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
 
 export type { CompletionRequest } from './completion-state.js';
 import type { BatchItem, RoutingObserver } from './forward.js';
-import { EmptyPromptError } from './generate.js';
 import { ContextLengthError, type SequenceKvCache } from './kv-cache.js';
 import type { MoeModel } from './moe-model.js';
-import { createRng, randomSeed, sampleToken, type Rng, type SamplingParams } from './sampler.js';
+import type { TokenLogprob } from './logit-processing.js';
+import { SequenceSampler } from './sequence-sampler.js';
 
 
 export interface CompletionResult {
   readonly id: string;
   readonly promptIds: readonly Token[];
   readonly completionIds: readonly Token[];
+  /** Aligned with completionIds; present only when the request asked for logprobs. */
+  readonly logprobs?: readonly TokenLogprob[];
   readonly text: string;
   readonly finishReason: FinishReason;
   readonly promptTokens: number;
@@ -86,8 +88,7 @@ interface Sequence {
   /** prompt followed by the tokens generated so far */
   readonly tokens: number[];
   readonly promptIds: readonly Token[];
-  readonly sampling: SamplingParams;
-  readonly rng: Rng;
+  readonly sampler: SequenceSampler;
   readonly state: CompletionState;
   readonly stream: CompletionStream;
   readonly observer: RoutingObserver | undefined;
@@ -138,6 +139,7 @@ export class BatchEngine implements AsyncDisposable {
     const maxPositions = this.model.spec.maxPositions;
     if (req.promptIds.length >= maxPositions) throw new ContextLengthError(req.promptIds.length + 1, maxPositions);
     if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new RangeError(`maxTokens must be a positive integer, got ${req.maxTokens}`);
+    const sampler = new SequenceSampler(req);
     const id = `seq-${this.nextId++}`;
     // The completion must fit the context window; it ends with 'length' where the window does.
     const maxTokens = Math.min(req.maxTokens, maxPositions - req.promptIds.length);
@@ -147,8 +149,7 @@ export class BatchEngine implements AsyncDisposable {
       id,
       tokens: [...req.promptIds],
       promptIds: req.promptIds,
-      sampling: req.sampling,
-      rng: createRng(req.seed ?? randomSeed()),
+      sampler,
       state: new CompletionState(this.model.tokenizer, new Set(this.model.eosTokenIds), req.stop ?? [], maxTokens),
       stream,
       observer: req.observer,
@@ -219,11 +220,11 @@ export class BatchEngine implements AsyncDisposable {
       this.tokensComputed += chunk.count;
       const row = logits[i];
       if (!chunk.samples || !row) return;
-      const token = sampleToken(row, seq.sampling, seq.rng);
+      const { token, logprob } = seq.sampler.next(row);
       sampled.set(seq.id, token);
       seq.tokens.push(token);
       this.tokensGenerated++;
-      const out = seq.state.accept(token);
+      const out = seq.state.accept(token, logprob);
       if (out.text || out.tokenId !== null) seq.stream.push(out);
       if (seq.state.finishReason === 'stop') stopped.push(seq);
     });
@@ -245,6 +246,7 @@ export class BatchEngine implements AsyncDisposable {
       id,
       promptIds: seq.promptIds,
       completionIds,
+      ...(seq.sampler.topLogprobs !== undefined && { logprobs: seq.state.logprobs }),
       text: seq.state.text,
       finishReason: seq.state.finishReason ?? reason,
       promptTokens: seq.promptIds.length,

@@ -3,6 +3,7 @@
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import type { Token } from '../tokenizer/token.js';
 import type { RoutingObserver } from './forward.js';
+import type { Penalties, TokenLogprob } from './logit-processing.js';
 import type { SamplingParams } from './sampler.js';
 import { StopStringMatcher } from './stop-strings.js';
 
@@ -15,22 +16,39 @@ export interface CompletionRequest {
   readonly sampling: SamplingParams;
   /** Seed of this request's own random stream: the same seed gives the same tokens, whatever else runs. */
   readonly seed?: number;
+  /** OpenAI's presence and frequency penalties, each in [-2, 2], counted over the generated tokens only. */
+  readonly penalties?: Penalties;
+  /** When set (0..20), every token carries its logprob and this many top alternatives. */
+  readonly logprobs?: number;
   readonly stop?: readonly string[];
   /** Aborting removes the request at the next step and frees its KV cache. */
   readonly signal?: AbortSignal;
   readonly observer?: RoutingObserver;
 }
 
+/** A request whose prompt has no tokens: there is nothing to condition the first token on. */
+export class EmptyPromptError extends Error {
+  readonly code = 'empty_prompt';
+
+  constructor() {
+    super('the prompt encodes to zero tokens; give at least one token of input');
+    this.name = 'EmptyPromptError';
+  }
+}
 
 export interface GeneratedChunk {
   /** The sampled token; null for text released when the sequence ends. */
   readonly tokenId: Token | null;
   /** Text finalized by this token (may be empty). */
   readonly text: string;
+  /** With the token, when the request asked for logprobs. */
+  readonly logprob?: TokenLogprob;
 }
 
 export class CompletionState {
   readonly completionIds: Token[] = [];
+  /** Aligned with completionIds when the request asked for logprobs; empty otherwise. */
+  readonly logprobs: TokenLogprob[] = [];
   private textSoFar = '';
   private finished: FinishReason | null = null;
   private stoppedByString = false;
@@ -59,12 +77,14 @@ export class CompletionState {
   }
 
   /** Takes a sampled token; returns the text it finalizes. Call finish() once finishReason is set. */
-  accept(token: Token): GeneratedChunk {
+  accept(token: Token, logprob?: TokenLogprob): GeneratedChunk {
     if (this.finished) throw new Error('token accepted after the sequence finished');
     this.completionIds.push(token);
+    if (logprob) this.logprobs.push(logprob);
+    const withLogprob = logprob ? { logprob } : {};
     if (this.eos.has(token)) {
       this.finished = 'stop';
-      return { tokenId: token, text: '' };
+      return { tokenId: token, text: '', ...withLogprob };
     }
     const matched = this.stops.push(this.detok.push(token));
     this.textSoFar += matched.emit;
@@ -74,7 +94,7 @@ export class CompletionState {
     } else if (this.completionIds.length >= this.maxTokens) {
       this.finished = 'length';
     }
-    return { tokenId: token, text: matched.emit };
+    return { tokenId: token, text: matched.emit, ...withLogprob };
   }
 
   /** Ends the sequence (for `reason` if it has not ended by itself) and releases held-back text. */

@@ -2,8 +2,9 @@
 // text that never splits a UTF-8 character or shows part of a stop string.
 import { asToken, type Token } from '../tokenizer/token.js';
 import type { MoeModel } from './moe-model.js';
-import { createRng, randomSeed, sampleToken } from './sampler.js';
-import { CompletionState, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import { CompletionState, EmptyPromptError, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import type { TokenLogprob } from './logit-processing.js';
+import { SequenceSampler } from './sequence-sampler.js';
 
 /** A single-sequence request: the same fields as the batching engine's. */
 export type GenerateRequest = CompletionRequest;
@@ -22,24 +23,18 @@ export interface GenerateResult {
   readonly promptIds: readonly Token[];
   /** Every sampled token, including an end-of-sequence token that ended generation. */
   readonly completionIds: readonly Token[];
+  /** Aligned with completionIds; present only when the request asked for logprobs. */
+  readonly logprobs?: readonly TokenLogprob[];
   readonly text: string;
   readonly finishReason: FinishReason;
   readonly timings: GenerationTimings;
 }
 
-export class EmptyPromptError extends Error {
-  readonly code = 'empty_prompt';
-
-  constructor() {
-    super('the prompt encodes to zero tokens; give at least one token of input');
-    this.name = 'EmptyPromptError';
-  }
-}
 
 export async function* generate(model: MoeModel, req: GenerateRequest): AsyncGenerator<GeneratedChunk, GenerateResult> {
   if (req.promptIds.length === 0) throw new EmptyPromptError();
   if (!Number.isInteger(req.maxTokens) || req.maxTokens < 0) throw new RangeError(`maxTokens must be a non-negative integer, got ${req.maxTokens}`);
-  const rng = createRng(req.seed ?? randomSeed());
+  const sampler = new SequenceSampler(req);
   // The whole completion must fit the context window; tokens past it end generation with 'length'.
   const room = Math.min(req.maxTokens, model.spec.maxPositions - req.promptIds.length);
   const state = new CompletionState(model.tokenizer, new Set(model.eosTokenIds), req.stop ?? [], room);
@@ -56,8 +51,8 @@ export async function* generate(model: MoeModel, req: GenerateRequest): AsyncGen
       state.finish('abort');
       break;
     }
-    const token = sampleToken(logits, req.sampling, rng);
-    yield state.accept(token);
+    const { token, logprob } = sampler.next(logits);
+    yield state.accept(token, logprob);
     if (state.finishReason !== null) break;
     const t = performance.now();
     logits = await model.forward.step(kv, [asToken(token)], 'last', req.observer);
@@ -69,6 +64,7 @@ export async function* generate(model: MoeModel, req: GenerateRequest): AsyncGen
   return {
     promptIds: req.promptIds,
     completionIds: state.completionIds,
+    ...(sampler.topLogprobs !== undefined && { logprobs: state.logprobs }),
     text: state.text,
     finishReason: state.finishReason ?? 'length',
     timings: { promptTokens: req.promptIds.length, promptMs, decodeSteps, decodeMs },

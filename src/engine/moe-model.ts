@@ -15,7 +15,7 @@ import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { ForwardPass, type ForwardParts } from './forward.js';
 import { SequenceKvCache } from './kv-cache.js';
 import { ModelSessions } from './model-sessions.js';
-import { ResidentWeights, type LoadProgress } from './resident-weights.js';
+import { ResidentWeights } from './resident-weights.js';
 import { RopeTable } from './rope.js';
 import type { SamplingParams } from './sampler.js';
 
@@ -42,9 +42,12 @@ export interface ModelLoadOptions {
   readonly cpuThreads?: number;
   /** Most experts per run of the routed-experts graph (default: 2 x top-k). */
   readonly maxSlotsPerRun?: number;
-  readonly onProgress?: LoadProgress;
+  /** Called as weights load: the resident (non-expert) tensors, then the experts preloaded into the cache. */
+  readonly onProgress?: (stage: LoadStage, done: number, total: number) => void;
   readonly experts?: ExpertCacheOptions;
 }
+
+export type LoadStage = 'resident weights' | 'preloaded experts';
 
 const MIB = 1024 * 1024;
 
@@ -70,6 +73,7 @@ async function createExpertStore(
   archive: SafetensorsArchive,
   o: ExpertCacheOptions,
   prefetchDepth: number,
+  onProgress: (done: number, total: number) => void,
 ): Promise<ExpertStore> {
   const policy = o.policy ?? 'lru';
   const ids = new ExpertIds(spec.numLayers, spec.numExperts);
@@ -87,7 +91,7 @@ async function createExpertStore(
   const plan = planCache({ policy, budgetBytes, expertBytes, topK: spec.topK, allExperts, profile });
   const host = new HostExpertCache(archive, spec.family, o.hostCacheMb === undefined ? null : Math.floor(o.hostCacheMb * MIB));
   const store = new ExpertStore({ spec, runtime, host, policy: plan.policy, budgetBytes: plan.budgetBytes, prefetchDepth });
-  await store.preload(plan.preload);
+  await store.preload(plan.preload, onProgress);
   return store;
 }
 
@@ -127,13 +131,15 @@ export class MoeModel implements AsyncDisposable {
     try {
       const cache = options.experts ?? {};
       const prefetchDepth = cache.prefetchDepth ?? 1;
-      const weights = await ResidentWeights.load(archive, spec, runtime, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0), options.onProgress);
+      const weights = await ResidentWeights.load(archive, spec, runtime, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0), (d, t) =>
+        options.onProgress?.('resident weights', d, t),
+      );
       const sessions = await ModelSessions.create(runtime, spec, weights.variants);
       const rope = new RopeTable(spec.ropeTheta, spec.headDim);
       const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK);
       const parts = { spec, runtime, weights, sessions, rope, maxSlotsPerRun };
       await warmUp(parts, archive);
-      const experts = await createExpertStore(dir, spec, runtime, archive, cache, prefetchDepth);
+      const experts = await createExpertStore(dir, spec, runtime, archive, cache, prefetchDepth, (d, t) => options.onProgress?.('preloaded experts', d, t));
       const forward = new ForwardPass({ ...parts, experts });
       return new MoeModel(dir, spec, tokenizer, eosTokenIds, samplingDefaults, runtime, experts, forward, archive, weights, sessions);
     } catch (err) {

@@ -116,6 +116,16 @@ function ranksAbove(logits: Float32Array, a: number, b: number): boolean {
   return la > lb || (la === lb && a < b);
 }
 
+/**
+ * The k most likely tokens, best first, ties to the lower index as greedy breaks them, so greedy's token is
+ * always first. O(vocab * log k): a heap selection, then a sort of only the k.
+ */
+export function topTokens(logits: Float32Array, k: number): Token[] {
+  if (k <= 0) return [];
+  const best = Array.from(topKIndices(logits, Math.min(k, logits.length)));
+  return best.sort((a, b) => (ranksAbove(logits, a, b) ? -1 : 1)).map(asToken);
+}
+
 // The k best indices, in no particular order. A min-heap of the k best seen so far, with the worst at the root:
 // O(vocab * log k) and no vocab-sized allocation, instead of sorting the whole vocabulary. Temperature does not
 // change the order, so this works on raw logits.

@@ -90,6 +90,8 @@ export class ResidencySet {
 
   /** Evicts until `bytes` more fit; undefined (and nothing evicted) when the policy refuses and !force. */
   private makeRoom(incoming: ExpertId, bytes: number, busy: ReadonlySet<ExpertId>, force: boolean): ExpertId[] | undefined {
+    // Most calls need no eviction (a cache still filling, a generous budget): skip building the candidates.
+    if (this.usedBytes + bytes <= this.capacityBytes) return [];
     const candidates = new Set<ExpertId>();
     for (const r of this.resident.keys()) if (!busy.has(r)) candidates.add(r);
     const evicted: ExpertId[] = [];

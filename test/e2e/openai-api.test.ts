@@ -4,39 +4,14 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { buildApp } from '../../src/api/build-app.js';
-import { BatchEngine } from '../../src/engine/batch-engine.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
+import { engineIdle, MODEL_NAME as MODEL, startServer as start, type TestServer as Server } from '../helpers/api-server.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
 import { FIXTURES_DIR, readJson, TINY_MOE_DIR } from '../helpers/paths.js';
 import { join } from 'node:path';
 
 const reference = readJson<{ prompts: FixturePrompt[] }>(join(FIXTURES_DIR, 'tiny-moe-reference.json'));
 const first = reference.prompts[0]!;
-const MODEL = 'tiny-moe';
-
-interface Server {
-  client: OpenAI;
-  engine: BatchEngine;
-  baseURL: string;
-  close(): Promise<void>;
-}
-
-async function start(model: MoeModel, opts: { apiKey?: string; maxSeqs?: number; maxQueue?: number } = {}): Promise<Server> {
-  const engine = new BatchEngine(model, { maxBatchTokens: 256, maxSeqs: opts.maxSeqs ?? 8, maxQueue: opts.maxQueue ?? 32 });
-  const app = buildApp({ serving: () => ({ model, engine }), modelName: MODEL, apiKey: opts.apiKey });
-  await app.listen({ host: '127.0.0.1', port: 0 });
-  const { port } = app.server.address() as AddressInfo;
-  const baseURL = `http://127.0.0.1:${port}/v1`;
-  return {
-    client: new OpenAI({ baseURL, apiKey: opts.apiKey ?? 'unused', maxRetries: 0 }),
-    engine,
-    baseURL,
-    close: async () => {
-      await app.close();
-      await engine[Symbol.asyncDispose]();
-    },
-  };
-}
 
 async function statusOf(p: Promise<unknown>): Promise<InstanceType<typeof OpenAI.APIError>> {
   try {
@@ -121,6 +96,59 @@ describe('OpenAI-compatible API with the official client', () => {
     assert.notEqual(a.choices[0]?.text, c.choices[0]?.text);
   });
 
+  test('chat logprobs list every generated token with its most likely alternatives; greedy picks the first', async () => {
+    const messages = [{ role: 'user' as const, content: 'What is a generator?' }];
+    const r = await server.client.chat.completions.create({ model: MODEL, messages, max_tokens: 12, temperature: 0, logprobs: true, top_logprobs: 3 });
+    const content = r.choices[0]?.logprobs?.content ?? [];
+    assert.equal(content.length, r.usage?.completion_tokens);
+    for (const t of content) {
+      assert.equal(t.top_logprobs.length, 3);
+      assert.ok(t.logprob <= 0);
+      assert.equal(t.top_logprobs[0]?.token, t.token, 'greedy chose the most likely token');
+      assert.equal(t.top_logprobs[0]?.logprob, t.logprob);
+      for (let i = 1; i < 3; i++) assert.ok(t.top_logprobs[i]!.logprob <= t.top_logprobs[i - 1]!.logprob, 'alternatives sorted');
+      assert.deepEqual(t.bytes, [...Buffer.from(t.token, 'utf8')]);
+    }
+    assert.equal(content.map((t) => t.token).join(''), r.choices[0]?.message.content);
+  });
+
+  test('completion logprobs in the legacy shape: the same streamed and not', async () => {
+    const params = { model: MODEL, prompt: first.prompt, max_tokens: 10, temperature: 0, logprobs: 2 } as const;
+    const whole = await server.client.completions.create(params);
+    const lp = whole.choices[0]?.logprobs;
+    assert.equal(lp?.tokens?.length, 10);
+    assert.equal(lp?.tokens?.join(''), whole.choices[0]?.text);
+    assert.equal(lp?.text_offset?.[0], 0);
+    const streamed: number[] = [];
+    for await (const chunk of await server.client.completions.create({ ...params, stream: true })) {
+      streamed.push(...(chunk.choices[0]?.logprobs?.token_logprobs ?? []));
+    }
+    assert.equal(streamed.length, 10);
+    streamed.forEach((v, i) => assert.ok(Math.abs(v - lp!.token_logprobs![i]!) < 1e-5));
+  });
+
+  test('a frequency penalty makes a greedy completion repeat itself less', async () => {
+    const ask = (frequency_penalty: number) => server.client.completions.create({ model: MODEL, prompt: first.prompt, max_tokens: 48, temperature: 0, frequency_penalty, logprobs: 0 });
+    const repeats = (tokens: readonly string[]) => tokens.length - new Set(tokens).size;
+    const plain = await ask(0);
+    const penalized = await ask(2);
+    assert.equal(plain.choices[0]?.text.startsWith(first.greedy_text), true);
+    assert.notEqual(penalized.choices[0]?.text, plain.choices[0]?.text);
+    assert.ok(repeats(penalized.choices[0]!.logprobs!.tokens!) < repeats(plain.choices[0]!.logprobs!.tokens!), 'fewer repeated tokens');
+  });
+
+  test('unsupported or out-of-range sampling fields are 400s naming the field', async () => {
+    const e1 = await statusOf(server.client.completions.create({ model: MODEL, prompt: 'x', presence_penalty: 3 }));
+    assert.equal(e1.status, 400);
+    assert.equal(e1.param, 'presence_penalty');
+    const e2 = await statusOf(server.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }], top_logprobs: 2 }));
+    assert.equal(e2.status, 400);
+    assert.equal(e2.param, 'top_logprobs');
+    const e3 = await statusOf(server.client.completions.create({ model: MODEL, prompt: 'x', best_of: 2 }));
+    assert.equal(e3.status, 400);
+    assert.equal(e3.param, 'best_of');
+  });
+
   test('GET /v1/experts returns the expert cache statistics', async () => {
     const res = await fetch(`${server.baseURL}/experts`);
     assert.equal(res.status, 200);
@@ -183,8 +211,7 @@ describe('OpenAI-compatible API with the official client', () => {
     } catch {
       // the client reports the abort
     }
-    for (let i = 0; i < 100 && server.engine.stats.running + server.engine.stats.waiting > 0; i++) await new Promise((r) => setTimeout(r, 20));
-    assert.equal(server.engine.stats.running + server.engine.stats.waiting, 0, 'the cancelled request left the engine');
+    assert.ok(await engineIdle(server.engine), 'the cancelled request left the engine');
   });
 
   test('a wrong API key is a 401; /health stays open', async () => {

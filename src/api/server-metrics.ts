@@ -1,0 +1,92 @@
+// GET /metrics: Prometheus metrics through prom-client. Request latencies are observed as tokens reach
+// the client; engine and expert-cache figures are read from their own counters when scraped, so the
+// numbers here and in GET /v1/experts cannot drift apart.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { EngineStats } from '../engine/batch-engine.js';
+import type { GeneratedChunk } from '../engine/completion-state.js';
+import type { ExpertCacheStats } from '../experts/expert-stats.js';
+
+/** Where scrape-time figures come from; undefined while the model loads. */
+export interface MetricsSource {
+  engine(): EngineStats | undefined;
+  experts(): ExpertCacheStats | undefined;
+}
+
+// Seconds. Token latencies on this engine range from ~1 ms (tiny models, CPU) to seconds (offloaded experts).
+const TOKEN_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const REQUEST_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+
+export class ServerMetrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<'route' | 'status'>;
+  private readonly ttft: Histogram;
+  private readonly itl: Histogram;
+  private readonly e2e: Histogram;
+  private readonly promptTokens: Counter;
+
+  constructor(source: MetricsSource) {
+    const registers = [this.registry];
+    // 1 ms sampling, not the 10 ms default: the delay figures then carry at most 1 ms of the sampling interval.
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 1 });
+    this.requests = new Counter({ name: 'moe_serve_requests_total', help: 'HTTP and WebSocket requests by route and status', labelNames: ['route', 'status'], registers });
+    this.ttft = new Histogram({ name: 'moe_serve_time_to_first_token_seconds', help: 'Request received to first token sent', buckets: TOKEN_BUCKETS, registers });
+    this.itl = new Histogram({ name: 'moe_serve_inter_token_latency_seconds', help: 'Time between consecutive tokens of a request', buckets: TOKEN_BUCKETS, registers });
+    this.e2e = new Histogram({ name: 'moe_serve_e2e_request_latency_seconds', help: 'Request received to last token sent', buckets: REQUEST_BUCKETS, registers });
+    this.promptTokens = new Counter({ name: 'moe_serve_prompt_tokens_total', help: 'Prompt tokens of accepted requests', registers });
+
+    const engineGauge = (name: string, help: string, read: (s: EngineStats) => number) =>
+      new Gauge({ name, help, registers, collect() { this.set(read(source.engine() ?? ZERO_ENGINE)); } });
+    const engineCounter = (name: string, help: string, read: (s: EngineStats) => number) =>
+      new Counter({ name, help, registers, collect() { setCounter(this, read(source.engine() ?? ZERO_ENGINE)); } });
+    engineGauge('moe_serve_requests_running', 'Requests being generated', (s) => s.running);
+    engineGauge('moe_serve_requests_waiting', 'Requests queued for admission', (s) => s.waiting);
+    engineCounter('moe_serve_generation_tokens_total', 'Tokens generated', (s) => s.tokensGenerated);
+    engineCounter('moe_serve_engine_steps_total', 'Engine steps (one forward pass over the batch)', (s) => s.steps);
+
+    const expertGauge = (name: string, help: string, read: (s: ExpertCacheStats) => number) =>
+      new Gauge({ name, help, registers, collect() { const s = source.experts(); this.set(s ? read(s) : 0); } });
+    const expertCounter = (name: string, help: string, read: (s: ExpertCacheStats) => number) =>
+      new Counter({ name, help, registers, collect() { const s = source.experts(); setCounter(this, s ? read(s) : 0); } });
+    expertCounter('moe_serve_expert_cache_hits_total', 'Expert uses found resident on the device', (s) => s.total.hits);
+    expertCounter('moe_serve_expert_cache_misses_total', 'Expert uses that had to be loaded', (s) => s.total.misses);
+    expertCounter('moe_serve_expert_prefetch_issued_total', 'Experts loaded ahead by router lookahead', (s) => s.total.prefetchIssued);
+    expertCounter('moe_serve_expert_prefetch_used_total', 'Prefetched experts used before eviction', (s) => s.total.prefetchUsed);
+    expertCounter('moe_serve_expert_evictions_total', 'Experts evicted from the device cache', (s) => s.total.evictions);
+    expertCounter('moe_serve_expert_bytes_to_device_total', 'Expert bytes uploaded (converted to compute form on the CPU)', (s) => s.total.bytesToDevice);
+    expertCounter('moe_serve_expert_bytes_from_disk_total', 'Expert bytes read from the checkpoint', (s) => s.total.bytesFromDisk);
+    expertGauge('moe_serve_expert_resident_device_bytes', 'Expert bytes resident on the device', (s) => s.residentBytes);
+    expertGauge('moe_serve_expert_resident_host_bytes', 'Expert bytes held in host memory in stored form', (s) => s.hostResidentBytes);
+    expertGauge('moe_serve_expert_budget_bytes', 'Device budget for routed experts', (s) => s.budgetBytes);
+  }
+
+  countRequest(route: string, status: number): void {
+    this.requests.inc({ route, status: String(status) });
+  }
+
+  /**
+   * Passes a request's chunks through, observing time to first token, inter-token latency and, when the
+   * stream ends, end-to-end latency. `receivedAt` is performance.now() when the request arrived.
+   */
+  async *timed(chunks: AsyncIterable<GeneratedChunk>, receivedAt: number, promptTokens: number): AsyncGenerator<GeneratedChunk> {
+    this.promptTokens.inc(promptTokens);
+    let last: number | null = null;
+    for await (const chunk of chunks) {
+      if (chunk.tokenId !== null) {
+        const now = performance.now();
+        if (last === null) this.ttft.observe((now - receivedAt) / 1000);
+        else this.itl.observe((now - last) / 1000);
+        last = now;
+      }
+      yield chunk;
+    }
+    this.e2e.observe((performance.now() - receivedAt) / 1000);
+  }
+}
+
+const ZERO_ENGINE: EngineStats = { steps: 0, tokensComputed: 0, tokensGenerated: 0, running: 0, waiting: 0 };
+
+/** Counters mirrored from another component's running totals: set to the total at scrape time. */
+function setCounter(counter: Counter, total: number): void {
+  counter.reset();
+  counter.inc(total);
+}

@@ -1,0 +1,92 @@
+// WebSocket GET /v1/stream: completion and chat requests as JSON messages, tokens streamed back as they
+// are generated. Several requests share a socket, told apart by the client's `id`; `cancel` or closing
+// the socket stops them at the next engine step. Every failure is an `error` message in the OpenAI error
+// shape and leaves the socket open.
+import type { FastifyInstance } from 'fastify';
+import type { FinishReason } from '../engine/completion-state.js';
+import { ApiError, badRequest, toApiError } from './api-errors.js';
+import type { RouteContext } from './build-app.js';
+import { checkModel, parseBody, usage } from './completion-routes.js';
+import { prepareChat, prepareCompletion, type PreparedRequest } from './completion-request.js';
+import { chatLogprobs } from './logprob-format.js';
+import { socketMessage } from './request-schemas.js';
+import { startGeneration } from './start-generation.js';
+
+const ROUTE = '/v1/stream';
+
+type ServerMessage =
+  | { type: 'token'; id: string; text: string; token_ids: number[]; logprobs?: unknown }
+  | { type: 'done'; id: string; finish_reason: 'stop' | 'length' | 'cancelled'; usage: ReturnType<typeof usage> }
+  | { type: 'error'; id: string | null; error: ReturnType<ApiError['body']>['error'] };
+
+export function registerStreamSocket(app: FastifyInstance, ctx: RouteContext): void {
+  app.get(ROUTE, { websocket: true }, (socket) => {
+    const running = new Map<string, AbortController>();
+    const send = (m: ServerMessage) => {
+      if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(m));
+    };
+    const fail = (id: string | null, err: unknown) => {
+      const e = toApiError(err);
+      ctx.metrics.countRequest(ROUTE, e.status);
+      send({ type: 'error', id, error: e.body().error });
+    };
+
+    socket.on('message', (data, isBinary) => {
+      let id: string | null = null;
+      try {
+        if (isBinary) throw badRequest('send requests as text messages holding JSON', null, 'invalid_message');
+        const json = parseJson(data.toString());
+        id = typeof json === 'object' && json !== null && typeof (json as { id?: unknown }).id === 'string' ? (json as { id: string }).id : null;
+        const msg = parseBody(socketMessage, json);
+        if (msg.type === 'cancel') {
+          const abort = running.get(msg.id);
+          if (!abort) throw new ApiError(404, 'not_found_error', `no running request with id '${msg.id}'`, 'id', 'unknown_id');
+          abort.abort();
+          return;
+        }
+        if (running.has(msg.id)) throw badRequest(`a request with id '${msg.id}' is already running on this socket`, 'id', 'duplicate_id');
+        const { model } = ctx.ready();
+        checkModel(msg.model, ctx.deps.modelName);
+        const prepared = msg.type === 'chat' ? prepareChat(model, ctx.deps.modelName, msg) : prepareCompletion(model, msg);
+        void stream(msg.id, prepared);
+      } catch (err) {
+        fail(id, err);
+      }
+    });
+    socket.on('close', () => {
+      for (const abort of running.values()) abort.abort();
+    });
+
+    async function stream(id: string, prepared: PreparedRequest): Promise<void> {
+      const abort = new AbortController();
+      running.set(id, abort);
+      try {
+        const gen = startGeneration(ctx, prepared, abort.signal);
+        for await (const c of gen.chunks) {
+          if (c.tokenId === null && !c.text) continue;
+          const token_ids = c.tokenId === null ? [] : [c.tokenId];
+          send(c.logprob ? { type: 'token', id, text: c.text, token_ids, logprobs: chatLogprobs(ctx.ready().model.tokenizer, [c.logprob]).content } : { type: 'token', id, text: c.text, token_ids });
+        }
+        const result = await gen.result;
+        ctx.metrics.countRequest(ROUTE, 200);
+        send({ type: 'done', id, finish_reason: socketFinish(result.finishReason), usage: usage(result) });
+      } catch (err) {
+        fail(id, err);
+      } finally {
+        running.delete(id);
+      }
+    }
+  });
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw badRequest(`the message is not valid JSON: ${(err as Error).message}`, null, 'invalid_json');
+  }
+}
+
+function socketFinish(r: FinishReason): 'stop' | 'length' | 'cancelled' {
+  return r === 'abort' ? 'cancelled' : r;
+}

@@ -1,0 +1,66 @@
+// `moe-serve serve` as a user runs it: settings from flags and environment variables, a clean shutdown.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { cli } from '../helpers/cli.js';
+import { CLI_PATH } from '../helpers/paths.js';
+
+test('a bad value from the environment is a usage error naming the variable', async () => {
+  const r = await cliWithEnv({ MOE_SERVE_PORT: 'eighty' }, 'serve');
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /MOE_SERVE_PORT \(--port\)/);
+  const flag = await cli('serve', '--cors', 'not a url');
+  assert.equal(flag.code, 2);
+  assert.match(flag.stderr, /--cors/);
+});
+
+test('serve takes its settings from the environment, writes a routing trace and stops cleanly on SIGTERM', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'moe-serve-'));
+  const tracePath = join(dir, 'trace.jsonl');
+  const child = spawn(process.execPath, [CLI_PATH, 'serve', '--max-seqs', '2'], {
+    env: { ...process.env, MOE_SERVE_PORT: '0', MOE_SERVE_MODEL_NAME: 'from-env', MOE_SERVE_API_KEY: 'k', MOE_SERVE_TRACE: tracePath, MOE_SERVE_EXPERT_CACHE_FRACTION: '0.5' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  try {
+    const origin = await waitFor(() => /model loaded: serving 'from-env' on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr)?.[1], () => stderr);
+    const auth = { authorization: 'Bearer k', 'content-type': 'application/json' };
+    const models = (await (await fetch(`${origin}/v1/models`, { headers: auth })).json()) as { data: { id: string }[] };
+    assert.deepEqual(models.data.map((m) => m.id), ['from-env']);
+    const res = await fetch(`${origin}/v1/completions`, { method: 'POST', headers: auth, body: JSON.stringify({ model: 'from-env', prompt: 'The Python interpreter', max_tokens: 5 }) });
+    assert.equal(res.status, 200);
+    const experts = (await (await fetch(`${origin}/v1/experts`, { headers: auth })).json()) as { budgetBytes: number; totalExpertBytes: number };
+    assert.equal(experts.budgetBytes, Math.floor(0.5 * experts.totalExpertBytes));
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, stderr);
+    const lines = readFileSync(tracePath, 'utf8').trim().split('\n');
+    assert.ok(lines.length > 1, 'the trace has a header and token records');
+  } finally {
+    child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+async function waitFor<T>(read: () => T | undefined, log: () => string, timeoutMs = 60_000): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const v = read();
+    if (v !== undefined) return v;
+    if (Date.now() > until) throw new Error(`timed out; stderr so far:\n${log()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function cliWithEnv(env: Record<string, string>, ...args: string[]): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI_PATH, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.once('exit', (code) => resolve({ code, stderr }));
+  });
+}
