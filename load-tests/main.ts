@@ -2,7 +2,7 @@
 // `npm run loadtest`: one moe-serve server per (policy, budget), the same workload against each, then
 // report.md, report.html and results.json. Exits 1 when a run had errors other than 429, 2 for bad flags.
 import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { basename, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { DEFAULT_MODEL_DIR } from '../src/cli/model-options.js';
@@ -49,7 +49,8 @@ async function main(argv: readonly string[]): Promise<number> {
       const server = await launchServer({ modelDir: opts.modelDir, policy, budgetFraction: budgetPercent / 100, tracePath, maxSeqs: opts.maxSeqs, maxQueue: opts.maxQueue, logPath: join(serversDir, `${name}.log`) });
       const serverRuns: RunResult[] = [];
       try {
-        if (notes.length === 0) notes.push(`Server: \`moe-serve ${server.args.join(' ')}\` (policy and budget per configuration)`);
+        // The command of the first server, with the trace path relative to the report.
+        if (notes.length === 0) notes.push(`Server: \`moe-serve ${server.args.map((a) => (a === tracePath ? relative(outDir, a) : a)).join(' ')}\` (policy and budget per configuration)`);
         const model = await modelId(server.baseUrl);
         await warmUp(server.baseUrl, model, opts.maxTokens);
         for (const concurrency of opts.concurrency) {

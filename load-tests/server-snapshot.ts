@@ -65,14 +65,19 @@ export function diff(before: ServerSnapshot, after: ServerSnapshot): ServerDelta
   };
 }
 
+const GENERATION_ROUTES = new Set(['/v1/completions', '/v1/chat/completions', '/v1/stream']);
+
 function metricsDelta(before: readonly Sample[], after: readonly Sample[]): NonNullable<ServerDelta['metrics']> {
   const delta = (name: string, match: Record<string, string> = {}) => sumOf(after, name, match) - sumOf(before, name, match);
-  const statuses = new Set(after.filter((s) => s.name === 'moe_serve_requests_total').map((s) => s.labels.status ?? '?'));
+  // Generation requests only: the scrapes themselves (GET /v1/experts) are requests too.
   const requestsByStatus: Record<string, number> = {};
-  for (const status of statuses) {
-    const n = delta('moe_serve_requests_total', { status });
-    if (n !== 0) requestsByStatus[status] = n;
+  for (const s of after) {
+    if (s.name !== 'moe_serve_requests_total' || !GENERATION_ROUTES.has(s.labels.route ?? '')) continue;
+    const status = s.labels.status ?? '?';
+    requestsByStatus[status] ??= 0;
+    requestsByStatus[status] += s.value - (before.find((b) => b.name === s.name && b.labels.route === s.labels.route && b.labels.status === s.labels.status)?.value ?? 0);
   }
+  for (const [status, n] of Object.entries(requestsByStatus)) if (n === 0) delete requestsByStatus[status];
   const lag = after.find((s) => s.name === 'nodejs_eventloop_lag_p99_seconds');
   return {
     generationTokens: delta('moe_serve_generation_tokens_total'),
