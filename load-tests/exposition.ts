@@ -45,10 +45,17 @@ export function parseExposition(text: string): Sample[] {
   return samples;
 }
 
+const SPECIAL_VALUES = new Map([
+  ['nan', NaN],
+  ['+inf', Infinity],
+  ['inf', Infinity],
+  ['-inf', -Infinity],
+]);
+
 function parseValue(text: string, lineNumber: number, line: string): number {
-  if (text === '+Inf') return Infinity;
-  if (text === '-Inf') return -Infinity;
-  if (text === 'NaN') return NaN;
+  // Special values in any case, as Prometheus reads them (prom-client writes NaN as 'Nan').
+  const special = SPECIAL_VALUES.get(text.toLowerCase());
+  if (special !== undefined) return special;
   const v = Number(text);
   if (Number.isNaN(v)) throw new ExpositionFormatError(lineNumber, line);
   return v;

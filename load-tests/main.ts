@@ -76,6 +76,8 @@ async function main(argv: readonly string[]): Promise<number> {
       }
       for (const r of serverRuns) process.stdout.write(`${JSON.stringify(r)}\n`);
       results.push(...serverRuns);
+      // So far, in case a later configuration fails.
+      await writeFile(join(outDir, 'results.json'), `${JSON.stringify({ results }, null, 2)}\n`);
     }
   }
 

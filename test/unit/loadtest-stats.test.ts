@@ -74,16 +74,20 @@ describe('Prometheus exposition parser', () => {
     'moe_serve_ttft_seconds_bucket{le="+Inf"} 20',
     'weird_label{path="a \\"quoted\\", comma",x="1"} 1.5e3 1700000000000',
     'nodejs_eventloop_lag_p99_seconds NaN',
+    'nodejs_eventloop_lag_mean_seconds Nan',
+    'minus_inf -Inf',
   ].join('\n');
 
   test('reads names, labels (escapes and commas included), values and special values', () => {
     const samples = parseExposition(text);
-    assert.equal(samples.length, 8);
+    assert.equal(samples.length, 10);
     assert.deepEqual(samples[0], { name: 'moe_serve_requests_total', labels: { route: '/v1/completions', status: '200' }, value: 42 });
     assert.deepEqual(samples[3], { name: 'moe_serve_requests_running', labels: {}, value: 2 });
     assert.equal(samples[5]?.labels.le, '+Inf');
     assert.deepEqual(samples[6], { name: 'weird_label', labels: { path: 'a "quoted", comma', x: '1' }, value: 1500 });
     assert.ok(Number.isNaN(samples[7]?.value));
+    assert.ok(Number.isNaN(samples[8]?.value), "prom-client's 'Nan'");
+    assert.equal(samples[9]?.value, -Infinity);
   });
 
   test('sums the samples of a name whose labels match', () => {
