@@ -11,7 +11,8 @@ RUN npm ci && npm prune --omit=dev
 # Runtime stage: compiled code, production dependencies and the model, as a non-root user.
 FROM node:20-bookworm-slim
 WORKDIR /app
-ENV NODE_ENV=production
+# Settings as MOE_SERVE_* variables (see `moe-serve serve --help`), so `docker run -e` can change any of them.
+ENV NODE_ENV=production MOE_SERVE_HOST=0.0.0.0 MOE_SERVE_PORT=8000
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
@@ -19,5 +20,5 @@ COPY models ./models
 USER node
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-  CMD node -e "fetch('http://127.0.0.1:8000/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
-CMD ["node", "dist/src/cli/main.js", "serve", "--host", "0.0.0.0", "--port", "8000"]
+  CMD node -e "fetch('http://127.0.0.1:' + (process.env.MOE_SERVE_PORT || 8000) + '/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"
+CMD ["node", "dist/src/cli/main.js", "serve"]

@@ -21,7 +21,8 @@ const sampling = {
 
 const streaming = {
   stream: z.boolean().nullish(),
-  stream_options: z.object({ include_usage: z.boolean().optional() }).strict().nullish(),
+  // Other keys (include_obfuscation, say) change nothing here, so they pass.
+  stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
 };
 
 const completionFields = {

@@ -4,6 +4,7 @@
 // histogram restarts at each scrape, so one scrape before and one after bracket each phase).
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { parseMetricSamples } from '../api/metric-samples.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 
 export interface HttpBenchOptions {
@@ -124,14 +125,7 @@ async function stream(origin: string, i: number, tokens: number): Promise<Stream
 }
 
 async function scrape(origin: string): Promise<Map<string, number>> {
-  const text = await (await fetch(`${origin}/metrics`)).text();
-  const out = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#') || line.trim() === '') continue;
-    const at = line.lastIndexOf(' ');
-    out.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return out;
+  return parseMetricSamples(await (await fetch(`${origin}/metrics`)).text());
 }
 
 async function startServer(o: HttpBenchOptions, maxSeqs: number): Promise<{ origin: string; stop(): void }> {

@@ -135,9 +135,12 @@ export class ExpertStore implements Disposable {
     this.expertBytes = expertComputeBytes(spec);
     if (o.budgetBytes < this.expertBytes) throw new BudgetTooSmallError(o.budgetBytes, this.expertBytes);
     this.residency = new ResidencySet(o.budgetBytes, o.policy);
+    // The residency set alone decides what stays (the replay simulator runs the same decisions). The
+    // cache must never evict by itself: when concurrent forward passes pin more experts than the budget
+    // holds (counted as overBudget), a size-bounded cache would dispose an expert another pass is using.
+    // Its bound is therefore every expert of the model, which it cannot exceed.
     this.cache = new LRUCache<ExpertId, CacheEntry>({
-      maxSize: o.budgetBytes,
-      sizeCalculation: () => this.expertBytes,
+      max: spec.numLayers * spec.numExperts,
       dispose: (entry) => this.free(entry),
     });
     this.counters = Array.from({ length: spec.numLayers }, emptyCounters);

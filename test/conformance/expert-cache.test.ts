@@ -112,6 +112,29 @@ for (const device of testDevices()) {
       assert.equal(DeviceTensor.liveCount, before, 'unloading frees every device tensor');
     });
 
+    test('experts pinned by concurrent forward passes stay alive even when they exceed the budget', async () => {
+      const probe = await MoeModel.load(TINY_MOE_DIR, { device, experts: { policy: 'lru', prefetchDepth: 0 } });
+      const { expertBytes } = probe.experts;
+      const topK = probe.spec.topK;
+      await probe[Symbol.asyncDispose]();
+      // Room for exactly one layer's top-k: two passes holding top-k each must go over budget.
+      const model = await MoeModel.load(TINY_MOE_DIR, { device, experts: { policy: 'lru', budgetMb: (topK * expertBytes) / (1024 * 1024), prefetchDepth: 0 } });
+      try {
+        const experts = Array.from({ length: topK }, (_, e) => e);
+        const before = DeviceTensor.liveCount;
+        const [a, b] = await Promise.all([model.experts.acquire(0, experts), model.experts.acquire(1, experts)]);
+        assert.equal(DeviceTensor.liveCount - before, 3 * 2 * topK, 'both leases hold live tensors');
+        assert.ok(model.experts.stats().overBudget > 0, 'the overflow is counted');
+        a.release();
+        b.release();
+        const c = await model.experts.acquire(2, experts);
+        c.release();
+        assert.ok(model.experts.stats().residentBytes <= topK * expertBytes, 'back within budget once unpinned');
+      } finally {
+        await model[Symbol.asyncDispose]();
+      }
+    });
+
     test('a budget smaller than one expert is refused with a clear error', async () => {
       await assert.rejects(MoeModel.load(TINY_MOE_DIR, { device, experts: { budgetMb: 0.1 } }), /smaller than one expert/);
     });

@@ -1,20 +1,10 @@
 // GET /metrics (Prometheus) and CORS, over loopback against the real engine.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { parseMetricSamples } from '../../src/api/metric-samples.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { MODEL_NAME, startServer, type TestServer } from '../helpers/api-server.js';
 import { TINY_MOE_DIR } from '../helpers/paths.js';
-
-/** `name{labels} value` lines of the exposition format, as name+labels -> value. */
-function samples(text: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#') || line.trim() === '') continue;
-    const at = line.lastIndexOf(' ');
-    out.set(line.slice(0, at), Number(line.slice(at + 1)));
-  }
-  return out;
-}
 
 describe('metrics and CORS', () => {
   let model: MoeModel;
@@ -32,7 +22,7 @@ describe('metrics and CORS', () => {
     const res = await fetch(`${server.origin}/metrics`);
     assert.equal(res.status, 200, '/metrics needs no API key');
     assert.match(res.headers.get('content-type') ?? '', /^text\/plain/);
-    return samples(await res.text());
+    return parseMetricSamples(await res.text());
   };
 
   test('counts requests by route and status, token latencies, tokens and the expert cache as /v1/experts does', async () => {

@@ -188,6 +188,20 @@ describe('OpenAI-compatible API with the official client', () => {
     assert.equal(unknown.code, 'model_not_found');
     const empty = await statusOf(server.client.completions.create({ model: MODEL, prompt: '' }));
     assert.equal(empty.status, 400);
+    for (const max_tokens of [-1, 0, 1.5, 10_000_000]) {
+      const e = await statusOf(server.client.completions.create({ model: MODEL, prompt: 'x', max_tokens }));
+      assert.equal(e.status, 400, `max_tokens ${max_tokens}`);
+      assert.equal(e.param, 'max_tokens');
+    }
+    const wrongType = await statusOf(server.client.completions.create({ model: MODEL, prompt: 7 as unknown as string }));
+    assert.equal(wrongType.param, 'prompt');
+    const long = 'The Python interpreter '.repeat(2 * model.spec.maxPositions);
+    const tooLong = await statusOf(server.client.completions.create({ model: MODEL, prompt: long }));
+    assert.equal(tooLong.status, 400);
+    assert.equal(tooLong.code, 'context_length_exceeded');
+    assert.equal(tooLong.param, 'prompt');
+    const chatTooLong = await statusOf(server.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: long }] }));
+    assert.equal(chatTooLong.param, 'messages');
   });
 
   test('malformed JSON is a 400 in the OpenAI shape', async () => {
