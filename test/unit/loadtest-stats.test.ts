@@ -3,9 +3,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { drive, poissonGapsMs } from '../../load-tests/arrivals.js';
-import { ExpositionFormatError, parseExposition, sumOf } from '../../load-tests/exposition.js';
 import { percentile, summarize } from '../../load-tests/percentiles.js';
 import { errorCount, summarizeLatencies, type RequestRecord } from '../../load-tests/request-record.js';
+import { ExpositionFormatError, parseExposition, sumOf } from '../../src/api/metric-samples.js';
 import { createRng } from '../../src/engine/sampler.js';
 
 describe('percentile', () => {
@@ -81,10 +81,11 @@ describe('Prometheus exposition parser', () => {
   test('reads names, labels (escapes and commas included), values and special values', () => {
     const samples = parseExposition(text);
     assert.equal(samples.length, 10);
-    assert.deepEqual(samples[0], { name: 'moe_serve_requests_total', labels: { route: '/v1/completions', status: '200' }, value: 42 });
-    assert.deepEqual(samples[3], { name: 'moe_serve_requests_running', labels: {}, value: 2 });
+    assert.deepEqual(samples[0], { series: 'moe_serve_requests_total{route="/v1/completions",status="200"}', name: 'moe_serve_requests_total', labels: { route: '/v1/completions', status: '200' }, value: 42 });
+    assert.deepEqual(samples[3], { series: 'moe_serve_requests_running', name: 'moe_serve_requests_running', labels: {}, value: 2 });
     assert.equal(samples[5]?.labels.le, '+Inf');
-    assert.deepEqual(samples[6], { name: 'weird_label', labels: { path: 'a "quoted", comma', x: '1' }, value: 1500 });
+    assert.deepEqual(samples[6]?.labels, { path: 'a "quoted", comma', x: '1' });
+    assert.equal(samples[6]?.value, 1500);
     assert.ok(Number.isNaN(samples[7]?.value));
     assert.ok(Number.isNaN(samples[8]?.value), "prom-client's 'Nan'");
     assert.equal(samples[9]?.value, -Infinity);
