@@ -39,7 +39,7 @@ export interface RunResult extends RunSpec {
   /** Failures other than deliberate overload (429) and requests cut at the hard deadline. */
   readonly errors: number;
   readonly server: ServerDelta;
-  /** Belady's hit ratio on the routing trace of this run's server (all its runs), at its budget. */
+  /** Belady's hit ratio on the routing-trace lines of this run, at its budget; null without a trace. */
   beladyHitRatio: number | null;
 }
 

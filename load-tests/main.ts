@@ -6,7 +6,7 @@ import { basename, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { DEFAULT_MODEL_DIR } from '../src/cli/model-options.js';
-import { beladyHitRatio } from './belady-bound.js';
+import { beladyHitRatio, settledTraceBytes, type TraceRange } from './belady-bound.js';
 import { runLoad, type RunResult } from './load-run.js';
 import { OK } from './request-record.js';
 import { sseCompletion } from './stream-client.js';
@@ -48,6 +48,8 @@ async function main(argv: readonly string[]): Promise<number> {
       const tracePath = tracing ? join(serversDir, `${name}.trace.jsonl`) : undefined;
       const server = await launchServer({ modelDir: opts.modelDir, policy, budgetFraction: budgetPercent / 100, tracePath, maxSeqs: opts.maxSeqs, maxQueue: opts.maxQueue, logPath: join(serversDir, `${name}.log`) });
       const serverRuns: RunResult[] = [];
+      // Where each run's lines are in the server's routing trace.
+      const traceRanges = new Map<RunResult, TraceRange>();
       try {
         // The command of the first server, with the trace path relative to the report.
         if (notes.length === 0) notes.push(`Server: \`moe-serve ${server.args.map((a) => (a === tracePath ? relative(outDir, a) : a)).join(' ')}\` (policy and budget per configuration)`);
@@ -55,11 +57,13 @@ async function main(argv: readonly string[]): Promise<number> {
         await warmUp(server.baseUrl, model, opts.maxTokens);
         for (const concurrency of opts.concurrency) {
           for (const client of opts.clients) {
+            const fromByte = tracePath ? await settledTraceBytes(tracePath) : 0;
             const r = await runLoad(server.baseUrl, model, {
               policy, budgetPercent, client, concurrency, mode: opts.mode, ratePerSecond: opts.ratePerSecond,
               durationMs: opts.durationMs, maxRequests: opts.maxRequests, maxTokens: opts.maxTokens, seed: opts.seed,
             });
             serverRuns.push(r);
+            if (tracePath) traceRanges.set(r, { fromByte, toByte: await settledTraceBytes(tracePath) });
             process.stderr.write(
               `${policy} ${budgetPercent}% ${client} c=${concurrency}: ${r.completed}/${r.requests} ok, ${r.tokensPerSecond.toFixed(1)} tokens/s, ` +
                 `e2e p50 ${r.latency.e2eMs.p50?.toFixed(0) ?? '-'} ms, hit ratio ${percent(r.server.hitRatio)}, 429s ${r.rejected429}, errors ${r.errors}\n`,
@@ -70,8 +74,7 @@ async function main(argv: readonly string[]): Promise<number> {
         await server.stop();
       }
       if (tracePath) {
-        const bound = await beladyHitRatio(tracePath, budgetPercent / 100);
-        for (const r of serverRuns) r.beladyHitRatio = bound;
+        for (const r of serverRuns) r.beladyHitRatio = await beladyHitRatio(tracePath, budgetPercent / 100, traceRanges.get(r));
         if (!opts.keepTraces) await rm(tracePath, { force: true });
       }
       for (const r of serverRuns) process.stdout.write(`${JSON.stringify(r)}\n`);

@@ -11,7 +11,7 @@ export const METRIC_DEFINITIONS = [
   '**e2e**: request sent -> answer complete (`[DONE]`, the WebSocket `done` message, or the whole non-streamed body). The only latency a non-streamed request has.',
   'Percentiles interpolate linearly between ranks (numpy.percentile, as vLLM\'s benchmark computes them); latencies are over successful (200) requests only.',
   '**hit ratio**: expert-cache hits / expert uses during the run, from `GET /v1/experts` before and after it; **bytes to device**: expert bytes turned into compute form (fp32 on the CPU provider, uploads on GPU) during the run.',
-  '**Belady hit ratio**: the replay tool\'s Belady bound (offline optimum with demand loading) on the routing trace of that server (`serve --trace`; all of its runs, warm-up included) at its budget. Policies with prefetching can beat it.',
+  '**Belady hit ratio**: the replay tool\'s Belady bound (offline optimum with demand loading) on the routing-trace lines this run added to its server\'s trace (`serve --trace`), at its budget. Policies with prefetching can beat it. The trace has one line per request and layer, so the replay counts an expert that several sequences of one batched step share once per sequence, while the server counts it once: at concurrency 1 the two count alike; above it the bound is optimistic.',
   '**429s**: requests refused by the server\'s full queue (deliberate overload), counted apart; **errors**: every other failure (another status, a connection error or timeout, a stream that broke off). A run with errors fails the command.',
 ];
 
