@@ -17,7 +17,8 @@ const WIDTH = 900;
 const HEIGHT = 500;
 const PLOT = { left: 70, top: 50, right: 620, bottom: 440 } as const;
 
-const POLICY_COLORS = new Map([
+/** One color per known policy, shared by every chart of policies (replay and load tests). */
+export const POLICY_COLORS: ReadonlyMap<string, string> = new Map([
   ['lru', '#1f77b4'],
   ['lfu', '#ff7f0e'],
   ['static', '#2ca02c'],

@@ -1,0 +1,64 @@
+// report.md: how the report was made, what the numbers mean, and one table per client kind.
+import type { RunResult } from './load-run.js';
+import type { ReportContext } from './report-context.js';
+import { groupByClient, TABLE_HEAD, tableRow } from './report-table.js';
+
+export const METRIC_DEFINITIONS = [
+  '**tokens/s**: completion tokens received by the client (from each answer\'s `usage`) / the run\'s wall time, first request sent to last answer received.',
+  '**TTFT** (time to first token, vLLM\'s definition): request sent -> first token message received (an SSE chunk or a WebSocket `token` message with text).',
+  '**TPOT** (time per output token, vLLM\'s definition): (e2e - TTFT) / (output tokens - 1), per request with more than one output token; percentiles over requests.',
+  '**ITL** (inter-token latency, vLLM\'s definition): every gap between consecutive token messages of a request; percentiles over all gaps of all requests.',
+  '**e2e**: request sent -> answer complete (`[DONE]`, the WebSocket `done` message, or the whole non-streamed body). The only latency a non-streamed request has.',
+  'Percentiles interpolate linearly between ranks (numpy.percentile, as vLLM\'s benchmark computes them); latencies are over successful (200) requests only.',
+  '**hit ratio**: expert-cache hits / expert uses during the run, from `GET /v1/experts` before and after it; **bytes to device**: expert bytes turned into compute form (fp32 on the CPU provider, uploads on GPU) during the run.',
+  '**Belady hit ratio**: the replay tool\'s Belady bound (offline optimum with demand loading) on the routing-trace lines this run added to its server\'s trace (`serve --trace`), at its budget. Policies with prefetching can beat it. The trace has one line per request and layer, so the replay counts an expert that several sequences of one batched step share once per sequence, while the server counts it once: at concurrency 1 the two count alike; above it the bound is optimistic.',
+  '**429s**: requests refused by the server\'s full queue (deliberate overload), counted apart; **errors**: every other failure (another status, a connection error or timeout, a stream that broke off). A run with errors fails the command.',
+];
+
+export function reportMarkdown(ctx: ReportContext, results: readonly RunResult[]): string {
+  const out: string[] = [
+    `# moe-serve load test: ${ctx.model} on ${ctx.device}`,
+    '',
+    '```sh',
+    ctx.command,
+    '```',
+    '',
+    `- Date: ${ctx.date}`,
+    `- Machine: ${ctx.machine}; Node ${ctx.node}`,
+    `- moe-serve commit: ${ctx.commit ?? 'unknown'}`,
+    `- Workload: ${ctx.workload}`,
+    ...ctx.notes.map((n) => `- ${n}`),
+    '',
+    '## Metric definitions',
+    '',
+    ...METRIC_DEFINITIONS.map((d) => `- ${d}`),
+    '',
+  ];
+  for (const group of groupByClient(results)) {
+    out.push(`## ${group.title}`, '', `| ${TABLE_HEAD.join(' | ')} |`, `|${TABLE_HEAD.map((_, i) => (i < 2 ? '---|' : '---:|')).join('')}`);
+    for (const r of group.runs) out.push(`| ${tableRow(r).join(' | ')} |`);
+    out.push('');
+  }
+  const withMetrics = results.filter((r) => r.server.metrics !== null);
+  if (withMetrics.length > 0) {
+    out.push(
+      '## What the server counted (GET /metrics, change over each run)',
+      '',
+      '| client | policy | budget | concurrency | generation tokens/s | prompt tokens | requests by status | event-loop lag p99 ms |',
+      '|---|---|---|---:|---:|---:|---|---:|',
+    );
+    for (const r of withMetrics) {
+      const m = r.server.metrics!;
+      const statuses = Object.entries(m.requestsByStatus).map(([status, n]) => `${status}: ${n}`).join(', ') || '-';
+      const lag = m.eventLoopLagP99Seconds === null || Number.isNaN(m.eventLoopLagP99Seconds) ? '-' : (m.eventLoopLagP99Seconds * 1000).toFixed(1);
+      out.push(`| ${r.client} | ${r.policy} | ${r.budgetPercent}% | ${r.concurrency} | ${r.serverTokensPerSecond?.toFixed(1) ?? '-'} | ${m.promptTokens} | ${statuses} | ${lag} |`);
+    }
+    out.push('');
+  }
+  const failed = results.filter((r) => r.errors > 0);
+  out.push('## Errors', '');
+  if (failed.length === 0) out.push('No run had an error response other than deliberate overload (429).');
+  for (const r of failed) out.push(`- **${r.client} ${r.policy} ${r.budgetPercent}% c=${r.concurrency}**: ${r.errors} errors; outcomes ${JSON.stringify(r.outcomes)}`);
+  out.push('');
+  return out.join('\n');
+}

@@ -1,0 +1,54 @@
+// The results table, shared by report.md and report.html: one row per run, the same columns in both.
+import type { RunResult } from './load-run.js';
+import type { Summary } from './percentiles.js';
+
+export const TABLE_HEAD = [
+  'policy', 'budget', 'concurrency', 'requests', 'tokens/s', 'TTFT p50 / p99 ms', 'TPOT p50 / p99 ms', 'ITL p50 / p99 ms',
+  'e2e p50 / p99 ms', 'hit ratio', 'Belady hit ratio', 'bytes to device', '429s', 'errors',
+] as const;
+
+export function tableRow(r: RunResult): string[] {
+  return [
+    r.policy,
+    `${r.budgetPercent}%`,
+    String(r.concurrency),
+    String(r.requests),
+    r.tokensPerSecond.toFixed(1),
+    pair(r.latency.ttftMs),
+    pair(r.latency.tpotMs),
+    pair(r.latency.itlMs),
+    pair(r.latency.e2eMs),
+    percent(r.server.hitRatio),
+    percent(r.beladyHitRatio),
+    mib(r.server.bytesToDevice),
+    String(r.rejected429),
+    r.errors === 0 ? '0' : `**${r.errors}**`,
+  ];
+}
+
+/** Runs grouped by client (and its arrivals), in a stable order: concurrency, then policy order, then budget. */
+export function groupByClient(results: readonly RunResult[]): { title: string; runs: RunResult[] }[] {
+  const groups = new Map<string, RunResult[]>();
+  for (const r of results) {
+    const title = `${r.client === 'http' ? 'HTTP, non-streaming (autocannon)' : r.client === 'sse' ? 'SSE streaming' : 'WebSocket streaming'}; arrivals: ${r.arrivals}`;
+    groups.set(title, [...(groups.get(title) ?? []), r]);
+  }
+  const policyOrder = [...new Set(results.map((r) => r.policy))];
+  return [...groups].map(([title, runs]) => ({
+    title,
+    runs: runs.sort((a, b) => a.concurrency - b.concurrency || policyOrder.indexOf(a.policy) - policyOrder.indexOf(b.policy) || a.budgetPercent - b.budgetPercent),
+  }));
+}
+
+function pair(s: Summary | null): string {
+  if (s === null || s.p50 === null || s.p99 === null) return '-';
+  return `${s.p50.toFixed(1)} / ${s.p99.toFixed(1)}`;
+}
+
+export function percent(x: number | null): string {
+  return x === null ? '-' : `${(x * 100).toFixed(1)}%`;
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}

@@ -1,0 +1,116 @@
+// What the server says about itself before and after a run (GET /v1/experts, GET /metrics), and the
+// difference: the run's cache hit ratio, bytes moved and server-side token counts.
+import { z } from 'zod';
+import { parseExposition, sumOf, type Sample } from '../src/api/metric-samples.js';
+import { assertLoopback } from './loopback.js';
+
+/** The part of GET /v1/experts (ExpertCacheStats) the load tests read. */
+const expertStats = z.object({
+  policy: z.string(),
+  budgetBytes: z.number(),
+  totalExpertBytes: z.number(),
+  residentBytes: z.number(),
+  total: z.object({ accesses: z.number(), hits: z.number(), misses: z.number(), bytesToDevice: z.number(), bytesFromDisk: z.number() }),
+});
+
+export type ExpertStatsSnapshot = z.infer<typeof expertStats>;
+
+export interface ServerSnapshot {
+  readonly atMs: number;
+  readonly experts: ExpertStatsSnapshot;
+  /** null when the server has no GET /metrics. */
+  readonly metrics: readonly Sample[] | null;
+}
+
+export interface ServerDelta {
+  readonly accesses: number;
+  readonly hits: number;
+  readonly hitRatio: number | null;
+  readonly bytesToDevice: number;
+  readonly bytesFromDisk: number;
+  readonly residentBytes: number;
+  readonly budgetBytes: number;
+  /** From /metrics, when the server has it. */
+  readonly metrics: {
+    readonly generationTokens: number;
+    readonly promptTokens: number;
+    readonly requestsByStatus: Readonly<Record<string, number>>;
+    readonly eventLoopLagP99Seconds: number | null;
+  } | null;
+}
+
+export async function snapshot(baseUrl: string): Promise<ServerSnapshot> {
+  const base = assertLoopback(baseUrl);
+  const experts = expertStats.parse(await getJson(new URL('/v1/experts', base)));
+  const res = await fetch(new URL('/metrics', base));
+  const metrics = res.status === 404 ? null : parseExposition(await okText(res));
+  if (metrics === null) await res.body?.cancel();
+  return { atMs: performance.now(), experts, metrics };
+}
+
+export function diff(before: ServerSnapshot, after: ServerSnapshot): ServerDelta {
+  const a = after.experts.total;
+  const b = before.experts.total;
+  const accesses = a.accesses - b.accesses;
+  const hits = a.hits - b.hits;
+  return {
+    accesses,
+    hits,
+    hitRatio: accesses === 0 ? null : hits / accesses,
+    bytesToDevice: a.bytesToDevice - b.bytesToDevice,
+    bytesFromDisk: a.bytesFromDisk - b.bytesFromDisk,
+    residentBytes: after.experts.residentBytes,
+    budgetBytes: after.experts.budgetBytes,
+    metrics: before.metrics && after.metrics ? metricsDelta(before.metrics, after.metrics) : null,
+  };
+}
+
+const GENERATION_ROUTES = new Set(['/v1/completions', '/v1/chat/completions', '/v1/stream']);
+
+function metricsDelta(before: readonly Sample[], after: readonly Sample[]): NonNullable<ServerDelta['metrics']> {
+  const delta = (name: string, match: Record<string, string> = {}) => sumOf(after, name, match) - sumOf(before, name, match);
+  // Generation requests only: the scrapes themselves (GET /v1/experts) are requests too.
+  const requestsByStatus: Record<string, number> = {};
+  for (const s of after) {
+    if (s.name !== 'moe_serve_requests_total' || !GENERATION_ROUTES.has(s.labels.route ?? '')) continue;
+    const status = s.labels.status ?? '?';
+    requestsByStatus[status] ??= 0;
+    requestsByStatus[status] += s.value - (before.find((b) => b.name === s.name && b.labels.route === s.labels.route && b.labels.status === s.labels.status)?.value ?? 0);
+  }
+  for (const [status, n] of Object.entries(requestsByStatus)) if (n === 0) delete requestsByStatus[status];
+  const lag = after.find((s) => s.name === 'nodejs_eventloop_lag_p99_seconds');
+  return {
+    generationTokens: delta('moe_serve_generation_tokens_total'),
+    promptTokens: delta('moe_serve_prompt_tokens_total'),
+    requestsByStatus,
+    eventLoopLagP99Seconds: lag?.value ?? null,
+  };
+}
+
+/**
+ * Waits until the server has finished everything sent to it (requests cut at a run's end are cancelled
+ * at the engine's next step), so that one run's work is not counted in the next: with /metrics, until
+ * nothing runs or waits; without, until the expert access count stops moving.
+ */
+export async function waitIdle(baseUrl: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  let last = -1;
+  while (performance.now() < deadline) {
+    const s = await snapshot(baseUrl);
+    const busy = s.metrics ? sumOf(s.metrics, 'moe_serve_requests_running') + sumOf(s.metrics, 'moe_serve_requests_waiting') : null;
+    if (busy === 0 || (busy === null && s.experts.total.accesses === last)) return;
+    last = s.experts.total.accesses;
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  throw new Error(`the server at ${baseUrl} was still busy ${timeoutMs} ms after the run ended`);
+}
+
+async function getJson(url: URL): Promise<unknown> {
+  return JSON.parse(await okText(await fetch(url))) as unknown;
+}
+
+async function okText(res: Response): Promise<string> {
+  const text = await res.text();
+  if (res.status !== 200) throw new Error(`GET ${res.url}: HTTP ${res.status}: ${text.slice(0, 200)}`);
+  return text;
+}
