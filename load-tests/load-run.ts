@@ -5,6 +5,7 @@ import { runHttpScenario } from './http-scenario.js';
 import type { ClientKind } from './options.js';
 import { LOAD_PROMPTS } from './prompts.js';
 import { countOutcomes, errorCount, OVERLOADED, summarizeLatencies, type LatencySummaries, type RequestRecord } from './request-record.js';
+import { eventLoopDelaySinceLastScrape, probeHealth, type Responsiveness } from './responsiveness.js';
 import { diff, snapshot, waitIdle, type ServerDelta } from './server-snapshot.js';
 import { sseCompletion, WsStreamConnection, type CompletionParams } from './stream-client.js';
 
@@ -39,6 +40,8 @@ export interface RunResult extends RunSpec {
   /** Failures other than deliberate overload (429) and requests cut at the hard deadline. */
   readonly errors: number;
   readonly server: ServerDelta;
+  /** /health latency and the server's event-loop delay during the run. */
+  readonly responsiveness: Responsiveness;
   /** Belady's hit ratio on the routing-trace lines of this run, at its budget; null without a trace. */
   beladyHitRatio: number | null;
 }
@@ -56,7 +59,9 @@ export async function runLoad(baseUrl: string, model: string, spec: RunSpec): Pr
   });
   await waitIdle(baseUrl);
   const before = await snapshot(baseUrl);
+  const health = probeHealth(baseUrl);
   const { records, wallMs } = spec.client === 'http' ? await runHttp(baseUrl, spec, params) : await runStreaming(baseUrl, spec, params);
+  const responsiveness: Responsiveness = { healthMs: await health.stop(), eventLoopDelayMs: await eventLoopDelaySinceLastScrape(baseUrl) };
   await waitIdle(baseUrl);
   const after = await snapshot(baseUrl);
   const server = diff(before, after);
@@ -76,6 +81,7 @@ export async function runLoad(baseUrl: string, model: string, spec: RunSpec): Pr
     rejected429: outcomes[OVERLOADED] ?? 0,
     errors: errorCount(outcomes),
     server,
+    responsiveness,
     beladyHitRatio: null,
   };
 }

@@ -11,6 +11,7 @@ export const METRIC_DEFINITIONS = [
   '**e2e**: request sent -> answer complete (`[DONE]`, the WebSocket `done` message, or the whole non-streamed body). The only latency a non-streamed request has.',
   'Percentiles interpolate linearly between ranks (numpy.percentile, as vLLM\'s benchmark computes them); latencies are over successful (200) requests only.',
   '**hit ratio**: expert-cache hits / expert uses during the run, from `GET /v1/experts` before and after it; **bytes to device**: expert bytes turned into compute form (fp32 on the CPU provider, uploads on GPU) during the run.',
+  '**/health p50 / p99 ms**: GET /health round trips probed from the load generator every 20 ms during the run; **event-loop delay p99 / max ms**: the server\'s own (prom-client, sampled every 1 ms, so a figure carries up to 1 ms of sampling interval), over the run exactly: GET /metrics is scraped just before it starts and right after it ends. Both say how long other requests wait behind the engine\'s synchronous work.',
   '**Belady hit ratio**: the replay tool\'s Belady bound (offline optimum with demand loading) on the routing-trace lines this run added to its server\'s trace (`serve --trace`), at its budget. Policies with prefetching can beat it. The trace has one line per request and layer, so the replay counts an expert that several sequences of one batched step share once per sequence, while the server counts it once: at concurrency 1 the two count alike; above it the bound is optimistic.',
   '**429s**: requests refused by the server\'s full queue (deliberate overload), counted apart; **errors**: every other failure (another status, a connection error or timeout, a stream that broke off). A run with errors fails the command.',
 ];
@@ -44,14 +45,13 @@ export function reportMarkdown(ctx: ReportContext, results: readonly RunResult[]
     out.push(
       '## What the server counted (GET /metrics, change over each run)',
       '',
-      '| client | policy | budget | concurrency | generation tokens/s | prompt tokens | requests by status | event-loop lag p99 ms |',
-      '|---|---|---|---:|---:|---:|---|---:|',
+      '| client | policy | budget | concurrency | generation tokens/s | prompt tokens | requests by status |',
+      '|---|---|---|---:|---:|---:|---|',
     );
     for (const r of withMetrics) {
       const m = r.server.metrics!;
       const statuses = Object.entries(m.requestsByStatus).map(([status, n]) => `${status}: ${n}`).join(', ') || '-';
-      const lag = m.eventLoopLagP99Seconds === null || Number.isNaN(m.eventLoopLagP99Seconds) ? '-' : (m.eventLoopLagP99Seconds * 1000).toFixed(1);
-      out.push(`| ${r.client} | ${r.policy} | ${r.budgetPercent}% | ${r.concurrency} | ${r.serverTokensPerSecond?.toFixed(1) ?? '-'} | ${m.promptTokens} | ${statuses} | ${lag} |`);
+      out.push(`| ${r.client} | ${r.policy} | ${r.budgetPercent}% | ${r.concurrency} | ${r.serverTokensPerSecond?.toFixed(1) ?? '-'} | ${m.promptTokens} | ${statuses} |`);
     }
     out.push('');
   }

@@ -4,7 +4,7 @@ import type { Summary } from './percentiles.js';
 
 export const TABLE_HEAD = [
   'policy', 'budget', 'concurrency', 'requests', 'tokens/s', 'TTFT p50 / p99 ms', 'TPOT p50 / p99 ms', 'ITL p50 / p99 ms',
-  'e2e p50 / p99 ms', 'hit ratio', 'Belady hit ratio', 'bytes to device', '429s', 'errors',
+  'e2e p50 / p99 ms', 'hit ratio', 'Belady hit ratio', 'bytes to device', '/health p50 / p99 ms', 'event-loop delay p99 / max ms', '429s', 'errors',
 ] as const;
 
 export function tableRow(r: RunResult): string[] {
@@ -21,6 +21,8 @@ export function tableRow(r: RunResult): string[] {
     percent(r.server.hitRatio),
     percent(r.beladyHitRatio),
     mib(r.server.bytesToDevice),
+    pair(r.responsiveness.healthMs),
+    r.responsiveness.eventLoopDelayMs === null ? '-' : `${r.responsiveness.eventLoopDelayMs.p99.toFixed(1)} / ${r.responsiveness.eventLoopDelayMs.max.toFixed(1)}`,
     String(r.rejected429),
     r.errors === 0 ? '0' : `**${r.errors}**`,
   ];

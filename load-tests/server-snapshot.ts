@@ -35,7 +35,6 @@ export interface ServerDelta {
     readonly generationTokens: number;
     readonly promptTokens: number;
     readonly requestsByStatus: Readonly<Record<string, number>>;
-    readonly eventLoopLagP99Seconds: number | null;
   } | null;
 }
 
@@ -78,12 +77,10 @@ function metricsDelta(before: readonly Sample[], after: readonly Sample[]): NonN
     requestsByStatus[status] += s.value - (before.find((b) => b.name === s.name && b.labels.route === s.labels.route && b.labels.status === s.labels.status)?.value ?? 0);
   }
   for (const [status, n] of Object.entries(requestsByStatus)) if (n === 0) delete requestsByStatus[status];
-  const lag = after.find((s) => s.name === 'nodejs_eventloop_lag_p99_seconds');
   return {
     generationTokens: delta('moe_serve_generation_tokens_total'),
     promptTokens: delta('moe_serve_prompt_tokens_total'),
     requestsByStatus,
-    eventLoopLagP99Seconds: lag?.value ?? null,
   };
 }
 

@@ -6,11 +6,10 @@ import { MoeModel } from '../engine/moe-model.js';
 import { UsageError } from './cli-error.js';
 import { benchBatch } from './bench-batch.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
-import { benchHttp } from './bench-http.js';
 import { benchOffload } from './bench-offload.js';
 import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
 
-export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|http [options]
+export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch [options]
 
 decode: batch-1 prompt and decode tokens/s. Greedy, end-of-sequence ignored so every run decodes
 the same number of tokens; one warm-up run, then --runs measured runs per prompt.
@@ -25,11 +24,6 @@ after another (both with the expert cache at --budget), distinct experts per lay
 event-loop delay while the engine runs.
   --concurrency LIST comma-separated request counts (default 1,4,16,64)
   --max-batch-tokens N  most tokens per engine step (default 512)
-
-http: the server (\`serve\`) in a child process with C concurrent SSE streams (--concurrency, default
-1,4,16,64; expert cache at --budget): tokens/s, time to first token, inter-token latency, GET /health
-latency probed every 20 ms, and the server's event-loop delay from GET /metrics; a first row with
-no streams is the idle baseline.
 
   --tokens N         tokens to generate per run (default 128)
   --runs N           measured runs per prompt (default 3)
@@ -89,18 +83,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
     });
     return;
   }
-  if (suite === 'http') {
-    const opts = modelOptions(values);
-    await benchHttp({
-      modelDir: opts.modelDir,
-      device: opts.device,
-      budgetFraction: parseFlag('budget', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values.budget),
-      tokens: parseFlag('tokens', intFlag(1), values.tokens),
-      concurrency: parseFlag('concurrency', z.array(intFlag(1)).min(1), values.concurrency.split(',')),
-    });
-    return;
-  }
-  if (suite !== 'decode') throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, http)`);
+  if (suite !== 'decode') throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch)`);
   const tokens = parseFlag('tokens', intFlag(1), values.tokens);
   const runs = parseFlag('runs', intFlag(1), values.runs);
   const threadList = parseFlag('threads', z.array(intFlag(0)).min(1), values.threads.split(','));
