@@ -46,7 +46,7 @@ async function main(argv: readonly string[]): Promise<number> {
     for (const budgetPercent of opts.budgetsPercent) {
       const name = `${policy}-${budgetPercent}pct`;
       const tracePath = tracing ? join(serversDir, `${name}.trace.jsonl`) : undefined;
-      const server = await launchServer({ modelDir: opts.modelDir, policy, budgetFraction: budgetPercent / 100, tracePath, maxSeqs: opts.maxSeqs, maxQueue: opts.maxQueue, logPath: join(serversDir, `${name}.log`) });
+      const server = await launchServer({ modelDir: opts.modelDir, device: opts.device, policy, budgetFraction: budgetPercent / 100, tracePath, maxSeqs: opts.maxSeqs, maxQueue: opts.maxQueue, logPath: join(serversDir, `${name}.log`) });
       const serverRuns: RunResult[] = [];
       // Where each run's lines are in the server's routing trace.
       const traceRanges = new Map<RunResult, TraceRange>();
@@ -94,7 +94,7 @@ async function main(argv: readonly string[]): Promise<number> {
     node: process.version,
     commit: gitCommit(REPO_ROOT),
     model: basename(modelDir),
-    device: 'cpu',
+    device: opts.device,
     notes,
     workload:
       `${LOAD_PROMPTS.length} prompts (load-tests/prompts.ts: Python 3.11 docs and fortunes) in turn, max_tokens ${opts.maxTokens}, temperature 0; ` +

@@ -3,6 +3,7 @@
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { POLICY_NAMES, type PolicyName } from '../src/experts/policies/index.js';
+import { DEVICE_KINDS, type DeviceKind } from '../src/runtime/onnx-runtime.js';
 import type { ArrivalMode } from './arrivals.js';
 
 export const CLIENT_KINDS = ['http', 'sse', 'ws'] as const;
@@ -25,6 +26,7 @@ results.json.
   --rate R            poisson only: mean requests per second
   --seed N            Poisson arrival seed and request seeds (default 0)
   --model DIR         model directory (default: the embedded tiny-moe)
+  --device NAME       the server's execution provider: ${DEVICE_KINDS.join(' | ')} (default cpu)
   --max-seqs N        the server's --max-seqs (default: the server's)
   --max-queue N       the server's --max-queue (default: the server's)
   --out DIR           where to write the report (default load-tests/results/<timestamp>)
@@ -45,6 +47,7 @@ export interface LoadtestOptions {
   readonly ratePerSecond?: number;
   readonly seed: number;
   readonly modelDir?: string;
+  readonly device: DeviceKind;
   readonly maxSeqs?: number;
   readonly maxQueue?: number;
   readonly outDir?: string;
@@ -112,6 +115,7 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
         rate: { type: 'string' },
         seed: { type: 'string', default: '0' },
         model: { type: 'string' },
+        device: { type: 'string', default: 'cpu' },
         'max-seqs': { type: 'string' },
         'max-queue': { type: 'string' },
         out: { type: 'string' },
@@ -144,6 +148,7 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
     ratePerSecond: rate,
     seed: parseFlag('seed', z.coerce.number().int().min(0), values.seed),
     modelDir: values.model,
+    device: parseFlag('device', z.enum(DEVICE_KINDS as [DeviceKind, ...DeviceKind[]], { message: `expected one of ${DEVICE_KINDS.join(', ')}` }), values.device),
     maxSeqs: optionalInt('max-seqs'),
     maxQueue: optionalInt('max-queue'),
     outDir: values.out,

@@ -13,6 +13,7 @@ export const MOE_SERVE_CLI = fileURLToPath(new URL('../src/cli/main.js', import.
 
 export interface ServerConfig {
   readonly modelDir?: string;
+  readonly device?: string;
   readonly policy: string;
   /** Expert-cache budget as a fraction of all expert bytes. */
   readonly budgetFraction: number;
@@ -61,6 +62,7 @@ export function serverArgs(c: ServerConfig): string[] {
     '--host', '127.0.0.1',
     '--port', '0',
     ...(c.modelDir ? ['--model', c.modelDir] : []),
+    ...(c.device ? ['--device', c.device] : []),
     '--expert-policy', c.policy,
     '--expert-cache-fraction', String(c.budgetFraction),
     ...(c.tracePath ? ['--trace', c.tracePath] : []),
