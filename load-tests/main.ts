@@ -16,7 +16,7 @@ import { commandLine, gitCommit, machineDescription, type ReportContext } from '
 import { reportHtml } from './report-html.js';
 import { reportMarkdown } from './report-md.js';
 import { percent } from './report-table.js';
-import { launchServer, serveHasTraceFlag } from './server-launcher.js';
+import { launchServer } from './server-launcher.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -37,7 +37,6 @@ async function main(argv: readonly string[]): Promise<number> {
   const outDir = resolve(opts.outDir ?? join(REPO_ROOT, 'load-tests', 'results', started.toISOString().replace(/[:.]/g, '-')));
   const serversDir = join(outDir, 'servers');
   await mkdir(serversDir, { recursive: true });
-  const tracing = await serveHasTraceFlag();
   const modelDir = opts.modelDir ?? DEFAULT_MODEL_DIR;
   const results: RunResult[] = [];
   const notes: string[] = [];
@@ -45,7 +44,7 @@ async function main(argv: readonly string[]): Promise<number> {
   for (const policy of opts.policies) {
     for (const budgetPercent of opts.budgetsPercent) {
       const name = `${policy}-${budgetPercent}pct`;
-      const tracePath = tracing ? join(serversDir, `${name}.trace.jsonl`) : undefined;
+      const tracePath = join(serversDir, `${name}.trace.jsonl`);
       const server = await launchServer({ modelDir: opts.modelDir, device: opts.device, policy, budgetFraction: budgetPercent / 100, tracePath, maxSeqs: opts.maxSeqs, maxQueue: opts.maxQueue, logPath: join(serversDir, `${name}.log`) });
       const serverRuns: RunResult[] = [];
       // Where each run's lines are in the server's routing trace.
@@ -57,13 +56,13 @@ async function main(argv: readonly string[]): Promise<number> {
         await warmUp(server.baseUrl, model, opts.maxTokens);
         for (const concurrency of opts.concurrency) {
           for (const client of opts.clients) {
-            const fromByte = tracePath ? await settledTraceBytes(tracePath) : 0;
+            const fromByte = await settledTraceBytes(tracePath);
             const r = await runLoad(server.baseUrl, model, {
               policy, budgetPercent, client, concurrency, mode: opts.mode, ratePerSecond: opts.ratePerSecond,
               durationMs: opts.durationMs, maxRequests: opts.maxRequests, maxTokens: opts.maxTokens, seed: opts.seed,
             });
             serverRuns.push(r);
-            if (tracePath) traceRanges.set(r, { fromByte, toByte: await settledTraceBytes(tracePath) });
+            traceRanges.set(r, { fromByte, toByte: await settledTraceBytes(tracePath) });
             process.stderr.write(
               `${policy} ${budgetPercent}% ${client} c=${concurrency}: ${r.completed}/${r.requests} ok, ${r.tokensPerSecond.toFixed(1)} tokens/s, ` +
                 `e2e p50 ${r.latency.e2eMs.p50?.toFixed(0) ?? '-'} ms, hit ratio ${percent(r.server.hitRatio)}, 429s ${r.rejected429}, errors ${r.errors}\n`,
@@ -73,10 +72,8 @@ async function main(argv: readonly string[]): Promise<number> {
       } finally {
         await server.stop();
       }
-      if (tracePath) {
-        for (const r of serverRuns) r.beladyHitRatio = await beladyHitRatio(tracePath, budgetPercent / 100, traceRanges.get(r));
-        if (!opts.keepTraces) await rm(tracePath, { force: true });
-      }
+      for (const r of serverRuns) r.beladyHitRatio = await beladyHitRatio(tracePath, budgetPercent / 100, traceRanges.get(r));
+      if (!opts.keepTraces) await rm(tracePath, { force: true });
       for (const r of serverRuns) process.stdout.write(`${JSON.stringify(r)}\n`);
       results.push(...serverRuns);
       // So far, in case a later configuration fails.
@@ -86,7 +83,6 @@ async function main(argv: readonly string[]): Promise<number> {
 
   const hasMetrics = results.some((r) => r.server.metrics !== null);
   if (!hasMetrics) notes.push('The server had no `GET /metrics`: tokens/s and latencies are the client\'s own measurements only.');
-  if (!tracing) notes.push('The server had no `serve --trace`: no routing trace, so no Belady bound.');
   const ctx: ReportContext = {
     command: commandLine(argv),
     date: started.toISOString(),

@@ -1,11 +1,10 @@
 // Starts `moe-serve serve` as a child process on a free loopback port (--port 0; the address is read
 // from the line it prints), waits for GET /health to say the model is loaded, and stops it with
 // SIGTERM. The server's stderr goes to a log file beside the report.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { assertLoopback } from './loopback.js';
 
 /** The moe-serve command line, from this file's place in dist/load-tests/. */
@@ -17,7 +16,7 @@ export interface ServerConfig {
   readonly policy: string;
   /** Expert-cache budget as a fraction of all expert bytes. */
   readonly budgetFraction: number;
-  /** Where the server writes its routing trace; undefined when the server cannot (no --trace). */
+  /** Where the server writes its routing trace (`serve --trace`); none when undefined. */
   readonly tracePath?: string;
   readonly maxSeqs?: number;
   readonly maxQueue?: number;
@@ -102,10 +101,4 @@ export async function launchServer(c: ServerConfig, loadTimeoutMs = 120_000): Pr
     if (performance.now() > deadline) return fail(`the model did not load within ${loadTimeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-}
-
-/** Whether this build's `serve` takes --trace (feature detection from its --help). */
-export async function serveHasTraceFlag(): Promise<boolean> {
-  const { stdout } = await promisify(execFile)(process.execPath, [MOE_SERVE_CLI, 'serve', '--help']);
-  return /^\s+--trace\b/m.test(stdout);
 }
