@@ -5,24 +5,17 @@ import type { FinishedStatus } from '../scheduler/request-status.js';
 import { RequestStatus } from '../scheduler/request-status.js';
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../scheduler/scheduler.js';
 import type { Token } from '../tokenizer/token.js';
-import { CompletionState, EmptyPromptError, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import { CompletionState, EmptyPromptError, type CompletionOutput, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
 
 export type { CompletionRequest } from './completion-state.js';
 import type { BatchItem, RoutingObserver } from './forward.js';
 import { ContextLengthError, type SequenceKvCache } from './kv-cache.js';
 import type { MoeModel } from './moe-model.js';
-import type { TokenLogprob } from './logit-processing.js';
 import { SequenceSampler } from './sequence-sampler.js';
 
 
-export interface CompletionResult {
+export interface CompletionResult extends CompletionOutput {
   readonly id: string;
-  readonly promptIds: readonly Token[];
-  readonly completionIds: readonly Token[];
-  /** Aligned with completionIds; present only when the request asked for logprobs. */
-  readonly logprobs?: readonly TokenLogprob[];
-  readonly text: string;
-  readonly finishReason: FinishReason;
   readonly promptTokens: number;
   /** Tokens generated, an end-of-sequence token included. */
   readonly completionTokens: number;
@@ -241,17 +234,8 @@ export class BatchEngine implements AsyncDisposable {
     this.release(seq);
     const tail = seq.state.finish(reason);
     if (tail) seq.stream.push(tail);
-    const completionIds = seq.state.completionIds;
-    seq.stream.end({
-      id,
-      promptIds: seq.promptIds,
-      completionIds,
-      ...(seq.sampler.topLogprobs !== undefined && { logprobs: seq.state.logprobs }),
-      text: seq.state.text,
-      finishReason: seq.state.finishReason ?? reason,
-      promptTokens: seq.promptIds.length,
-      completionTokens: completionIds.length,
-    });
+    const output = seq.state.output(seq.promptIds, seq.sampler.topLogprobs !== undefined);
+    seq.stream.end({ ...output, id, promptTokens: output.promptIds.length, completionTokens: output.completionIds.length });
   }
 
   private fail(seq: Sequence, err: unknown): void {

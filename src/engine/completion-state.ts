@@ -45,6 +45,17 @@ export interface GeneratedChunk {
   readonly logprob?: TokenLogprob;
 }
 
+/** What a finished sequence produced; the results of generate() and of the batch engine build on it. */
+export interface CompletionOutput {
+  readonly promptIds: readonly Token[];
+  /** Every sampled token, an end-of-sequence token that ended generation included. */
+  readonly completionIds: readonly Token[];
+  /** Aligned with completionIds; present only when the request asked for logprobs. */
+  readonly logprobs?: readonly TokenLogprob[];
+  readonly text: string;
+  readonly finishReason: FinishReason;
+}
+
 export class CompletionState {
   readonly completionIds: Token[] = [];
   /** Aligned with completionIds when the request asked for logprobs; empty otherwise. */
@@ -95,6 +106,12 @@ export class CompletionState {
       this.finished = 'length';
     }
     return { tokenId: token, text: matched.emit, ...withLogprob };
+  }
+
+  /** The finished sequence's output; call after finish(). */
+  output(promptIds: readonly Token[], withLogprobs: boolean): CompletionOutput {
+    if (this.finished === null) throw new Error('output() before finish()');
+    return { promptIds, completionIds: this.completionIds, ...(withLogprobs && { logprobs: this.logprobs }), text: this.textSoFar, finishReason: this.finished };
   }
 
   /** Ends the sequence (for `reason` if it has not ended by itself) and releases held-back text. */

@@ -1,9 +1,8 @@
 // Single-sequence generation: prefill, then decode token by token, sampling, stopping and streaming
 // text that never splits a UTF-8 character or shows part of a stop string.
-import { asToken, type Token } from '../tokenizer/token.js';
+import { asToken } from '../tokenizer/token.js';
 import type { MoeModel } from './moe-model.js';
-import { CompletionState, EmptyPromptError, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
-import type { TokenLogprob } from './logit-processing.js';
+import { CompletionState, EmptyPromptError, type CompletionOutput, type CompletionRequest, type GeneratedChunk } from './completion-state.js';
 import { SequenceSampler } from './sequence-sampler.js';
 
 /** A single-sequence request: the same fields as the batching engine's. */
@@ -19,14 +18,7 @@ export interface GenerationTimings {
   readonly decodeMs: number;
 }
 
-export interface GenerateResult {
-  readonly promptIds: readonly Token[];
-  /** Every sampled token, including an end-of-sequence token that ended generation. */
-  readonly completionIds: readonly Token[];
-  /** Aligned with completionIds; present only when the request asked for logprobs. */
-  readonly logprobs?: readonly TokenLogprob[];
-  readonly text: string;
-  readonly finishReason: FinishReason;
+export interface GenerateResult extends CompletionOutput {
   readonly timings: GenerationTimings;
 }
 
@@ -61,12 +53,5 @@ export async function* generate(model: MoeModel, req: GenerateRequest): AsyncGen
   }
   const tail = state.finish('length');
   if (tail) yield tail;
-  return {
-    promptIds: req.promptIds,
-    completionIds: state.completionIds,
-    ...(sampler.topLogprobs !== undefined && { logprobs: state.logprobs }),
-    text: state.text,
-    finishReason: state.finishReason ?? 'length',
-    timings: { promptTokens: req.promptIds.length, promptMs, decodeSteps, decodeMs },
-  };
+  return { ...state.output(req.promptIds, sampler.topLogprobs !== undefined), timings: { promptTokens: req.promptIds.length, promptMs, decodeSteps, decodeMs } };
 }
