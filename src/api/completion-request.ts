@@ -4,7 +4,7 @@ import { Template } from '@huggingface/jinja';
 import type { CompletionRequest } from '../engine/completion-state.js';
 import type { MoeModel } from '../engine/moe-model.js';
 import type { Token } from '../tokenizer/token.js';
-import { badRequest } from './api-errors.js';
+import { ApiError, badRequest } from './api-errors.js';
 import type { ChatCompletionRequestBody, CompletionRequestBody } from './request-schemas.js';
 
 type CompletionFields = Omit<CompletionRequestBody, 'stream' | 'stream_options'>;
@@ -16,13 +16,15 @@ export type PreparedRequest = Omit<CompletionRequest, 'signal'>;
 /** OpenAI's legacy completions default. */
 const DEFAULT_COMPLETION_TOKENS = 16;
 
-export function prepareCompletion(model: MoeModel, body: CompletionFields): PreparedRequest {
+export function prepareCompletion(model: MoeModel, modelName: string, body: CompletionFields): PreparedRequest {
+  checkModel(body.model, modelName);
   const prompt = Array.isArray(body.prompt) ? (body.prompt[0] ?? '') : body.prompt;
   const promptIds = checkedPrompt(model, model.tokenizer.encode(prompt), 'prompt');
   return engineRequest(promptIds, body.max_tokens ?? DEFAULT_COMPLETION_TOKENS, body, body.logprobs ?? undefined);
 }
 
 export function prepareChat(model: MoeModel, modelName: string, body: ChatFields): PreparedRequest {
+  checkModel(body.model, modelName);
   const template = model.tokenizer.chatTemplate;
   if (!template) throw badRequest(`model '${modelName}' has no chat_template in tokenizer_config.json; use /v1/completions`, 'messages', 'no_chat_template');
   if (body.top_logprobs != null && body.logprobs !== true) throw badRequest('top_logprobs needs logprobs: true', 'top_logprobs', 'invalid_request');
@@ -37,6 +39,10 @@ export function prepareChat(model: MoeModel, modelName: string, body: ChatFields
   const room = model.spec.maxPositions - promptIds.length;
   const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? room;
   return engineRequest(promptIds, maxTokens, body, body.logprobs === true ? (body.top_logprobs ?? 0) : undefined);
+}
+
+function checkModel(name: string, served: string): void {
+  if (name !== served) throw new ApiError(404, 'not_found_error', `model '${name}' does not exist; this server serves '${served}'`, 'model', 'model_not_found');
 }
 
 function checkedPrompt(model: MoeModel, promptIds: Token[], param: string): Token[] {

@@ -7,7 +7,7 @@ import type { z } from 'zod';
 import type { CompletionResult } from '../engine/batch-engine.js';
 import type { FinishReason, GeneratedChunk } from '../engine/completion-state.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
-import { ApiError, badRequest, toApiError } from './api-errors.js';
+import { badRequest, toApiError } from './api-errors.js';
 import type { RouteContext } from './build-app.js';
 import { prepareChat, prepareCompletion, type PreparedRequest } from './completion-request.js';
 import { chatLogprobs, legacyLogprobs } from './logprob-format.js';
@@ -29,8 +29,7 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
   app.post('/v1/completions', async (req, reply) => {
     const { model } = ctx.ready();
     const body = parseBody(completionRequest, req.body);
-    checkModel(body.model, modelName);
-    const prepared = prepareCompletion(model, body);
+    const prepared = prepareCompletion(model, modelName, body);
     const tokenizer = model.tokenizer;
     const id = `cmpl-${randomUUID()}`;
     const frame = (text: string, logprobs: object | null, finish: FinishReason | null) => ({
@@ -56,7 +55,6 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
   app.post('/v1/chat/completions', async (req, reply) => {
     const { model } = ctx.ready();
     const body = parseBody(chatCompletionRequest, req.body);
-    checkModel(body.model, modelName);
     const prepared = prepareChat(model, modelName, body);
     const tokenizer: TextTokenizer = model.tokenizer;
     const id = `chatcmpl-${randomUUID()}`;
@@ -140,10 +138,6 @@ export function parseBody<T extends z.ZodType>(schema: T, body: unknown): z.infe
     throw badRequest(message, param ?? (issue?.code === 'unrecognized_keys' ? (issue.keys[0] ?? null) : null), 'invalid_request');
   }
   return r.data;
-}
-
-export function checkModel(name: string, served: string): void {
-  if (name !== served) throw new ApiError(404, 'not_found_error', `model '${name}' does not exist; this server serves '${served}'`, 'model', 'model_not_found');
 }
 
 /** OpenAI knows 'stop' and 'length'; a cancelled request has no reader left, so 'stop' is as good. */

@@ -4,9 +4,10 @@
 // shape and leaves the socket open.
 import type { FastifyInstance } from 'fastify';
 import type { FinishReason } from '../engine/completion-state.js';
+import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { ApiError, badRequest, toApiError } from './api-errors.js';
 import type { RouteContext } from './build-app.js';
-import { checkModel, parseBody, usage } from './completion-routes.js';
+import { parseBody, usage } from './completion-routes.js';
 import { prepareChat, prepareCompletion, type PreparedRequest } from './completion-request.js';
 import { chatLogprobs } from './logprob-format.js';
 import { socketMessage } from './request-schemas.js';
@@ -46,9 +47,8 @@ export function registerStreamSocket(app: FastifyInstance, ctx: RouteContext): v
         }
         if (running.has(msg.id)) throw badRequest(`a request with id '${msg.id}' is already running on this socket`, 'id', 'duplicate_id');
         const { model } = ctx.ready();
-        checkModel(msg.model, ctx.deps.modelName);
-        const prepared = msg.type === 'chat' ? prepareChat(model, ctx.deps.modelName, msg) : prepareCompletion(model, msg);
-        void stream(msg.id, prepared);
+        const prepared = msg.type === 'chat' ? prepareChat(model, ctx.deps.modelName, msg) : prepareCompletion(model, ctx.deps.modelName, msg);
+        void stream(msg.id, prepared, model.tokenizer);
       } catch (err) {
         fail(id, err);
       }
@@ -57,7 +57,7 @@ export function registerStreamSocket(app: FastifyInstance, ctx: RouteContext): v
       for (const abort of running.values()) abort.abort();
     });
 
-    async function stream(id: string, prepared: PreparedRequest): Promise<void> {
+    async function stream(id: string, prepared: PreparedRequest, tokenizer: TextTokenizer): Promise<void> {
       const abort = new AbortController();
       running.set(id, abort);
       try {
@@ -65,7 +65,7 @@ export function registerStreamSocket(app: FastifyInstance, ctx: RouteContext): v
         for await (const c of gen.chunks) {
           if (c.tokenId === null && !c.text) continue;
           const token_ids = c.tokenId === null ? [] : [c.tokenId];
-          send(c.logprob ? { type: 'token', id, text: c.text, token_ids, logprobs: chatLogprobs(ctx.ready().model.tokenizer, [c.logprob]).content } : { type: 'token', id, text: c.text, token_ids });
+          send(c.logprob ? { type: 'token', id, text: c.text, token_ids, logprobs: chatLogprobs(tokenizer, [c.logprob]).content } : { type: 'token', id, text: c.text, token_ids });
         }
         const result = await gen.result;
         ctx.metrics.countRequest(ROUTE, 200);
