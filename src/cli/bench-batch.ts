@@ -4,6 +4,7 @@ import { BatchEngine } from '../engine/batch-engine.js';
 import { MoeModel } from '../engine/moe-model.js';
 import type { DeviceKind } from '../runtime/onnx-runtime.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
+import { round } from './bench-format.js';
 
 
 interface BatchRow {
@@ -84,10 +85,6 @@ async function run(o: BatchBenchOptions, requests: number, maxSeqs: number) {
     loopP99Ms: delay.percentile(99) / 1e6,
     loopMaxMs: delay.max / 1e6,
   };
-}
-
-function round(x: number, digits = 1): number {
-  return Number(x.toFixed(digits));
 }
 
 function table(rows: readonly BatchRow[]): string {

@@ -8,6 +8,7 @@ import { benchBatch } from './bench-batch.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 import { benchOffload } from './bench-offload.js';
 import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
+import { round } from './bench-format.js';
 
 export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch [options]
 
@@ -128,10 +129,6 @@ async function benchDecode(modelDir: string, device: 'cpu' | 'webgpu' | 'cuda', 
     decode_tokens_per_s: round((decodeSteps * 1000) / decodeMs),
     ms_per_token: round(decodeMs / decodeSteps, 3),
   };
-}
-
-function round(x: number, digits = 1): number {
-  return Number(x.toFixed(digits));
 }
 
 function table(rows: readonly DecodeRow[]): string {

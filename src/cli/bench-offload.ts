@@ -11,6 +11,7 @@ import { simulate } from '../experts/replay/simulate.js';
 import type { RoutingObserver } from '../engine/forward.js';
 import type { DeviceKind } from '../runtime/onnx-runtime.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
+import { round } from './bench-format.js';
 
 
 interface OffloadRow {
@@ -99,10 +100,6 @@ async function decodeAll(model: MoeModel, tokens: number, observer: () => Routin
     steps += step.value.timings.decodeSteps;
   }
   return { decodeMs, steps };
-}
-
-function round(x: number, digits = 1): number {
-  return Number(x.toFixed(digits));
 }
 
 function pct(x: number | null): string {
