@@ -1,7 +1,7 @@
 // How responsive the server stays while a run loads it: GET /health latency probed from the client every
 // 20 ms, and the server's own event-loop delay (prom-client's histogram in GET /metrics, which restarts
 // at each scrape: the scrape just before the run starts it, the one right after the run reads it).
-import { parseExposition, sumOf } from '../src/api/metric-samples.js';
+import { parseExposition, sumOf } from './metric-samples.js';
 import { assertLoopback } from './loopback.js';
 import { summarize, type Summary } from './percentiles.js';
 

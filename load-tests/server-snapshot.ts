@@ -1,7 +1,7 @@
 // What the server says about itself before and after a run (GET /v1/experts, GET /metrics), and the
 // difference: the run's cache hit ratio, bytes moved and server-side token counts.
 import { z } from 'zod';
-import { parseExposition, sumOf, type Sample } from '../src/api/metric-samples.js';
+import { parseExposition, sumOf, type Sample } from './metric-samples.js';
 import { assertLoopback } from './loopback.js';
 
 /** The part of GET /v1/experts (ExpertCacheStats) the load tests read. */

@@ -1,8 +1,8 @@
 // GET /metrics (Prometheus) and CORS, over loopback against the real engine.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { parseMetricSamples } from '../../src/api/metric-samples.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
+import { parseExposition } from '../../load-tests/metric-samples.js';
 import { MODEL_NAME, startServer, type TestServer } from '../helpers/api-server.js';
 import { TINY_MOE_DIR } from '../helpers/paths.js';
 
@@ -22,7 +22,7 @@ describe('metrics and CORS', () => {
     const res = await fetch(`${server.origin}/metrics`);
     assert.equal(res.status, 200, '/metrics needs no API key');
     assert.match(res.headers.get('content-type') ?? '', /^text\/plain/);
-    return parseMetricSamples(await res.text());
+    return new Map(parseExposition(await res.text()).map((s) => [s.series, s.value]));
   };
 
   test('counts requests by route and status, token latencies, tokens and the expert cache as /v1/experts does', async () => {

@@ -5,7 +5,7 @@ import { describe, test } from 'node:test';
 import { drive, poissonGapsMs } from '../../load-tests/arrivals.js';
 import { percentile, summarize } from '../../load-tests/percentiles.js';
 import { errorCount, summarizeLatencies, type RequestRecord } from '../../load-tests/request-record.js';
-import { ExpositionFormatError, parseExposition, sumOf } from '../../src/api/metric-samples.js';
+import { ExpositionFormatError, parseExposition, sumOf } from '../../load-tests/metric-samples.js';
 import { createRng } from '../../src/engine/sampler.js';
 
 describe('percentile', () => {

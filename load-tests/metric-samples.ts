@@ -1,4 +1,4 @@
-// Reads the Prometheus text exposition format back (benchmarks, tests and load tests scrape GET
+// Reads the Prometheus text exposition format back (the load tests and the server tests scrape GET
 // /metrics): `name{labels} value` lines; comments (# HELP, # TYPE) and blank lines skipped. Enough for
 // diffing counters and gauges and reading histogram buckets; timestamps after the value are ignored.
 
@@ -75,9 +75,4 @@ export function sumOf(samples: readonly Sample[], name: string, match: Readonly<
     if (Object.entries(match).every(([k, v]) => s.labels[k] === v)) total += s.value;
   }
   return total;
-}
-
-/** Every series as written (`name{labels}`) -> its value. */
-export function parseMetricSamples(text: string): Map<string, number> {
-  return new Map(parseExposition(text).map((s) => [s.series, s.value]));
 }
