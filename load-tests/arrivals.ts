@@ -3,6 +3,7 @@
 // C in flight as vLLM's benchmark does with --max-concurrency. Every run stops at a deadline and at a
 // request count, whichever comes first; requests already sent are awaited (each is bounded by its
 // max_tokens and by the abort signal the caller gives it).
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createRng, type Rng } from '../src/engine/sampler.js';
 
 export type ArrivalMode = 'closed' | 'poisson';
@@ -61,7 +62,8 @@ async function poissonArrivals(plan: ArrivalPlan, deadline: number, send: SendRe
   while (sent < plan.maxRequests) {
     arrival += gaps.next().value;
     if (arrival >= deadline) break;
-    await sleep(arrival - performance.now());
+    const wait = arrival - performance.now();
+    if (wait > 0) await sleep(wait);
     // Past the concurrency cap an arrival waits for a slot (vLLM's semaphore); its latency starts when sent.
     while (inFlight.size >= plan.concurrency) await Promise.race(inFlight);
     if (performance.now() >= deadline) break;
@@ -70,8 +72,4 @@ async function poissonArrivals(plan: ArrivalPlan, deadline: number, send: SendRe
   }
   await Promise.all(inFlight);
   return sent;
-}
-
-function sleep(ms: number): Promise<void> {
-  return ms <= 0 ? Promise.resolve() : new Promise((resolve) => setTimeout(resolve, ms));
 }

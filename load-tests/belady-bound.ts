@@ -1,6 +1,7 @@
 // Belady's hit ratio for the routing-trace lines one run produced, at its budget, with the replay tool's
 // own code: the best any demand-loading policy could have done on the accesses of that run. A server
 // appends to its trace as requests run; a run's lines are the bytes added between its start and end.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { readFile, stat } from 'node:fs/promises';
 import { belady } from '../src/experts/replay/belady.js';
 import { parseTrace } from '../src/experts/replay/read-trace.js';
@@ -18,7 +19,7 @@ export async function settledTraceBytes(path: string): Promise<number> {
     const size = (await stat(path)).size;
     if (size === last) return size;
     last = size;
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await sleep(50);
   }
   return last;
 }

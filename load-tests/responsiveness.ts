@@ -1,6 +1,7 @@
 // How responsive the server stays while a run loads it: GET /health latency probed from the client every
 // 20 ms, and the server's own event-loop delay (prom-client's histogram in GET /metrics, which restarts
 // at each scrape: the scrape just before the run starts it, the one right after the run reads it).
+import { setTimeout as sleep } from 'node:timers/promises';
 import { parseExposition, sumOf } from './metric-samples.js';
 import { assertLoopback } from './loopback.js';
 import { summarize, type Summary } from './percentiles.js';
@@ -23,7 +24,7 @@ export function probeHealth(baseUrl: string): { stop(): Promise<Summary> } {
       const t0 = performance.now();
       const ok = await fetch(url).then((r) => r.text().then(() => true), () => false);
       if (ok) times.push(performance.now() - t0);
-      await new Promise((resolve) => setTimeout(resolve, PROBE_INTERVAL_MS));
+      await sleep(PROBE_INTERVAL_MS);
     }
   })();
   return {

@@ -1,6 +1,7 @@
 // Starts `moe-serve serve` as a child process on a free loopback port (--port 0; the address is read
 // from the line it prints), waits for GET /health to say the model is loaded, and stops it with
 // SIGTERM. The server's stderr goes to a log file beside the report.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
@@ -99,6 +100,6 @@ export async function launchServer(c: ServerConfig, loadTimeoutMs = 120_000): Pr
     const status = await fetch(new URL('/health', server.baseUrl)).then((r) => (void r.body?.cancel(), r.status), () => 0);
     if (status === 200) return server;
     if (performance.now() > deadline) return fail(`the model did not load within ${loadTimeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await sleep(100);
   }
 }

@@ -1,5 +1,6 @@
 // What the server says about itself before and after a run (GET /v1/experts, GET /metrics), and the
 // difference: the run's cache hit ratio, bytes moved and server-side token counts.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { parseExposition, sumOf, type Sample } from './metric-samples.js';
 import { assertLoopback } from './loopback.js';
@@ -97,7 +98,7 @@ export async function waitIdle(baseUrl: string, timeoutMs = 30_000): Promise<voi
     const busy = s.metrics ? sumOf(s.metrics, 'moe_serve_requests_running') + sumOf(s.metrics, 'moe_serve_requests_waiting') : null;
     if (busy === 0 || (busy === null && s.experts.total.accesses === last)) return;
     last = s.experts.total.accesses;
-    await new Promise((resolve) => setTimeout(resolve, 250));
+    await sleep(250);
   }
   throw new Error(`the server at ${baseUrl} was still busy ${timeoutMs} ms after the run ended`);
 }
