@@ -10,7 +10,8 @@ import { beladyHitRatio, settledTraceBytes, type TraceRange } from './belady-bou
 import { runLoad, type RunResult } from './load-run.js';
 import { OK } from './request-record.js';
 import { sseCompletion } from './stream-client.js';
-import { LOADTEST_HELP, LoadtestUsageError, parseLoadtestArgs, type LoadtestOptions } from './options.js';
+import { UsageError } from '../src/cli/cli-error.js';
+import { LOADTEST_HELP, parseLoadtestArgs, type LoadtestOptions } from './options.js';
 import { LOAD_PROMPTS } from './prompts.js';
 import { commandLine, gitCommit, machineDescription, type ReportContext } from './report-context.js';
 import { reportHtml } from './report-html.js';
@@ -25,7 +26,7 @@ async function main(argv: readonly string[]): Promise<number> {
   try {
     opts = parseLoadtestArgs(argv);
   } catch (err) {
-    if (!(err instanceof LoadtestUsageError)) throw err;
+    if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`loadtest: ${err.message}\n\n${LOADTEST_HELP}`);
     return 2;
   }

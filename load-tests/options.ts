@@ -3,6 +3,8 @@
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { POLICY_NAMES, type PolicyName } from '../src/experts/policies/index.js';
+import { UsageError } from '../src/cli/cli-error.js';
+import { deviceKind, parseFlag } from '../src/cli/model-options.js';
 import { DEVICE_KINDS, type DeviceKind } from '../src/runtime/onnx-runtime.js';
 import type { ArrivalMode } from './arrivals.js';
 
@@ -56,16 +58,6 @@ export interface LoadtestOptions {
   readonly help: boolean;
 }
 
-/** A bad flag value; the message names the flag, the value and what was expected. */
-export class LoadtestUsageError extends Error {
-  readonly code = 'usage';
-
-  constructor(message: string) {
-    super(message);
-    this.name = 'LoadtestUsageError';
-  }
-}
-
 const MAX_DURATION_MS = 10 * 60_000;
 const SMOKE = { policies: 'lru', budgets: '25%', concurrency: '2', duration: '3s', requests: '200', 'max-tokens': '16', client: 'http,sse' } as const;
 const DEFAULTS = { policies: POLICY_NAMES.join(','), budgets: '10%,25%,50%', concurrency: '1,8,32', duration: '30s', requests: '1000', 'max-tokens': '32', client: 'http,sse' } as const;
@@ -84,17 +76,11 @@ const duration = z
 const policy = z.enum(POLICY_NAMES, { message: `expected one of ${POLICY_NAMES.join(', ')}` });
 const client = z.enum(CLIENT_KINDS, { message: `expected one of ${CLIENT_KINDS.join(', ')}` });
 
-function parseFlag<T>(flag: string, schema: z.ZodType<T>, value: string): T {
-  const r = schema.safeParse(value);
-  if (!r.success) throw new LoadtestUsageError(`--${flag}: ${r.error.issues[0]?.message ?? 'invalid value'} (got ${JSON.stringify(value)})`);
-  return r.data;
-}
-
 function parseList<T>(flag: string, schema: z.ZodType<T>, value: string): T[] {
   const items = value.split(',').map((s) => s.trim());
-  if (items.some((s) => s === '')) throw new LoadtestUsageError(`--${flag}: expected a comma-separated list without empty items (got ${JSON.stringify(value)})`);
+  if (items.some((s) => s === '')) throw new UsageError(`--${flag}: expected a comma-separated list without empty items (got ${JSON.stringify(value)})`);
   const parsed = items.map((s) => parseFlag(flag, schema, s));
-  if (new Set(items).size !== items.length) throw new LoadtestUsageError(`--${flag}: an item is repeated (got ${JSON.stringify(value)})`);
+  if (new Set(items).size !== items.length) throw new UsageError(`--${flag}: an item is repeated (got ${JSON.stringify(value)})`);
   return parsed;
 }
 
@@ -127,14 +113,14 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
       allowPositionals: false,
     }));
   } catch (err) {
-    throw new LoadtestUsageError(err instanceof Error ? err.message : String(err));
+    throw new UsageError(err instanceof Error ? err.message : String(err));
   }
   const base = values.smoke ? SMOKE : DEFAULTS;
   const flag = <K extends keyof typeof DEFAULTS>(k: K): string => values[k] ?? base[k];
   const mode = parseFlag('mode', z.enum(['closed', 'poisson'], { message: 'expected closed or poisson' }), values.mode);
   const rate = values.rate === undefined ? undefined : parseFlag('rate', z.coerce.number().positive().max(10_000), values.rate);
-  if (mode === 'poisson' && rate === undefined) throw new LoadtestUsageError('--mode poisson needs --rate R (mean requests per second)');
-  if (mode === 'closed' && rate !== undefined) throw new LoadtestUsageError('--rate applies to --mode poisson only');
+  if (mode === 'poisson' && rate === undefined) throw new UsageError('--mode poisson needs --rate R (mean requests per second)');
+  if (mode === 'closed' && rate !== undefined) throw new UsageError('--rate applies to --mode poisson only');
   const optionalInt = (name: 'max-seqs' | 'max-queue') => (values[name] === undefined ? undefined : parseFlag(name, positiveInt, values[name]));
   return {
     policies: parseList('policies', policy, flag('policies')),
@@ -148,7 +134,7 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
     ratePerSecond: rate,
     seed: parseFlag('seed', z.coerce.number().int().min(0), values.seed),
     modelDir: values.model,
-    device: parseFlag('device', z.enum(DEVICE_KINDS as [DeviceKind, ...DeviceKind[]], { message: `expected one of ${DEVICE_KINDS.join(', ')}` }), values.device),
+    device: parseFlag('device', deviceKind, values.device),
     maxSeqs: optionalInt('max-seqs'),
     maxQueue: optionalInt('max-queue'),
     outDir: values.out,

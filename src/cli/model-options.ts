@@ -60,13 +60,16 @@ function optionalFlag<T>(flag: string, schema: z.ZodType<T>, value: string | und
 
 const positiveMb = z.coerce.number().positive();
 
+/** An execution provider's name (--device). */
+export const deviceKind = z.enum(DEVICE_KINDS as [DeviceKind, ...DeviceKind[]], { message: `expected one of ${DEVICE_KINDS.join(', ')}` });
+
 export function modelOptions(values: ModelFlagValues): ModelOptions {
   if (values['expert-cache-mb'] !== undefined && values['expert-cache-fraction'] !== undefined) {
     throw new UsageError('give --expert-cache-mb or --expert-cache-fraction, not both');
   }
   return {
     modelDir: values.model ?? DEFAULT_MODEL_DIR,
-    device: parseFlag('device', z.enum(DEVICE_KINDS as [DeviceKind, ...DeviceKind[]], { message: `expected one of ${DEVICE_KINDS.join(', ')}` }), values.device),
+    device: parseFlag('device', deviceKind, values.device),
     cpuThreads: parseFlag('threads', intFlag(0), values.threads ?? '0'),
     experts: {
       policy: parseFlag('expert-policy', z.enum(POLICY_NAMES, { message: `expected one of ${POLICY_NAMES.join(', ')}` }), values['expert-policy'] ?? 'lru'),

@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { lineChartSvg } from '../../load-tests/line-chart-svg.js';
 import { assertLoopback, NonLoopbackTargetError } from '../../load-tests/loopback.js';
-import { LoadtestUsageError, parseLoadtestArgs } from '../../load-tests/options.js';
+import { parseLoadtestArgs } from '../../load-tests/options.js';
+import { UsageError } from '../../src/cli/cli-error.js';
 import { commandLine } from '../../load-tests/report-context.js';
 
 /** Checks that every tag is closed in order (a small XML well-formedness check for our own output). */
@@ -88,7 +89,7 @@ describe('loadtest flags', () => {
     assert.deepEqual([o.mode, o.ratePerSecond, o.clients], ['poisson', 2.5, ['ws']]);
   });
 
-  const refuses = (args: string[], pattern: RegExp) => assert.throws(() => parseLoadtestArgs(args), (err: unknown) => err instanceof LoadtestUsageError && pattern.test(err.message));
+  const refuses = (args: string[], pattern: RegExp) => assert.throws(() => parseLoadtestArgs(args), (err: unknown) => err instanceof UsageError && pattern.test(err.message));
 
   test('bad values are refused with a message naming the flag and the value', () => {
     refuses(['--budgets', '150%'], /^--budgets: a budget must be more than 0% and at most 100% \(got "150%"\)/);
