@@ -1,16 +1,15 @@
 // THE forward pass of a batch of sequences: embeddings -> per layer (attention block per sequence, routed
 // experts once for the whole batch) -> LM head.
 // Shapes: T_i = tokens of sequence i in this step, H = hidden size, E = experts, V = vocabulary.
-import { ATTN, type AttentionBlockVariant } from '../graphs/attention-block.js';
+import { ATTN } from '../graphs/attention-block.js';
 import { LM_HEAD_IO } from '../graphs/lm-head.js';
-import { MOE } from '../graphs/moe-block.js';
 import type { ModelSpec } from '../model/hf-config.js';
-import type { ExpertStore, ExpertWeights } from '../experts/expert-store.js';
+import type { ExpertStore } from '../experts/expert-store.js';
 import type { RtTensor, Runtime } from '../runtime/onnx-runtime.js';
+import type { ExpertRoute } from './expert-routes.js';
 import type { SequenceKvCache } from './kv-cache.js';
 import type { ModelSessions } from './model-sessions.js';
 import type { ResidentWeights } from './resident-weights.js';
-import type { RopeTable } from './rope.js';
 import { groupByExpert, routeTokens, type ExpertAssignment, type Routing } from './routing.js';
 import { RowOps } from './row-ops.js';
 
@@ -35,9 +34,8 @@ export interface ForwardParts {
   readonly weights: ResidentWeights;
   readonly experts: ExpertStore;
   readonly sessions: ModelSessions;
-  readonly rope: RopeTable;
-  /** Most experts applied in one run of the routed-experts block. */
-  readonly maxSlotsPerRun: number;
+  /** How routed experts are computed on this provider. */
+  readonly route: ExpertRoute;
 }
 
 /** One sequence's share of a batched forward step. */
@@ -82,7 +80,7 @@ export class ForwardPass {
    * Returns each item's logits ((rows, V), or null for 'none').
    */
   async stepBatch(items: readonly BatchItem[]): Promise<(Float32Array | null)[]> {
-    const { spec, runtime, weights, sessions, rope } = this.m;
+    const { spec, runtime, weights, sessions } = this.m;
     const H = spec.hiddenSize;
     if (items.length === 0) return [];
     if (items.some((i) => i.tokens.length === 0)) throw new RangeError('forward step with no tokens');
@@ -94,27 +92,20 @@ export class ForwardPass {
       total += item.tokens.length;
     }
     items.forEach((item) => item.kv.begin(item.tokens.length));
-    // per sequence: (T_i, H) embeddings and (T_i, 1, D/2) rotary tables for its positions
+    // per sequence: (T_i, H) embeddings; (1, T_i) positions and the (2,) batch shape (1, T_i), the same at every layer
     let hidden: (RtTensor | undefined)[] = items.map((item) => runtime.float32(weights.embedding.lookup(item.tokens), [item.tokens.length, H]));
-    const ropeFeeds = items.map((item, i) => {
+    const seqFeeds = items.map((item, i) => {
       const T = item.tokens.length;
-      const { cos, sin } = rope.slice(starts[i] as number, T);
-      return { [ATTN.cos]: runtime.float32(cos, [T, 1, spec.headDim / 2]), [ATTN.sin]: runtime.float32(sin, [T, 1, spec.headDim / 2]) };
+      const start = starts[i] as number;
+      return {
+        [ATTN.positions]: runtime.int64(BigInt64Array.from({ length: T }, (_, t) => BigInt(start + t)), [1, T]),
+        [ATTN.batchShape]: runtime.int64(BigInt64Array.of(1n, BigInt(T)), [2]),
+      };
     });
     // Sequences decoding one token each share one attention run per layer where the provider allows
     // (on the CPU: their KV rows are packed into one batch, see decodeBatchAttention).
     const decodeGroup = runtime.onGpu ? [] : items.flatMap((item, i) => (item.tokens.length === 1 ? [i] : []));
     if (decodeGroup.length < 2) decodeGroup.length = 0;
-    // (B, 1, D/2) rotary rows of the group, the same at every layer: joined once per step from the items'
-    const groupRope =
-      decodeGroup.length === 0
-        ? {}
-        : Object.fromEntries(
-            [ATTN.cos, ATTN.sin].map((name) => [
-              name,
-              runtime.float32(concatData(decodeGroup.map((i) => ropeFeeds[i]?.[name] as RtTensor)), [decodeGroup.length, 1, spec.headDim / 2]),
-            ]),
-          );
     // (sum T_i, H): the batch's rows joined, when the last layer leaves them that way
     let joined: RtTensor | undefined;
     try {
@@ -124,13 +115,13 @@ export class ForwardPass {
         if (!variant) throw new RangeError(`no layer ${layer}`);
         const outs: Record<string, RtTensor>[] = new Array<Record<string, RtTensor>>(items.length);
         if (decodeGroup.length > 0) {
-          const grouped = await this.decodeBatchAttention(layer, variant, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => hidden[i] as RtTensor), decodeGroup.map((i) => starts[i] as number), groupRope);
+          const grouped = await this.decodeBatchAttention(layer, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => hidden[i] as RtTensor), decodeGroup.map((i) => starts[i] as number));
           decodeGroup.forEach((i, b) => (outs[i] = grouped[b] as Record<string, RtTensor>));
         }
         for (const [i, item] of items.entries()) {
           if (!outs[i]) {
-            const out = await sessions.attentionFor(variant).run(
-              { ...weights.layerInputs(layer), ...ropeFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: hidden[i] as RtTensor },
+            const out = await sessions.attentionFor(layer).run(
+              { ...weights.layerInputs(layer), ...seqFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: hidden[i] as RtTensor },
               item.kv.layerFetches(layer),
             );
             item.kv.accept(layer, out);
@@ -196,11 +187,9 @@ export class ForwardPass {
    */
   private async decodeBatchAttention(
     layer: number,
-    variant: AttentionBlockVariant,
     items: readonly BatchItem[],
     hidden: readonly RtTensor[],
     positions: readonly number[],
-    ropeFeeds: Record<string, RtTensor>,
   ): Promise<Record<string, RtTensor>[]> {
     const { spec, runtime, weights, sessions } = this.m;
     const B = items.length;
@@ -228,11 +217,12 @@ export class ForwardPass {
     });
     const keyT = runtime.float32(pastKey, [B, nKv, P, D]);
     const valueT = runtime.float32(pastValue, [B, nKv, P, D]);
-    const out = await (await sessions.decodeBatchFor(variant)).run(
+    const out = await sessions.attentionFor(layer).run(
       {
         ...weights.layerInputs(layer),
         [ATTN.hidden]: runtime.float32(x, [B, H]),
-        ...ropeFeeds,
+        [ATTN.batchShape]: runtime.int64(BigInt64Array.of(BigInt(B), 1n), [2]),
+        [ATTN.positions]: runtime.int64(BigInt64Array.from(positions, BigInt), [B, 1]),
         [ATTN.pastKey]: keyT,
         [ATTN.pastValue]: valueT,
         [ATTN.seqlensK]: runtime.int32(Int32Array.from(positions), [B]),
@@ -316,9 +306,10 @@ export class ForwardPass {
 
   /**
    * residual (T, H) + sum over assignments of weight * expert(moeInput[rows]). Experts are leased from the
-   * store in groups that fit its budget (all at once in decode), and applied in runs of maxSlotsPerRun.
-   * Prefetches for later layers are issued after the first group is leased, so their loads overlap this
-   * layer's runs. Takes ownership of `residual`: it is released even when a run fails.
+   * store in groups that fit its budget (all at once in decode), and applied by the provider's expert
+   * route (expert-routes.ts) in runs of at most its maxPerRun. Prefetches for later layers are issued
+   * after the first group is leased, so their loads overlap this layer's runs. Takes ownership of
+   * `residual`: it is released even when a run fails.
    */
   private async applyExperts(
     layer: number,
@@ -328,7 +319,7 @@ export class ForwardPass {
     assignments: readonly ExpertAssignment[],
     lookahead: readonly (readonly number[])[],
   ): Promise<RtTensor> {
-    const { runtime, experts, weights, maxSlotsPerRun } = this.m;
+    const { runtime, experts, weights, route } = this.m;
     const group = Math.max(1, experts.maxExpertsInUse);
     let acc = residual;
     try {
@@ -343,11 +334,9 @@ export class ForwardPass {
               else experts.recordPrediction(target, predicted);
             });
           }
-          for (let run = 0; run < leased.length; run += maxSlotsPerRun) {
-            const chunk = leased.slice(run, run + maxSlotsPerRun);
-            const next = await this.runExperts(acc, moeInput, T, chunk, lease.weights.slice(run, run + maxSlotsPerRun));
-            runtime.release(acc);
-            acc = next;
+          for (let run = 0; run < leased.length; run += route.maxPerRun) {
+            const end = Math.min(leased.length, run + route.maxPerRun);
+            acc = await route.apply(acc, moeInput, T, leased.slice(run, end), lease.experts.slice(run, end));
           }
         } finally {
           lease.release();
@@ -358,27 +347,6 @@ export class ForwardPass {
       throw err;
     }
     return acc;
-  }
-
-  /** One run of the routed-experts graph over `chunk` (one slot per expert). */
-  private async runExperts(acc: RtTensor, moeInput: RtTensor, T: number, chunk: readonly ExpertAssignment[], expertWeights: readonly ExpertWeights[]): Promise<RtTensor> {
-    const { runtime, sessions } = this.m;
-    const feeds: Record<string, RtTensor> = { [MOE.residual]: acc, [MOE.moeInput]: moeInput };
-    chunk.forEach((a, s) => {
-      const n = a.rows.length;
-      // (T, n): scatter[t, j] = weight of token t for its j-th routed row
-      const scatter = new Float32Array(T * n);
-      a.rows.forEach((row, j) => (scatter[row * n + j] = a.weights[j] as number));
-      const w = expertWeights[s];
-      if (!w) throw new Error('expert lease holds too few experts');
-      feeds[MOE.rows(s)] = runtime.int64(BigInt64Array.from(a.rows, BigInt), [n]);
-      feeds[MOE.scatter(s)] = runtime.float32(scatter, [T, n]);
-      feeds[MOE.gate(s)] = w.gate;
-      feeds[MOE.up(s)] = w.up;
-      feeds[MOE.down(s)] = w.down;
-    });
-    const out = await (await sessions.moeBlock(chunk.length)).run(feeds);
-    return required(out, MOE.hidden);
   }
 }
 

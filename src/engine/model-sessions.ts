@@ -1,80 +1,66 @@
-// The onnxruntime sessions a model runs: one attention block per layer variant, one routed-experts
-// block per slot count (built on first use), and the LM head. Weights are inputs, so the session count
-// does not grow with the number of layers.
+// The onnxruntime sessions a model runs: the attention block of every layer, the LM head, and (GPU
+// providers) the routed-experts block per slot count, built on first use. On the CPU provider each layer's
+// session has that layer's weights baked in (prepacked initializers), so there is one per layer; on GPU
+// providers weights are inputs and one session serves every layer of the same variant.
 import { ATTN, attentionBlockKey, buildAttentionBlock, type AttentionBlockVariant } from '../graphs/attention-block.js';
-import { buildLmHead } from '../graphs/lm-head.js';
-import { buildMoeBlock, MOE } from '../graphs/moe-block.js';
+import { buildLmHead, type LmHeadVariant } from '../graphs/lm-head.js';
+import { buildMoeBlock, MOE, type ExpertForms } from '../graphs/moe-block.js';
 import type { ModelSpec } from '../model/hf-config.js';
 import type { GraphSession, Runtime } from '../runtime/onnx-runtime.js';
+import type { BlockWeights } from './resident-weights.js';
 
 export class ModelSessions {
-  private readonly moe = new Map<number, Promise<GraphSession>>();
+  private readonly moe = new Map<string, Promise<GraphSession>>();
 
   private constructor(
     private readonly runtime: Runtime,
     private readonly spec: ModelSpec,
-    private readonly attention: ReadonlyMap<string, GraphSession>,
+    private readonly attention: readonly GraphSession[],
     readonly lmHead: GraphSession,
   ) {}
 
-  static async create(runtime: Runtime, spec: ModelSpec, variants: readonly AttentionBlockVariant[]): Promise<ModelSessions> {
-    const attention = new Map<string, GraphSession>();
-    for (const v of variants) {
-      const key = attentionBlockKey(v);
-      if (attention.has(key)) continue;
+  static async create(runtime: Runtime, spec: ModelSpec, layers: readonly BlockWeights<AttentionBlockVariant>[], head: BlockWeights<LmHeadVariant>): Promise<ModelSessions> {
+    const bake = !runtime.onGpu;
+    const byVariant = new Map<string, GraphSession>();
+    const attention: GraphSession[] = [];
+    for (const [l, layer] of layers.entries()) {
+      const v = layer.variant;
       // Router and lookahead logits are not listed: they always come back to the host for routing in JS.
       const outputs = [ATTN.residual, ATTN.presentKey, ATTN.presentValue, ...(v.mlp === 'sparse' ? [ATTN.moeInput] : [])];
-      attention.set(key, await runtime.createSession(`attention_block_${v.mlp}`, buildAttentionBlock(v), outputs));
+      if (bake) {
+        attention.push(await runtime.createSession(`attention_block_${l}`, buildAttentionBlock(v, layer.tensors), outputs, 'attention'));
+        continue;
+      }
+      const key = attentionBlockKey(v);
+      let s = byVariant.get(key);
+      if (!s) byVariant.set(key, (s = await runtime.createSession(`attention_block_${v.mlp}`, buildAttentionBlock(v), outputs, 'attention')));
+      attention.push(s);
     }
-    const lmHead = await runtime.createSession(
-      'lm_head',
-      buildLmHead({ hiddenSize: spec.hiddenSize, vocabSize: spec.vocabSize, rmsNormEps: spec.rmsNormEps }),
-      [], // logits come back to the host: the sampler runs in JS
-    );
+    // Logits come back to the host: the sampler runs in JS.
+    const lmHead = await runtime.createSession('lm_head', buildLmHead(head.variant, bake ? head.tensors : undefined), [], 'lm_head');
     return new ModelSessions(runtime, spec, attention, lmHead);
   }
 
-  private readonly byVariant = new WeakMap<AttentionBlockVariant, GraphSession>();
-
-  /** The attention session for a layer's variant (found by identity after the first lookup: this is per layer per step). */
-  attentionFor(variant: AttentionBlockVariant): GraphSession {
-    let s = this.byVariant.get(variant);
-    if (!s) {
-      s = this.attention.get(attentionBlockKey(variant));
-      if (!s) throw new Error('no attention session for this layer variant');
-      this.byVariant.set(variant, s);
-    }
+  /** Layer `layer`'s attention block. */
+  attentionFor(layer: number): GraphSession {
+    const s = this.attention[layer];
+    if (!s) throw new RangeError(`no attention session for layer ${layer}`);
     return s;
   }
 
-  private readonly decodeBatch = new Map<string, Promise<GraphSession>>();
-
-  /** The attention session for several sequences' single decode tokens at once (built on first use). */
-  decodeBatchFor(variant: AttentionBlockVariant): Promise<GraphSession> {
-    const key = attentionBlockKey(variant);
-    let s = this.decodeBatch.get(key);
+  /** The routed-experts block with `slots` expert slots, for experts of the given forms (GPU route). */
+  moeBlock(slots: number, forms: ExpertForms): Promise<GraphSession> {
+    const key = JSON.stringify([slots, forms]);
+    let s = this.moe.get(key);
     if (!s) {
-      const v = { ...variant, decodeBatch: true };
-      const outputs = [ATTN.residual, ATTN.presentKey, ATTN.presentValue, ...(v.mlp === 'sparse' ? [ATTN.moeInput] : [])];
-      s = this.runtime.createSession(`attention_decode_batch_${v.mlp}`, buildAttentionBlock(v), outputs);
-      this.decodeBatch.set(key, s);
-    }
-    return s;
-  }
-
-  /** The routed-experts block with `slots` expert slots. */
-  moeBlock(slots: number): Promise<GraphSession> {
-    let s = this.moe.get(slots);
-    if (!s) {
-      const bytes = buildMoeBlock({ hiddenSize: this.spec.hiddenSize, intermediateSize: this.spec.expertIntermediateSize, slots });
-      s = this.runtime.createSession(`moe_block_${slots}`, bytes, [MOE.hidden]);
-      this.moe.set(slots, s);
+      s = this.runtime.createSession(`moe_block_${slots}`, buildMoeBlock({ hiddenSize: this.spec.hiddenSize, forms, slots }), [MOE.hidden], 'moe_block');
+      this.moe.set(key, s);
     }
     return s;
   }
 
   async release(): Promise<void> {
-    const all = [...this.attention.values(), this.lmHead, ...(await Promise.all([...this.moe.values(), ...this.decodeBatch.values()]))];
-    await Promise.all(all.map((s) => s.release()));
+    const all = new Set([...this.attention, this.lmHead, ...(await Promise.all(this.moe.values()))]);
+    await Promise.all([...all].map((s) => s.release()));
   }
 }

@@ -1,22 +1,24 @@
 // A loaded model: config -> weights -> sessions -> forward pass, plus its tokenizer.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { expertComputeBytes, ExpertStore } from '../experts/expert-store.js';
+import { ExpertStore } from '../experts/expert-store.js';
 import { HostExpertCache } from '../experts/host-expert-cache.js';
-import { planCache } from '../experts/cache-plan.js';
+import { planCache, type CachePlan } from '../experts/cache-plan.js';
 import { createPolicy, type PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
 import { TraceWriter } from '../experts/trace-writer.js';
 import { loadGenerationDefaults, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
 import { SafetensorsArchive } from '../model/safetensors.js';
 import { ExpertIds } from '../experts/expert-id.js';
+import { computeBytes, type ComputeDType, type StoredMatrix } from '../model/compute-form.js';
 import { Runtime, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
+import { computeMatrix, dtypeFor, expertHostForm, resolveCompute, type ComputeOptions, type ResolvedCompute } from './compute-options.js';
+import { chooseExpertRoute } from './expert-routes.js';
 import { ForwardPass, type ForwardParts } from './forward.js';
 import { SequenceKvCache } from './kv-cache.js';
 import { ModelSessions } from './model-sessions.js';
-import { ResidentWeights } from './resident-weights.js';
-import { RopeTable } from './rope.js';
+import { readResidentWeights, ResidentWeights } from './resident-weights.js';
 import type { SamplingParams } from './sampler.js';
 
 /** The expert cache: tiers, budget, policy and prefetching. Every field is optional. */
@@ -40,14 +42,16 @@ export interface ModelLoadOptions {
   readonly device: DeviceKind;
   /** CPU provider threads (0 or absent: chosen from the model's size, see autoCpuThreads). */
   readonly cpuThreads?: number;
-  /** Most experts per run of the routed-experts graph (default: 2 x top-k). */
+  /** Most experts per run of the routed-experts graph on GPU providers (default: 2 x top-k). */
   readonly maxSlotsPerRun?: number;
+  /** Compute forms of the weights (default: the provider's, see compute-options.ts). */
+  readonly compute?: ComputeOptions;
   /** Called as weights load: the resident (non-expert) tensors, then the experts preloaded into the cache. */
   readonly onProgress?: (stage: LoadStage, done: number, total: number) => void;
   readonly experts?: ExpertCacheOptions;
 }
 
-export type LoadStage = 'resident weights' | 'preloaded experts';
+export type LoadStage = 'resident weights' | 'converted experts' | 'preloaded experts';
 
 const MIB = 1024 * 1024;
 
@@ -57,27 +61,37 @@ const MIB = 1024 * 1024;
  * throwaway expert store, so that the real cache starts empty (or with its preload) and its statistics
  * and policy state count only real requests, as a replay of their trace does.
  */
-async function warmUp(parts: Omit<ForwardParts, 'experts'>, archive: SafetensorsArchive): Promise<void> {
-  const { spec, runtime } = parts;
-  const host = new HostExpertCache(archive, spec.family, null);
-  const expertBytes = expertComputeBytes(spec);
-  using experts = new ExpertStore({ spec, runtime, host, policy: createPolicy('none', { capacityExperts: 0 }), budgetBytes: spec.topK * expertBytes, prefetchDepth: 0 });
+async function warmUp(parts: Omit<ForwardParts, 'experts'>, host: HostExpertCache, expertBytes: number): Promise<void> {
+  const { spec, runtime, route } = parts;
+  using experts = new ExpertStore({
+    spec,
+    host,
+    materialize: (w, id) => route.materialize(w, id),
+    expertBytes,
+    policy: createPolicy('none', { capacityExperts: 0 }),
+    budgetBytes: spec.topK * expertBytes,
+    prefetchDepth: 0,
+  });
   using kv = new SequenceKvCache(runtime, spec);
   await new ForwardPass({ ...parts, experts }).step(kv, [spec.bosTokenId ?? 0], 'last');
 }
 
-async function createExpertStore(
-  dir: string,
-  spec: ModelSpec,
-  runtime: Runtime,
-  archive: SafetensorsArchive,
-  o: ExpertCacheOptions,
-  prefetchDepth: number,
-  onProgress: (done: number, total: number) => void,
-): Promise<ExpertStore> {
+/** The first routed expert of the model, as stored: its form tells every expert's (checkpoints quantize uniformly). */
+function firstSparseLayer(spec: ModelSpec): number {
+  const layer = spec.sparseLayers.findIndex(Boolean);
+  if (layer < 0) throw new Error('the model has no sparse layer');
+  return layer;
+}
+
+/** Bytes of one routed expert in compute form, from the first expert as stored. */
+function expertComputeBytes(sample: { gate: StoredMatrix; up: StoredMatrix; down: StoredMatrix }, compute: ResolvedCompute): number {
+  return [sample.gate, sample.up, sample.down].reduce((n, m) => n + computeBytes(computeMatrix(m, 'experts', compute)), 0);
+}
+
+/** The expert cache's budget, policy and preload for these options: planned before the compute route is chosen. */
+async function planExpertCache(dir: string, spec: ModelSpec, expertBytes: number, o: ExpertCacheOptions): Promise<{ plan: CachePlan; totalBytes: number }> {
   const policy = o.policy ?? 'lru';
   const ids = new ExpertIds(spec.numLayers, spec.numExperts);
-  const expertBytes = expertComputeBytes(spec);
   const allExperts = Array.from({ length: ids.count }, (_, id) => id).filter((id) => spec.sparseLayers[ids.key(id).layer]);
   const totalBytes = allExperts.length * expertBytes;
   const budgetBytes =
@@ -88,11 +102,16 @@ async function createExpertStore(
     const path = o.profilePath ?? (existsSync(defaultProfile) ? defaultProfile : undefined);
     if (path !== undefined) profile = await loadRoutingProfile(path, ids);
   }
-  const plan = planCache({ policy, budgetBytes, expertBytes, topK: spec.topK, allExperts, profile });
-  const host = new HostExpertCache(archive, spec.family, o.hostCacheMb === undefined ? null : Math.floor(o.hostCacheMb * MIB));
-  const store = new ExpertStore({ spec, runtime, host, policy: plan.policy, budgetBytes: plan.budgetBytes, prefetchDepth });
-  await store.preload(plan.preload, onProgress);
-  return store;
+  return { plan: planCache({ policy, budgetBytes, expertBytes, topK: spec.topK, allExperts, profile }), totalBytes };
+}
+
+/**
+ * Converting an expert is quantization (or dequantization) rather than a cheap widening: done for every
+ * expert at load time when the host tier keeps them all, so that no request pays for it.
+ */
+function convertsAtLoad(stored: StoredMatrix, to: ComputeDType): boolean {
+  const quantizedTo = to === 'int4' || to === 'int8';
+  return stored.kind === 'quantized' ? to !== (stored.quantized.bits === 8 ? 'int8' : 'int4') : quantizedTo;
 }
 
 /**
@@ -118,6 +137,8 @@ export class MoeModel implements AsyncDisposable {
     private readonly archive: SafetensorsArchive,
     private readonly weights: ResidentWeights,
     private readonly sessions: ModelSessions,
+    /** The compute forms chosen, for reports. */
+    readonly computeForms: { readonly weights: string; readonly experts: ComputeDType; readonly expertRoute: string },
   ) {}
 
   static async load(dir: string, options: ModelLoadOptions): Promise<MoeModel> {
@@ -129,19 +150,68 @@ export class MoeModel implements AsyncDisposable {
     const runtime = await Runtime.create({ device: options.device, cpuThreads: options.cpuThreads || autoCpuThreads(spec) });
     const archive = await SafetensorsArchive.open(dir);
     try {
+      const compute = resolveCompute(options.device, options.compute);
       const cache = options.experts ?? {};
       const prefetchDepth = cache.prefetchDepth ?? 1;
-      const weights = await ResidentWeights.load(archive, spec, runtime, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0), (d, t) =>
+      const data = await readResidentWeights(archive, spec, compute, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0), (d, t) =>
         options.onProgress?.('resident weights', d, t),
       );
-      const sessions = await ModelSessions.create(runtime, spec, weights.variants);
-      const rope = new RopeTable(spec.ropeTheta, spec.headDim);
-      const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK);
-      const parts = { spec, runtime, weights, sessions, rope, maxSlotsPerRun };
-      await warmUp(parts, archive);
-      const experts = await createExpertStore(dir, spec, runtime, archive, cache, prefetchDepth, (d, t) => options.onProgress?.('preloaded experts', d, t));
+      const weights = await ResidentWeights.create(runtime, data);
+      const sessions = await ModelSessions.create(runtime, spec, data.layers, data.head);
+      const newHost = (budgetBytes: number | null) =>
+        new HostExpertCache({
+          archive,
+          family: spec.family,
+          quantization: spec.quantization,
+          hiddenSize: spec.hiddenSize,
+          intermediateSize: spec.expertIntermediateSize,
+          toHost: (m) => expertHostForm(m, compute),
+          budgetBytes,
+        });
+      const host = newHost(cache.hostCacheMb === undefined ? null : Math.floor(cache.hostCacheMb * MIB));
+      const sample = await host.readStored({ layer: firstSparseLayer(spec), expert: 0 });
+      const expertBytes = expertComputeBytes(sample, compute);
+      const expertDtype = dtypeFor(sample.gate, 'experts', compute);
+      const toCompute = (m: StoredMatrix, into?: Float32Array) => computeMatrix(m, 'experts', compute, into);
+      const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, cache);
+      const route = chooseExpertRoute({
+        runtime,
+        sessions,
+        hiddenSize: spec.hiddenSize,
+        expertDtype,
+        toCompute,
+        accuracyLevel: compute.accuracyLevel,
+        maxSlotsPerRun: Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK),
+        everyExpertFits: plan.budgetBytes >= totalBytes,
+      });
+      if (host.budgetBytes === null && convertsAtLoad(sample.gate, expertDtype)) {
+        const ids = new ExpertIds(spec.numLayers, spec.numExperts);
+        const keys = Array.from({ length: ids.count }, (_, id) => ids.key(id)).filter((k) => spec.sparseLayers[k.layer]);
+        let done = 0;
+        for (const key of keys) {
+          await host.get(key, () => undefined);
+          options.onProgress?.('converted experts', ++done, keys.length);
+        }
+      }
+      const parts = { spec, runtime, weights, sessions, route };
+      await warmUp(parts, newHost(null), expertBytes);
+      const experts = new ExpertStore({
+        spec,
+        host,
+        materialize: (w, id) => route.materialize(w, id),
+        expertBytes,
+        policy: plan.policy,
+        budgetBytes: plan.budgetBytes,
+        prefetchDepth,
+      });
+      await experts.preload(plan.preload, (d, t) => options.onProgress?.('preloaded experts', d, t));
       const forward = new ForwardPass({ ...parts, experts });
-      return new MoeModel(dir, spec, tokenizer, eosTokenIds, samplingDefaults, runtime, experts, forward, archive, weights, sessions);
+      const weightForms = [...new Set(data.layers.flatMap((l) => Object.values(l.variant.matrices).map((f) => f.dtype)).concat(data.head.variant.lmHead.dtype))].join('+');
+      return new MoeModel(dir, spec, tokenizer, eosTokenIds, samplingDefaults, runtime, experts, forward, archive, weights, sessions, {
+        weights: weightForms,
+        experts: expertDtype,
+        expertRoute: route.kind,
+      });
     } catch (err) {
       await archive.close();
       throw err;

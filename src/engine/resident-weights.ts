@@ -1,90 +1,189 @@
 // The weights that stay resident for the life of a model: attention, norms, routers, shared experts,
-// dense MLPs and the LM head, held in the form the execution provider computes with. Routed experts are
-// not here: the expert store owns them.
+// dense MLPs and the LM head, in their compute form (compute-options.ts). Routed experts are not here:
+// the expert store owns them.
+//
+// On the CPU provider these weights are baked into the sessions as initializers (prepacked by
+// onnxruntime; matrix.ts), so nothing is fed per run and no copy stays here. On GPU providers they are
+// uploaded once as device tensors and fed to sessions shared by every layer of the same variant.
 import { ATTN, type AttentionBlockVariant } from '../graphs/attention-block.js';
-import { LM_HEAD_IO } from '../graphs/lm-head.js';
+import { LM_HEAD_IO, type LmHeadVariant } from '../graphs/lm-head.js';
+import { matrixForm, matrixTensors, type MatrixForm } from '../graphs/matrix.js';
+import type { ConstTensor } from '../graphs/onnx-builder.js';
+import { computeBytes, concatRows, type ComputeMatrix } from '../model/compute-form.js';
 import type { ModelSpec } from '../model/hf-config.js';
 import type { SafetensorsArchive } from '../model/safetensors.js';
 import { EMBED_TOKENS, FINAL_NORM, LM_HEAD, layerTensorNames, type ExpertTensorNames } from '../model/tensor-names.js';
+import { readFloat32Matrix, readStoredMatrix } from '../model/weight-reader.js';
 import type { DeviceTensor, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
+import { computeMatrix, type ResolvedCompute } from './compute-options.js';
 import { EmbeddingTable } from './embedding-table.js';
+import { RopeTable } from './rope.js';
 
 /** Reports load progress as (tensors done, tensors total). */
 export type LoadProgress = (done: number, total: number) => void;
 
-interface TensorRequest {
-  readonly feed: string;
-  readonly name: string;
-  readonly shape: readonly number[];
+/** One block's weights in compute form, by graph tensor name, before they go to a session or the device. */
+export interface BlockWeights<V> {
+  readonly variant: V;
+  readonly tensors: ReadonlyMap<string, ConstTensor>;
+  readonly bytes: number;
+}
+
+export interface ResidentWeightData {
+  readonly layers: readonly BlockWeights<AttentionBlockVariant>[];
+  readonly head: BlockWeights<LmHeadVariant>;
+  /** Per layer: the sparse layers its router lookahead predicts, in output order. */
+  readonly lookahead: readonly (readonly number[])[];
+  readonly embedding: EmbeddingTable;
+  /** (maxPositions, headDim / 2) cos and sin tables that every layer's attention reads (by graph input name). */
+  readonly rope: ReadonlyMap<string, ConstTensor>;
+}
+
+/** A graph tensor and the checkpoint tensors it is made of (several are stacked by rows: q, k, v -> qkv). */
+type TensorRequest =
+  | { readonly kind: 'vector'; readonly feed: string; readonly parts: readonly { readonly name: string; readonly shape: readonly number[] }[] }
+  | { readonly kind: 'matrix'; readonly feed: string; readonly parts: readonly { readonly name: string; readonly rows: number }[]; readonly cols: number };
+
+/**
+ * Reads every resident weight and converts it to its compute form. `lookaheadDepth`: how many following
+ * sparse layers each sparse layer's router lookahead predicts.
+ */
+export async function readResidentWeights(
+  archive: SafetensorsArchive,
+  spec: ModelSpec,
+  compute: ResolvedCompute,
+  lookaheadDepth: number,
+  onProgress?: LoadProgress,
+): Promise<ResidentWeightData> {
+  const lookahead = spec.sparseLayers.map((sparse, l) => (sparse ? nextSparseLayers(spec, l, lookaheadDepth) : []));
+  const plans = Array.from({ length: spec.numLayers }, (_, l) => layerRequests(archive, spec, l));
+  const headRequests: TensorRequest[] = [
+    vector(LM_HEAD_IO.norm, FINAL_NORM, [spec.hiddenSize]),
+    matrix(LM_HEAD_IO.lmHead, spec.tieWordEmbeddings ? EMBED_TOKENS : LM_HEAD, spec.vocabSize, spec.hiddenSize),
+  ];
+  const total = plans.reduce((n, l) => n + l.requests.length, headRequests.length);
+  let done = 0;
+  const readAll = async (requests: readonly TensorRequest[]) => {
+    const tensors = new Map<string, ConstTensor>();
+    const forms: Record<string, MatrixForm> = {};
+    let bytes = 0;
+    for (const r of requests) {
+      if (r.kind === 'vector') {
+        const parts: Float32Array[] = [];
+        for (const { name, shape } of r.parts) {
+          const [rows, cols] = shape;
+          // Routers are (E, H) matrices that a quantized checkpoint may store packed; they compute in float32.
+          parts.push(cols !== undefined && rows !== undefined ? await readFloat32Matrix(archive, name, rows, cols, spec.quantization) : await archive.readFloat32(name, shape));
+        }
+        const data = parts.length === 1 ? (parts[0] as Float32Array) : Float32Array.from(parts.flatMap((p) => [...p]));
+        const dims = r.parts.length === 1 ? (r.parts[0]?.shape ?? []) : [data.length];
+        tensors.set(r.feed, { type: 'float32', dims, bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
+        bytes += data.byteLength;
+      } else {
+        const parts: ComputeMatrix[] = [];
+        for (const { name, rows } of r.parts) parts.push(computeMatrix(await readStoredMatrix(archive, name, rows, r.cols, spec.quantization), 'weights', compute));
+        const m = concatRows(parts);
+        forms[r.feed] = matrixForm(m, compute.accuracyLevel);
+        for (const [name, t] of matrixTensors(r.feed, m)) tensors.set(name, t);
+        bytes += computeBytes(m);
+      }
+      onProgress?.(++done, total);
+    }
+    return { tensors, forms, bytes };
+  };
+  const layers: BlockWeights<AttentionBlockVariant>[] = [];
+  for (const [l, plan] of plans.entries()) {
+    const { tensors, forms, bytes } = await readAll(plan.requests);
+    const targets = lookahead[l] ?? [];
+    let extra = 0;
+    if (targets.length > 0) {
+      const rows = await foldedRouters(archive, spec, targets);
+      tensors.set(ATTN.lookahead, { type: 'float32', dims: [targets.length * spec.numExperts, spec.hiddenSize], bytes: new Uint8Array(rows.buffer) });
+      extra = rows.byteLength;
+    }
+    layers.push({ variant: { ...plan.variant, lookaheadRows: targets.length * spec.numExperts, matrices: forms }, tensors, bytes: bytes + extra });
+  }
+  const head = await readAll(headRequests);
+  const lmHead = head.forms[LM_HEAD_IO.lmHead];
+  if (!lmHead) throw new Error('LM head weight was not read');
+  const embedding = await EmbeddingTable.load(archive, EMBED_TOKENS, spec.vocabSize, spec.hiddenSize);
+  const { cos, sin } = new RopeTable(spec.ropeTheta, spec.headDim).slice(0, spec.maxPositions);
+  const table = (t: Float32Array): ConstTensor => ({ type: 'float32', dims: [spec.maxPositions, spec.headDim / 2], bytes: new Uint8Array(t.buffer) });
+  return {
+    rope: new Map([
+      [ATTN.cosCache, table(cos)],
+      [ATTN.sinCache, table(sin)],
+    ]),
+    layers,
+    head: { variant: { hiddenSize: spec.hiddenSize, vocabSize: spec.vocabSize, rmsNormEps: spec.rmsNormEps, lmHead }, tensors: head.tensors, bytes: head.bytes },
+    lookahead,
+    embedding,
+  };
 }
 
 export class ResidentWeights implements Disposable {
   private constructor(
     private readonly layerFeeds: ReadonlyArray<Readonly<Record<string, DeviceTensor>>>,
+    /** Fed to every layer's attention (the rotary tables): device tensors on GPU providers, host tensors on the CPU. */
+    private readonly shared: Readonly<Record<string, RtTensor>>,
+    private readonly sharedOnDevice: readonly DeviceTensor[],
     private readonly headFeeds: Readonly<Record<string, DeviceTensor>>,
     readonly variants: readonly AttentionBlockVariant[],
     readonly embedding: EmbeddingTable,
     private readonly lookahead: ReadonlyArray<readonly number[]>,
+    /** Bytes of resident weights in compute form (the embedding table at its stored size). */
+    readonly residentBytes: number,
   ) {}
+
+  /**
+   * Holds the weights for the forward pass: on GPU providers uploaded as device tensors; on the CPU
+   * provider the sessions hold them (baked in), so nothing is kept here.
+   */
+  static async create(runtime: Runtime, data: ResidentWeightData): Promise<ResidentWeights> {
+    const upload = async (tensors: ReadonlyMap<string, ConstTensor>) => {
+      const feeds: Record<string, DeviceTensor> = {};
+      if (!runtime.onGpu) return feeds;
+      for (const [name, t] of tensors) feeds[name] = await runtime.toDevice(runtime.tensorOf(t));
+      return feeds;
+    };
+    const layerFeeds: Record<string, DeviceTensor>[] = [];
+    for (const l of data.layers) layerFeeds.push(await upload(l.tensors));
+    const headFeeds = await upload(data.head.tensors);
+    const shared: Record<string, RtTensor> = {};
+    const sharedOnDevice: DeviceTensor[] = [];
+    for (const [name, t] of data.rope) {
+      const host = runtime.tensorOf(t);
+      if (!runtime.onGpu) {
+        shared[name] = host;
+        continue;
+      }
+      const d = await runtime.toDevice(host);
+      sharedOnDevice.push(d);
+      shared[name] = d.tensor;
+    }
+    const bytes = data.layers.reduce((n, l) => n + l.bytes, data.head.bytes) + data.embedding.bytes;
+    return new ResidentWeights(layerFeeds, shared, sharedOnDevice, headFeeds, data.layers.map((l) => l.variant), data.embedding, data.lookahead, bytes);
+  }
 
   /** The sparse layers whose routers layer `layer`'s lookahead logits predict, in output order. */
   lookaheadTargets(layer: number): readonly number[] {
     return this.lookahead[layer] ?? [];
   }
 
-  /** Bytes of resident weights in compute form (the embedding table is counted at its stored size). */
-  get residentBytes(): number {
-    const sum = (feeds: Readonly<Record<string, DeviceTensor>>) => Object.values(feeds).reduce((n, t) => n + t.bytes, 0);
-    return this.layerFeeds.reduce((n, f) => n + sum(f), sum(this.headFeeds)) + this.embedding.bytes;
-  }
-
-  /** The weight inputs of layer `layer`'s attention block, by graph input name. */
+  /** The weight inputs of layer `layer`'s attention block, by graph input name (on the CPU provider only the rotary tables). */
   layerInputs(layer: number): Record<string, RtTensor> {
-    return tensorsOf(this.layerFeeds[layer] ?? {});
+    return { ...tensorsOf(this.layerFeeds[layer] ?? {}), ...this.shared };
   }
 
   headInputs(): Record<string, RtTensor> {
     return tensorsOf(this.headFeeds);
   }
 
-  /** `lookaheadDepth`: how many following sparse layers each sparse layer's router lookahead predicts. */
-  static async load(archive: SafetensorsArchive, spec: ModelSpec, runtime: Runtime, lookaheadDepth: number, onProgress?: LoadProgress): Promise<ResidentWeights> {
-    const lookahead = spec.sparseLayers.map((sparse, l) => (sparse ? nextSparseLayers(spec, l, lookaheadDepth) : []));
-    const layers = Array.from({ length: spec.numLayers }, (_, l) => layerRequests(archive, spec, l, (lookahead[l] ?? []).length));
-    const head: TensorRequest[] = [
-      { feed: LM_HEAD_IO.norm, name: FINAL_NORM, shape: [spec.hiddenSize] },
-      { feed: LM_HEAD_IO.lmHead, name: spec.tieWordEmbeddings ? EMBED_TOKENS : LM_HEAD, shape: [spec.vocabSize, spec.hiddenSize] },
-    ];
-    const total = layers.reduce((n, l) => n + l.requests.length, head.length);
-    let done = 0;
-    const loadAll = async (requests: readonly TensorRequest[]) => {
-      const feeds: Record<string, DeviceTensor> = {};
-      for (const r of requests) {
-        const data = await archive.readFloat32(r.name, r.shape);
-        feeds[r.feed] = await runtime.toDevice(runtime.float32(data, r.shape));
-        onProgress?.(++done, total);
-      }
-      return feeds;
-    };
-    const layerFeeds: Record<string, DeviceTensor>[] = [];
-    for (const [l, layer] of layers.entries()) {
-      const feeds = await loadAll(layer.requests);
-      const targets = lookahead[l] ?? [];
-      if (targets.length > 0) {
-        const rows = await foldedRouters(archive, spec, targets);
-        feeds[ATTN.lookahead] = await runtime.toDevice(runtime.float32(rows, [targets.length * spec.numExperts, spec.hiddenSize]));
-      }
-      layerFeeds.push(feeds);
-    }
-    const headFeeds = await loadAll(head);
-    const embedding = await EmbeddingTable.load(archive, EMBED_TOKENS, spec.vocabSize, spec.hiddenSize);
-    return new ResidentWeights(layerFeeds, headFeeds, layers.map((l) => l.variant), embedding, lookahead);
-  }
-
   [Symbol.dispose](): void {
     for (const feeds of [...this.layerFeeds, this.headFeeds]) {
       for (const t of Object.values(feeds)) t.dispose();
     }
+    for (const t of this.sharedOnDevice) t.dispose();
   }
 }
 
@@ -94,7 +193,9 @@ function tensorsOf(feeds: Readonly<Record<string, DeviceTensor>>): Record<string
   return out;
 }
 
-/** Which tensors a layer needs, and the graph variant that consumes them; optional ones are detected. */
+const vector = (feed: string, name: string, shape: readonly number[]): TensorRequest => ({ kind: 'vector', feed, parts: [{ name, shape }] });
+const matrix = (feed: string, name: string, rows: number, cols: number): TensorRequest => ({ kind: 'matrix', feed, parts: [{ name, rows }], cols });
+
 function nextSparseLayers(spec: ModelSpec, layer: number, depth: number): number[] {
   const out: number[] = [];
   for (let l = layer + 1; l < spec.numLayers && out.length < depth; l++) if (spec.sparseLayers[l]) out.push(l);
@@ -110,7 +211,7 @@ async function foldedRouters(archive: SafetensorsArchive, spec: ModelSpec, targe
   const out = new Float32Array(targets.length * E * H);
   for (const [i, layer] of targets.entries()) {
     const n = layerTensorNames(spec.family, layer);
-    const router = await archive.readFloat32(n.router, [E, H]);
+    const router = await readFloat32Matrix(archive, n.router, E, H, spec.quantization);
     const norm = await archive.readFloat32(n.postAttentionNorm, [H]);
     for (let e = 0; e < E; e++) {
       for (let h = 0; h < H; h++) out[(i * E + e) * H + h] = (router[e * H + h] as number) * (norm[h] as number);
@@ -119,7 +220,8 @@ async function foldedRouters(archive: SafetensorsArchive, spec: ModelSpec, targe
   return out;
 }
 
-function layerRequests(archive: SafetensorsArchive, spec: ModelSpec, layer: number, lookaheadLayers: number): { variant: AttentionBlockVariant; requests: TensorRequest[] } {
+/** Which tensors a layer needs, and the graph variant that consumes them (forms filled in once read); optional ones are detected. */
+function layerRequests(archive: SafetensorsArchive, spec: ModelSpec, layer: number): { variant: Omit<AttentionBlockVariant, 'matrices' | 'lookaheadRows'>; requests: TensorRequest[] } {
   const n = layerTensorNames(spec.family, layer);
   const { hiddenSize: H, numHeads: nH, numKvHeads: nKv, headDim: D } = spec;
   const sparse = spec.sparseLayers[layer] ?? true;
@@ -127,7 +229,7 @@ function layerRequests(archive: SafetensorsArchive, spec: ModelSpec, layer: numb
   const intermediateSize = sparse ? (spec.sharedExpertIntermediateSize ?? 0) : spec.denseIntermediateSize;
   const qkvBias = archive.has(n.qBias);
   const oBias = archive.has(n.oBias);
-  const variant: AttentionBlockVariant = {
+  const variant = {
     hiddenSize: H,
     numHeads: nH,
     numKvHeads: nKv,
@@ -137,46 +239,33 @@ function layerRequests(archive: SafetensorsArchive, spec: ModelSpec, layer: numb
     clipQkv: spec.clipQkv,
     qkvBias,
     oBias,
-    mlp: sparse ? 'sparse' : 'dense',
+    mlp: sparse ? ('sparse' as const) : ('dense' as const),
     sharedExpert,
     numExperts: spec.numExperts,
     intermediateSize,
-    lookaheadRows: lookaheadLayers * spec.numExperts,
   };
   const r: TensorRequest[] = [
-    { feed: ATTN.inputNorm, name: n.inputNorm, shape: [H] },
-    { feed: ATTN.q, name: n.q, shape: [nH * D, H] },
-    { feed: ATTN.k, name: n.k, shape: [nKv * D, H] },
-    { feed: ATTN.v, name: n.v, shape: [nKv * D, H] },
-    { feed: ATTN.o, name: n.o, shape: [H, nH * D] },
-    { feed: ATTN.postNorm, name: n.postAttentionNorm, shape: [H] },
+    vector(ATTN.inputNorm, n.inputNorm, [H]),
+    { kind: 'matrix', feed: ATTN.qkv, parts: [{ name: n.q, rows: nH * D }, { name: n.k, rows: nKv * D }, { name: n.v, rows: nKv * D }], cols: H },
+    matrix(ATTN.o, n.o, H, nH * D),
+    vector(ATTN.postNorm, n.postAttentionNorm, [H]),
   ];
-  if (qkvBias) {
-    r.push({ feed: ATTN.qBias, name: n.qBias, shape: [nH * D] });
-    r.push({ feed: ATTN.kBias, name: n.kBias, shape: [nKv * D] });
-    r.push({ feed: ATTN.vBias, name: n.vBias, shape: [nKv * D] });
-  }
-  if (oBias) r.push({ feed: ATTN.oBias, name: n.oBias, shape: [H] });
-  if (spec.qkNorm === 'projection') {
-    r.push({ feed: ATTN.qNorm, name: n.qNorm, shape: [nH * D] });
-    r.push({ feed: ATTN.kNorm, name: n.kNorm, shape: [nKv * D] });
-  } else if (spec.qkNorm === 'head') {
-    r.push({ feed: ATTN.qNorm, name: n.qNorm, shape: [D] });
-    r.push({ feed: ATTN.kNorm, name: n.kNorm, shape: [D] });
-  }
-  const mlp = (names: ExpertTensorNames, I: number) => {
-    r.push({ feed: ATTN.mlpGate, name: names.gate, shape: [I, H] });
-    r.push({ feed: ATTN.mlpUp, name: names.up, shape: [I, H] });
-    r.push({ feed: ATTN.mlpDown, name: names.down, shape: [H, I] });
-  };
+  if (qkvBias) r.push({ kind: 'vector', feed: ATTN.qkvBias, parts: [{ name: n.qBias, shape: [nH * D] }, { name: n.kBias, shape: [nKv * D] }, { name: n.vBias, shape: [nKv * D] }] });
+  if (oBias) r.push(vector(ATTN.oBias, n.oBias, [H]));
+  if (spec.qkNorm === 'projection') r.push(vector(ATTN.qNorm, n.qNorm, [nH * D]), vector(ATTN.kNorm, n.kNorm, [nKv * D]));
+  else if (spec.qkNorm === 'head') r.push(vector(ATTN.qNorm, n.qNorm, [D]), vector(ATTN.kNorm, n.kNorm, [D]));
+  const mlp = (names: ExpertTensorNames, I: number) =>
+    r.push(matrix(ATTN.mlpGate, names.gate, I, H), matrix(ATTN.mlpUp, names.up, I, H), matrix(ATTN.mlpDown, names.down, H, I));
   if (sparse) {
-    r.push({ feed: ATTN.router, name: n.router, shape: [spec.numExperts, H] });
+    // The router stays float32 whatever the weights' form: routing decisions must match the reference.
+    r.push(vector(ATTN.router, n.router, [spec.numExperts, H]));
     if (sharedExpert) {
       mlp(n.sharedExpert, intermediateSize);
-      r.push({ feed: ATTN.sharedGate, name: n.sharedExpertGate, shape: [1, H] });
+      r.push(vector(ATTN.sharedGate, n.sharedExpertGate, [1, H]));
     }
   } else {
     mlp(n.denseMlp, intermediateSize);
   }
   return { variant, requests: r };
 }
+

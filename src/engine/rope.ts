@@ -1,6 +1,7 @@
 // Rotary embedding tables, computed the way transformers does in fp32 so positions far into a
 // sequence round the same way:
 //   inv_freq = 1 / theta^(arange(0, D, 2) / D);  angle = inv_freq * position;  cos(angle), sin(angle)
+// GroupQueryAttention rotates q and k itself from these tables (do_rotary), indexed by position.
 const f = Math.fround;
 
 export class RopeTable {

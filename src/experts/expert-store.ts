@@ -8,85 +8,35 @@
 // still in flight; a use that finds one waits for the load (counted as waitMs), not for a new one.
 import { LRUCache } from 'lru-cache';
 import type { ModelSpec } from '../model/hf-config.js';
-import { toFloat32 } from '../model/dtype.js';
-import type { DeviceTensor, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
 import { prefetchLimit } from './cache-plan.js';
 import { ExpertIds, type ExpertId } from './expert-id.js';
 import { addCounters, emptyCounters, ratio, type ExpertCacheStats, type ExpertCounters } from './expert-stats.js';
-import type { HostExpertCache, StoredExpert } from './host-expert-cache.js';
+import type { HostExpert, HostExpertCache } from './host-expert-cache.js';
 import type { CachePolicy } from './policies/index.js';
 import { ResidencySet } from './residency-set.js';
 
-/** An expert's SwiGLU weights in compute form: gate and up (I, H), down (H, I). */
-export interface ExpertWeights {
-  readonly gate: RtTensor;
-  readonly up: RtTensor;
-  readonly down: RtTensor;
+/**
+ * An expert in the device tier, in whatever shape the compute route needs (a prepacked session on the
+ * CPU provider, device tensors on GPU providers: engine/expert-routes.ts). It holds native or device
+ * memory, so it is disposed exactly once, when it leaves the cache.
+ */
+export interface ResidentExpert {
+  dispose(): void;
 }
 
-/** Experts held for one run of the routed-experts graph; release() when the run is done. */
-export interface ExpertLease {
-  readonly weights: readonly ExpertWeights[];
+/** Turns an expert's host weights into its device-tier form (the "load" of a cache miss). */
+export type ExpertMaterializer<R extends ResidentExpert> = (weights: HostExpert, id: ExpertId) => Promise<R>;
+
+/** Experts held for one run of the routed experts; release() when the run is done. */
+export interface ExpertLease<R extends ResidentExpert> {
+  readonly experts: readonly R[];
   release(): void;
 }
 
-class ResidentExpert {
-  constructor(
-    readonly gate: DeviceTensor,
-    readonly up: DeviceTensor,
-    readonly down: DeviceTensor,
-    /** CPU tensors over arrays this store converted into (not views of the host tier's f32 bytes). */
-    readonly ownsHostBuffers: boolean,
-  ) {}
-
-  get weights(): ExpertWeights {
-    return { gate: this.gate.tensor, up: this.up.tensor, down: this.down.tensor };
-  }
-
-  /** The fp32 arrays behind CPU tensors, to recycle once disposed. */
-  hostBuffers(): Float32Array[] {
-    return [this.gate, this.up, this.down].map((t) => t.tensor.data as Float32Array);
-  }
-
-  dispose(): void {
-    this.gate.dispose();
-    this.up.dispose();
-    this.down.dispose();
-  }
-}
-
-interface CacheEntry {
-  readonly ready: Promise<ResidentExpert>;
+interface CacheEntry<R> {
+  readonly ready: Promise<R>;
   /** Prefetched and not used yet. */
   prefetchedUnused: boolean;
-}
-
-/** Bytes of one routed expert in compute form: gate, up and down in fp32. */
-export function expertComputeBytes(spec: ModelSpec): number {
-  return 3 * spec.hiddenSize * spec.expertIntermediateSize * 4;
-}
-
-/** Float32Arrays of freed experts, by length, for reuse; at most `capacity` kept. */
-class BufferPool {
-  private readonly free = new Map<number, Float32Array[]>();
-  private count = 0;
-
-  constructor(private readonly capacity: number) {}
-
-  take(length: number): Float32Array | undefined {
-    const list = this.free.get(length);
-    const b = list?.pop();
-    if (b) this.count--;
-    return b;
-  }
-
-  give(b: Float32Array): void {
-    if (this.count >= this.capacity || b.byteOffset !== 0) return;
-    let list = this.free.get(b.length);
-    if (!list) this.free.set(b.length, (list = []));
-    list.push(b);
-    this.count++;
-  }
 }
 
 export class BudgetTooSmallError extends Error {
@@ -96,50 +46,46 @@ export class BudgetTooSmallError extends Error {
     readonly budgetBytes: number,
     readonly expertBytes: number,
   ) {
-    super(`expert cache budget of ${budgetBytes} bytes is smaller than one expert (${expertBytes} bytes in compute form); raise --expert-cache-mb or --expert-cache-fraction`);
+    super(`expert cache budget of ${budgetBytes} bytes is smaller than one expert (${expertBytes} bytes in compute form); raise --expert-cache-mb or --expert-cache-fraction, or use a smaller --expert-dtype`);
     this.name = 'BudgetTooSmallError';
   }
 }
 
-export interface ExpertStoreOptions {
+export interface ExpertStoreOptions<R extends ResidentExpert> {
   readonly spec: ModelSpec;
-  readonly runtime: Runtime;
   readonly host: HostExpertCache;
+  readonly materialize: ExpertMaterializer<R>;
+  /** Bytes of one expert in compute form: what the budget counts. */
+  readonly expertBytes: number;
   readonly policy: CachePolicy;
   readonly budgetBytes: number;
   readonly prefetchDepth: number;
 }
 
-export class ExpertStore implements Disposable {
+export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements Disposable {
   readonly ids: ExpertIds;
-  /** Bytes of one expert in compute form (fp32). */
+  /** Bytes of one expert in compute form. */
   readonly expertBytes: number;
   /** Most predicted experts one prefetch call loads (see cache-plan.ts). */
   private readonly prefetchLimit: number;
   private readonly residency: ResidencySet;
-  private readonly cache: LRUCache<ExpertId, CacheEntry>;
+  private readonly cache: LRUCache<ExpertId, CacheEntry<R>>;
   private readonly pins = new Map<ExpertId, number>();
   private readonly counters: ExpertCounters[];
   /** Experts the lookahead predicted per layer for the step in progress (for prefetch recall). */
   private readonly predicted = new Map<number, Set<number>>();
-  /**
-   * On the CPU provider, evicted experts' fp32 arrays are reused by the next loads: with a small budget
-   * most steps load and evict, and fresh 100s-of-KB arrays each time cost as much in allocation and
-   * garbage collection as the conversion itself (profiled: 17% of a batched run in the collector).
-   */
-  private readonly spare = new BufferPool(64);
 
-  constructor(private readonly o: ExpertStoreOptions) {
+  constructor(private readonly o: ExpertStoreOptions<R>) {
     const { spec } = o;
     this.ids = new ExpertIds(spec.numLayers, spec.numExperts);
-    this.expertBytes = expertComputeBytes(spec);
+    this.expertBytes = o.expertBytes;
     if (o.budgetBytes < this.expertBytes) throw new BudgetTooSmallError(o.budgetBytes, this.expertBytes);
     this.residency = new ResidencySet(o.budgetBytes, o.policy);
     // The residency set alone decides what stays (the replay simulator runs the same decisions). The
     // cache must never evict by itself: when concurrent forward passes pin more experts than the budget
     // holds (counted as overBudget), a size-bounded cache would dispose an expert another pass is using.
     // Its bound is therefore every expert of the model, which it cannot exceed.
-    this.cache = new LRUCache<ExpertId, CacheEntry>({
+    this.cache = new LRUCache<ExpertId, CacheEntry<R>>({
       max: spec.numLayers * spec.numExperts,
       dispose: (entry) => this.free(entry),
     });
@@ -165,13 +111,13 @@ export class ExpertStore implements Disposable {
    * Holds the given experts of `layer` for one run: hits are pinned, misses loaded (through the host
    * tier) and pinned. `experts` must not exceed maxExpertsInUse.
    */
-  async acquire(layer: number, experts: readonly number[]): Promise<ExpertLease> {
+  async acquire(layer: number, experts: readonly number[]): Promise<ExpertLease<R>> {
     const c = this.layerCounters(layer);
     const ids = experts.map((expert) => this.ids.id({ layer, expert }));
     const busy = new Set<ExpertId>([...this.pins.keys(), ...ids]);
     this.countRecall(layer, experts, c);
     const transient: ExpertId[] = [];
-    const entries: CacheEntry[] = [];
+    const entries: CacheEntry<R>[] = [];
     for (const id of ids) {
       c.accesses++;
       const r = this.residency.demand(id, this.expertBytes, busy);
@@ -192,7 +138,7 @@ export class ExpertStore implements Disposable {
       entries.push(entry);
     }
     const t0 = performance.now();
-    let resident: ResidentExpert[];
+    let resident: R[];
     try {
       resident = await Promise.all(entries.map((e) => e.ready));
     } catch (err) {
@@ -203,7 +149,7 @@ export class ExpertStore implements Disposable {
     }
     let released = false;
     return {
-      weights: resident.map((e) => e.weights),
+      experts: resident,
       release: () => {
         if (released) throw new Error('expert lease released twice');
         released = true;
@@ -223,14 +169,14 @@ export class ExpertStore implements Disposable {
     const busy = new Set(this.pins.keys());
     // Entries join the cache as they are admitted (a later admission may evict an earlier one), and load
     // once the set is known.
-    const issued: { id: ExpertId; resolve: (e: ResidentExpert) => void; reject: (err: unknown) => void }[] = [];
+    const issued: { id: ExpertId; resolve: (e: R) => void; reject: (err: unknown) => void }[] = [];
     for (const expert of experts) {
       const id = this.ids.id({ layer, expert });
       const r = this.residency.prefetch(id, this.expertBytes, busy);
       this.evict(r.evicted);
       if (!r.kept) continue;
       c.prefetchIssued++;
-      this.addEntry(id, new Promise<ResidentExpert>((resolve, reject) => issued.push({ id, resolve, reject })), true);
+      this.addEntry(id, new Promise<R>((resolve, reject) => issued.push({ id, resolve, reject })), true);
     }
     if (issued.length === 0) return;
     for (const i of issued) this.load(i.id).then(i.resolve, i.reject);
@@ -292,12 +238,12 @@ export class ExpertStore implements Disposable {
     for (const e of experts) if (predicted.has(e)) c.predictedAndUsed++;
   }
 
-  private startLoad(id: ExpertId, prefetched: boolean): CacheEntry {
+  private startLoad(id: ExpertId, prefetched: boolean): CacheEntry<R> {
     return this.addEntry(id, this.load(id), prefetched);
   }
 
-  private addEntry(id: ExpertId, ready: Promise<ResidentExpert>, prefetched: boolean): CacheEntry {
-    const entry: CacheEntry = { ready, prefetchedUnused: prefetched };
+  private addEntry(id: ExpertId, ready: Promise<R>, prefetched: boolean): CacheEntry<R> {
+    const entry: CacheEntry<R> = { ready, prefetchedUnused: prefetched };
     this.cache.set(id, entry);
     // A failed load leaves the cache so that the next use retries it; the error reaches that use.
     entry.ready.catch(() => {
@@ -310,40 +256,18 @@ export class ExpertStore implements Disposable {
   }
 
   /**
-   * Reads (through the host tier) and converts an expert to compute form, on the main thread. Converting
-   * prefetches on a worker thread instead, to overlap with the synchronous session.run, measured slower
-   * on 2 cores (34-38 vs 43-45 decode tokens/s, tiny-moe, lru at 25%, prefetch 1): both are bound by
-   * the same memory bandwidth, and each reply waits for the main thread.
+   * Reads an expert through the host tier and materializes it for the device in compute form (see
+   * engine/expert-routes.ts): on the CPU provider a session creation that prepacks quantized weights
+   * (synchronous, on this thread: the binding has no other way) or a widening to float32, on GPU
+   * providers an upload. Prefetches start this ahead of
+   * use; disk reads overlap the forward pass's runs, materializing happens between them.
    */
-  private async load(id: ExpertId): Promise<ResidentExpert> {
-    const stored = await this.stored(id);
-    const [gate, up, down] = [stored.gate, stored.up, stored.down].map((bytes) =>
-      stored.dtype === 'F32' ? toFloat32(bytes, 'F32') : toFloat32(bytes, stored.dtype, this.spare.take(bytes.byteLength / 2)),
-    );
-    const expert = await this.toResident(id, gate, up, down, stored.dtype !== 'F32');
-    // On GPU providers the converted arrays were only staging for the upload.
-    if (this.o.runtime.onGpu && stored.dtype !== 'F32') [gate, up, down].forEach((b) => b && this.spare.give(b));
-    return expert;
-  }
-
-  private stored(id: ExpertId): Promise<StoredExpert> {
+  private async load(id: ExpertId): Promise<R> {
     const key = this.ids.key(id);
     const c = this.layerCounters(key.layer);
-    return this.o.host.get(key, (bytes) => (c.bytesFromDisk += bytes));
-  }
-
-  private async toResident(id: ExpertId, gate: Float32Array | undefined, up: Float32Array | undefined, down: Float32Array | undefined, owned: boolean): Promise<ResidentExpert> {
-    if (!gate || !up || !down) throw new Error(`conversion of expert ${id} returned too few matrices`);
-    const { runtime, spec } = this.o;
-    const H = spec.hiddenSize;
-    const I = spec.expertIntermediateSize;
-    const expert = new ResidentExpert(
-      await runtime.toDevice(runtime.float32(gate, [I, H])),
-      await runtime.toDevice(runtime.float32(up, [I, H])),
-      await runtime.toDevice(runtime.float32(down, [H, I])),
-      owned && !runtime.onGpu,
-    );
-    this.layerCounters(this.ids.key(id).layer).bytesToDevice += this.expertBytes;
+    const weights = await this.o.host.get(key, (bytes) => (c.bytesFromDisk += bytes));
+    const expert = await this.o.materialize(weights, id);
+    c.bytesToDevice += this.expertBytes;
     return expert;
   }
 
@@ -369,14 +293,10 @@ export class ExpertStore implements Disposable {
     }
   }
 
-  /** Frees an entry's tensors once its load settles (it may still be in flight when evicted). */
-  private free(entry: CacheEntry): void {
+  /** Frees an entry's memory once its load settles (it may still be in flight when evicted). */
+  private free(entry: CacheEntry<R>): void {
     entry.ready.then(
-      (e) => {
-        const buffers = this.o.runtime.onGpu || !e.ownsHostBuffers ? [] : e.hostBuffers();
-        e.dispose();
-        for (const b of buffers) this.spare.give(b);
-      },
+      (e) => e.dispose(),
       () => undefined,
     );
   }

@@ -1,33 +1,47 @@
-// The host tier: expert weights as stored in the checkpoint (bf16 stays bf16), read from disk on demand.
-// Without a budget every expert read stays; with one, an LRU keeps the most recently used within it, so
-// a model larger than RAM still runs (re-reading from disk).
+// The host tier: expert weights in host memory as the checkpoint stores them (bf16 stays bf16), read from
+// disk on demand; except that experts computed quantized are quantized once on the way in (`toHost`), so
+// that a cache miss never quantizes. Without a budget every expert read stays, so each is read (and
+// quantized) once; with one, an LRU keeps the most recently used within it, so a model larger than RAM
+// still runs (re-reading, and re-quantizing unless the checkpoint is stored quantized: `moe-serve
+// quantize` writes such a checkpoint).
 import { LRUCache } from 'lru-cache';
-import { isWeightDType, type WeightDType } from '../model/dtype.js';
-import { UnsupportedDTypeError } from '../model/errors.js';
+import type { StoredMatrix } from '../model/compute-form.js';
+import type { CheckpointQuantization, ModelFamily } from '../model/hf-config.js';
 import type { SafetensorsArchive } from '../model/safetensors.js';
-import type { ModelFamily } from '../model/hf-config.js';
 import { expertTensorNames } from '../model/tensor-names.js';
+import { readStoredMatrix } from '../model/weight-reader.js';
 import type { ExpertKey } from './expert-id.js';
 
-/** An expert's three matrices in their stored dtype. */
-export interface StoredExpert {
-  readonly dtype: WeightDType;
-  readonly gate: Uint8Array;
-  readonly up: Uint8Array;
-  readonly down: Uint8Array;
+/** An expert's SwiGLU weights in host form: gate and up (I, H), down (H, I). */
+export interface HostExpert {
+  readonly gate: StoredMatrix;
+  readonly up: StoredMatrix;
+  readonly down: StoredMatrix;
   readonly bytes: number;
 }
 
-export class HostExpertCache {
-  private readonly kept: LRUCache<string, StoredExpert> | Map<string, StoredExpert>;
-  private readonly reading = new Map<string, Promise<StoredExpert>>();
+export interface HostExpertCacheOptions {
+  readonly archive: SafetensorsArchive;
+  readonly family: ModelFamily;
+  readonly quantization: CheckpointQuantization | null;
+  readonly hiddenSize: number;
+  readonly intermediateSize: number;
+  /** Stored form -> host form: the stored object itself, or its quantized form when experts compute quantized. */
+  readonly toHost: (stored: StoredMatrix) => StoredMatrix;
+  /** Host budget in bytes; null keeps every expert read. */
+  readonly budgetBytes: number | null;
+}
 
-  constructor(
-    private readonly archive: SafetensorsArchive,
-    private readonly family: ModelFamily,
-    readonly budgetBytes: number | null,
-  ) {
-    this.kept = budgetBytes === null ? new Map() : new LRUCache<string, StoredExpert>({ maxSize: budgetBytes, sizeCalculation: (e) => e.bytes });
+export class HostExpertCache {
+  private readonly kept: LRUCache<string, HostExpert> | Map<string, HostExpert>;
+  private readonly reading = new Map<string, Promise<HostExpert>>();
+
+  constructor(private readonly o: HostExpertCacheOptions) {
+    this.kept = o.budgetBytes === null ? new Map() : new LRUCache<string, HostExpert>({ maxSize: o.budgetBytes, sizeCalculation: (e) => e.bytes });
+  }
+
+  get budgetBytes(): number | null {
+    return this.o.budgetBytes;
   }
 
   get residentBytes(): number {
@@ -37,17 +51,16 @@ export class HostExpertCache {
     return n;
   }
 
-  /** The stored expert; `onDiskRead(bytes)` is called when it had to come from disk. */
-  async get(key: ExpertKey, onDiskRead: (bytes: number) => void): Promise<StoredExpert> {
+  /** The expert in host form; `onDiskRead(bytes)` is called with the stored bytes when it had to come from disk. */
+  async get(key: ExpertKey, onDiskRead: (bytes: number) => void): Promise<HostExpert> {
     const id = `${key.layer}:${key.expert}`;
     const hit = this.kept.get(id);
     if (hit) return hit;
     let pending = this.reading.get(id);
     if (!pending) {
-      pending = this.read(key).then((e) => {
-        onDiskRead(e.bytes);
+      pending = this.read(key, onDiskRead).then((e) => {
         // An expert larger than the whole host budget is simply not kept.
-        if (this.budgetBytes === null || e.bytes <= this.budgetBytes) this.kept.set(id, e);
+        if (this.o.budgetBytes === null || e.bytes <= this.o.budgetBytes) this.kept.set(id, e);
         return e;
       });
       this.reading.set(id, pending);
@@ -59,14 +72,28 @@ export class HostExpertCache {
     return pending;
   }
 
-  private async read(key: ExpertKey): Promise<StoredExpert> {
-    const names = expertTensorNames(this.family, key.layer, key.expert);
-    const dtype = this.archive.entry(names.gate).dtype;
-    if (!isWeightDType(dtype)) throw new UnsupportedDTypeError(names.gate, dtype, ['F32', 'F16', 'BF16']);
-    for (const n of [names.up, names.down]) {
-      if (this.archive.entry(n).dtype !== dtype) throw new UnsupportedDTypeError(n, this.archive.entry(n).dtype, [dtype]);
-    }
-    const [gate, up, down] = await Promise.all([this.archive.readBytes(names.gate), this.archive.readBytes(names.up), this.archive.readBytes(names.down)]);
-    return { dtype, gate, up, down, bytes: gate.byteLength + up.byteLength + down.byteLength };
+  /** Reads the stored form of an expert (bf16 or packed) without converting it: `moe-serve quantize` and tests. */
+  readStored(key: ExpertKey): Promise<{ gate: StoredMatrix; up: StoredMatrix; down: StoredMatrix }> {
+    const { archive, family, quantization, hiddenSize: H, intermediateSize: I } = this.o;
+    const names = expertTensorNames(family, key.layer, key.expert);
+    return Promise.all([
+      readStoredMatrix(archive, names.gate, I, H, quantization),
+      readStoredMatrix(archive, names.up, I, H, quantization),
+      readStoredMatrix(archive, names.down, H, I, quantization),
+    ]).then(([gate, up, down]) => ({ gate, up, down }));
   }
+
+  private async read(key: ExpertKey, onDiskRead: (bytes: number) => void): Promise<HostExpert> {
+    const stored = await this.readStored(key);
+    onDiskRead([stored.gate, stored.up, stored.down].reduce((n, s) => n + storedBytes(s), 0));
+    const [gate, up, down] = [stored.gate, stored.up, stored.down].map(this.o.toHost) as [StoredMatrix, StoredMatrix, StoredMatrix];
+    return { gate, up, down, bytes: storedBytes(gate) + storedBytes(up) + storedBytes(down) };
+  }
+}
+
+/** Bytes a stored matrix holds in memory. */
+export function storedBytes(s: StoredMatrix): number {
+  if (s.kind === 'float') return s.bytes.byteLength;
+  const q = s.quantized;
+  return q.packed.byteLength + q.scales.byteLength + (q.zeroPointBytes?.byteLength ?? 0);
 }

@@ -1,10 +1,19 @@
 // The per-layer graph that runs everything of a decoder layer except the routed experts:
 //   residual = hidden + o_proj(attention(rope(q), rope(k), v))        (+ shared expert / dense MLP)
 //   moe_input = post_attention_norm(residual); router_logits = moe_input @ router^T
-// Weights are inputs, so one session serves every layer of the same variant.
+// Written for few nodes, since onnxruntime pays for each kernel call (PLATFORM.md; ~8 us for a 256 x 256
+// matmul here): q, k and v are one matmul over their stacked weights, GroupQueryAttention applies the
+// rotary embedding itself (do_rotary, from cos/sin tables fed once per model) and takes the packed QKV
+// when no q/k norm sits between; the residual add and the post-attention norm are one
+// SkipSimplifiedLayerNormalization.
+// Weights are inputs (one session serves every layer of the same variant, the GPU path) or initializers
+// (one session per layer, prepacked by onnxruntime: the CPU path); see matrix.ts.
+// One graph serves a prompt chunk of one sequence and one decode token each of several sequences:
+// `batch_shape` says which, (1, tokens) or (sequences, 1).
 import type { QkNorm } from '../model/hf-config.js';
-import { linear, reshape, rmsNorm, rotary, swiGlu } from './layers.js';
-import { attr, GraphBuilder, type Value } from './onnx-builder.js';
+import { reshape, rmsNorm } from './layers.js';
+import { linear, swiGlu, type MatrixForm } from './matrix.js';
+import { attr, GraphBuilder, type ConstTensor, type Value } from './onnx-builder.js';
 
 export interface AttentionBlockVariant {
   readonly hiddenSize: number;
@@ -26,30 +35,27 @@ export interface AttentionBlockVariant {
    * weights) applied to this layer's normalized residual; 0 = none.
    */
   readonly lookaheadRows: number;
-  /**
-   * The rows of `hidden` are one token each of different sequences (batched decode: GroupQueryAttention
-   * batch B, one token each, per-sequence past lengths) rather than consecutive tokens of one sequence.
-   */
-  readonly decodeBatch?: boolean;
+  /** Compute forms of the layer's weight matrices by graph name: qkv (q, k, v stacked), o and the MLP's gate, up, down. */
+  readonly matrices: Readonly<Record<string, MatrixForm>>;
 }
 
 /** Names of the graph's inputs and outputs; the forward pass feeds and fetches by these. */
 export const ATTN = {
   hidden: 'hidden',
-  cos: 'rope_cos',
-  sin: 'rope_sin',
+  cosCache: 'rope_cos_cache',
+  sinCache: 'rope_sin_cache',
+  positions: 'position_ids',
   pastKey: 'past_key',
   pastValue: 'past_value',
   seqlensK: 'seqlens_k',
+  batchShape: 'batch_shape',
   totalSeqLen: 'total_sequence_length',
   inputNorm: 'w_input_norm',
-  q: 'w_q',
-  k: 'w_k',
-  v: 'w_v',
+  /** q, k and v projections stacked by rows: (nH*D + 2*nKv*D, H) */
+  qkv: 'w_qkv',
   o: 'w_o',
-  qBias: 'b_q',
-  kBias: 'b_k',
-  vBias: 'b_v',
+  /** q, k and v biases stacked */
+  qkvBias: 'b_qkv',
   oBias: 'b_o',
   qNorm: 'w_q_norm',
   kNorm: 'w_k_norm',
@@ -73,107 +79,93 @@ export function attentionBlockKey(v: AttentionBlockVariant): string {
   return JSON.stringify(v);
 }
 
-export function buildAttentionBlock(v: AttentionBlockVariant): Uint8Array {
-  const g = new GraphBuilder('attention_block');
+/** `constants`: the layer's weights, when they are baked into the session (CPU); absent: all inputs. */
+export function buildAttentionBlock(v: AttentionBlockVariant, constants?: ReadonlyMap<string, ConstTensor>): Uint8Array {
+  const g = new GraphBuilder('attention_block', constants);
   const { hiddenSize: H, numHeads: nH, numKvHeads: nKv, headDim: D } = v;
+  const form = (name: string): MatrixForm => {
+    const f = v.matrices[name];
+    if (!f) throw new Error(`attention block variant has no form for '${name}'`);
+    return f;
+  };
   const T = 'tokens';
   const hidden = g.input(ATTN.hidden, 'float32', [T, H]);
-  const cos = g.input(ATTN.cos, 'float32', [T, 1, D / 2]);
-  const sin = g.input(ATTN.sin, 'float32', [T, 1, D / 2]);
-  const batch = v.decodeBatch ? 'batch' : 1;
-  const pastKey = g.input(ATTN.pastKey, 'float32', [batch, nKv, 'past', D]);
-  const pastValue = g.input(ATTN.pastValue, 'float32', [batch, nKv, 'past', D]);
-  const seqlensK = g.input(ATTN.seqlensK, 'int32', [batch]);
+  const cosCache = g.input(ATTN.cosCache, 'float32', ['positions', D / 2]);
+  const sinCache = g.input(ATTN.sinCache, 'float32', ['positions', D / 2]);
+  const positions = g.input(ATTN.positions, 'int64', ['batch', 'sequence']);
+  const pastKey = g.input(ATTN.pastKey, 'float32', ['batch', nKv, 'past', D]);
+  const pastValue = g.input(ATTN.pastValue, 'float32', ['batch', nKv, 'past', D]);
+  const seqlensK = g.input(ATTN.seqlensK, 'int32', ['batch']);
   const totalSeqLen = g.input(ATTN.totalSeqLen, 'int32', []);
-  const wInputNorm = g.input(ATTN.inputNorm, 'float32', [H]);
-  const wq = g.input(ATTN.q, 'float32', [nH * D, H]);
-  const wk = g.input(ATTN.k, 'float32', [nKv * D, H]);
-  const wv = g.input(ATTN.v, 'float32', [nKv * D, H]);
-  const wo = g.input(ATTN.o, 'float32', [H, nH * D]);
-  const bq = v.qkvBias ? g.input(ATTN.qBias, 'float32', [nH * D]) : null;
-  const bk = v.qkvBias ? g.input(ATTN.kBias, 'float32', [nKv * D]) : null;
-  const bv = v.qkvBias ? g.input(ATTN.vBias, 'float32', [nKv * D]) : null;
-  const bo = v.oBias ? g.input(ATTN.oBias, 'float32', [H]) : null;
-  const postNorm = g.input(ATTN.postNorm, 'float32', [H]);
+  // (2,): (1, T) for T tokens of one sequence, (B, 1) for one token each of B sequences
+  const batchShape = g.input(ATTN.batchShape, 'int64', [2]);
+  const wInputNorm = g.tensor(ATTN.inputNorm, 'float32', [H]);
+  const qW = nH * D;
+  const kvW = nKv * D;
+  const bqkv = v.qkvBias ? g.tensor(ATTN.qkvBias, 'float32', [qW + 2 * kvW]) : null;
+  const bo = v.oBias ? g.tensor(ATTN.oBias, 'float32', [H]) : null;
+  const postNorm = g.tensor(ATTN.postNorm, 'float32', [H]);
 
-  // (T, H) -> q (T, nH*D), k and v (T, nKv*D)
+  // (T, H) -> (T, nH*D + 2*nKv*D): q, k and v side by side
   const x = rmsNorm(g, hidden, wInputNorm, v.rmsNormEps);
-  let q = linear(g, x, wq, bq);
-  let k = linear(g, x, wk, bk);
-  let val = linear(g, x, wv, bv);
-  if (v.qkNorm === 'projection') {
-    // OLMoE normalizes the whole projection before splitting into heads.
-    q = rmsNorm(g, q, g.input(ATTN.qNorm, 'float32', [nH * D]), v.rmsNormEps);
-    k = rmsNorm(g, k, g.input(ATTN.kNorm, 'float32', [nKv * D]), v.rmsNormEps);
-  }
-  if (v.clipQkv !== null) {
+  const qkv = linear(g, x, ATTN.qkv, form(ATTN.qkv), bqkv);
+  // GroupQueryAttention takes (batch, tokens, width) and keeps the cache as (batch, nKv, capacity, D).
+  const toBatch = (t: Value, width: number) => g.op('Reshape', [t, g.op('Concat', [batchShape, g.constInt64([width])], { axis: attr.int(0) })]);
+  const clip = (t: Value): Value => (v.clipQkv === null ? t : g.op('Clip', [t, g.constFloat([-v.clipQkv], []), g.constFloat([v.clipQkv], [])]));
+  let qkvInputs: (Value | null)[];
+  if (v.qkNorm === 'none') {
+    qkvInputs = [toBatch(clip(qkv), qW + 2 * kvW), null, null];
+  } else {
+    let [q, k, val] = g.opN('Split', [qkv, g.constInt64([qW, kvW, kvW])], 3, { axis: attr.int(-1) }) as [Value, Value, Value];
+    if (v.qkNorm === 'projection') {
+      // OLMoE normalizes the whole projection before splitting into heads.
+      q = rmsNorm(g, q, g.tensor(ATTN.qNorm, 'float32', [qW]), v.rmsNormEps);
+      k = rmsNorm(g, k, g.tensor(ATTN.kNorm, 'float32', [kvW]), v.rmsNormEps);
+    } else {
+      // Qwen3 normalizes each head separately, with one weight of size head_dim.
+      q = reshape(g, rmsNorm(g, reshape(g, q, [0, nH, D]), g.tensor(ATTN.qNorm, 'float32', [D]), v.rmsNormEps), [0, qW]);
+      k = reshape(g, rmsNorm(g, reshape(g, k, [0, nKv, D]), g.tensor(ATTN.kNorm, 'float32', [D]), v.rmsNormEps), [0, kvW]);
+    }
     // OLMoE clamps after its projection norms (transformers: q_norm(q_proj(x)).clamp_).
-    const lo = g.constFloat([-v.clipQkv], []);
-    const hi = g.constFloat([v.clipQkv], []);
-    q = g.op('Clip', [q, lo, hi]);
-    k = g.op('Clip', [k, lo, hi]);
-    val = g.op('Clip', [val, lo, hi]);
+    qkvInputs = [toBatch(clip(q), qW), toBatch(clip(k), kvW), toBatch(clip(val), kvW)];
   }
-  // (T, heads, D) for per-head norm and rotary
-  let qh = reshape(g, q, [0, nH, D]);
-  let kh = reshape(g, k, [0, nKv, D]);
-  if (v.qkNorm === 'head') {
-    // Qwen3 normalizes each head separately, with one weight of size head_dim.
-    qh = rmsNorm(g, qh, g.input(ATTN.qNorm, 'float32', [D]), v.rmsNormEps);
-    kh = rmsNorm(g, kh, g.input(ATTN.kNorm, 'float32', [D]), v.rmsNormEps);
-  }
-  qh = rotary(g, qh, cos, sin, D);
-  kh = rotary(g, kh, cos, sin, D);
-  // GroupQueryAttention takes (batch, tokens, heads*D) and keeps the cache as (batch, nKv, capacity, D):
-  // one sequence of T tokens, or (decodeBatch) T sequences of one token each.
-  const gqaShape = (width: number) => (v.decodeBatch ? [-1, 1, width] : [1, -1, width]);
   const [attn, presentKey, presentValue] = g.opN(
     'GroupQueryAttention',
-    [reshape(g, qh, gqaShape(nH * D)), reshape(g, kh, gqaShape(nKv * D)), reshape(g, val, gqaShape(nKv * D)), pastKey, pastValue, seqlensK, totalSeqLen],
+    [...qkvInputs, pastKey, pastValue, seqlensK, totalSeqLen, cosCache, sinCache, positions],
     3,
-    { num_heads: attr.int(nH), kv_num_heads: attr.int(nKv), scale: attr.float(1 / Math.sqrt(D)) },
+    { num_heads: attr.int(nH), kv_num_heads: attr.int(nKv), scale: attr.float(1 / Math.sqrt(D)), do_rotary: attr.int(1), rotary_interleaved: attr.int(0) },
     { domain: 'com.microsoft', outputNames: ['attn', ATTN.presentKey, ATTN.presentValue] },
   ) as [Value, Value, Value];
-  const attnOut = linear(g, reshape(g, attn, [-1, nH * D]), wo, bo);
-  let residual = g.op('Add', [hidden, attnOut]);
-  const mlpIn = rmsNorm(g, residual, postNorm, v.rmsNormEps);
+  const attnOut = linear(g, reshape(g, attn, [-1, qW]), ATTN.o, form(ATTN.o), bo);
+  // mlpIn = post_attention_norm(hidden + attnOut), and that sum (the residual stream), in one kernel
+  const [mlpIn, , , sum] = g.opN('SkipSimplifiedLayerNormalization', [attnOut, hidden, postNorm], 4, { epsilon: attr.float(v.rmsNormEps) }, { domain: 'com.microsoft' }) as [Value, Value, Value, Value];
+  let residual = sum;
 
-  const I = v.intermediateSize;
+  const mlpNames = { gate: ATTN.mlpGate, up: ATTN.mlpUp, down: ATTN.mlpDown };
+  const mlpForms = () => ({ gate: form(ATTN.mlpGate), up: form(ATTN.mlpUp), down: form(ATTN.mlpDown) });
   if (v.mlp === 'dense') {
-    const mlp = swiGlu(
-      g,
-      mlpIn,
-      g.input(ATTN.mlpGate, 'float32', [I, H]),
-      g.input(ATTN.mlpUp, 'float32', [I, H]),
-      g.input(ATTN.mlpDown, 'float32', [H, I]),
-    );
-    residual = g.op('Add', [residual, mlp]);
+    residual = g.op('Add', [residual, swiGlu(g, mlpIn, mlpNames, mlpForms())]);
   } else {
-    const router = g.input(ATTN.router, 'float32', [v.numExperts, H]);
-    g.output(linear(g, mlpIn, router), ATTN.routerLogits, 'float32', [T, v.numExperts]);
+    const router = g.tensor(ATTN.router, 'float32', [v.numExperts, H]);
+    g.output(g.op('Gemm', [mlpIn, router], { transB: attr.int(1) }), ATTN.routerLogits, 'float32', [T, v.numExperts]);
     g.output(mlpIn, ATTN.moeInput, 'float32', [T, H]);
     if (v.lookaheadRows > 0) {
       // A later layer normalizes its own residual with its own norm weight (folded into w_lookahead), so
       // the prediction uses this residual normalized without a weight.
       const unitNorm = rmsNorm(g, residual, g.constFloat(new Array<number>(H).fill(1), [H]), v.rmsNormEps);
-      const lookahead = g.input(ATTN.lookahead, 'float32', [v.lookaheadRows, H]);
-      g.output(linear(g, unitNorm, lookahead), ATTN.lookaheadLogits, 'float32', [T, v.lookaheadRows]);
+      const lookahead = g.tensor(ATTN.lookahead, 'float32', [v.lookaheadRows, H]);
+      g.output(g.op('Gemm', [unitNorm, lookahead], { transB: attr.int(1) }), ATTN.lookaheadLogits, 'float32', [T, v.lookaheadRows]);
     }
     if (v.sharedExpert) {
       // Qwen2-MoE: shared_expert(x) * sigmoid(shared_expert_gate(x)), added to the routed experts' sum.
-      const shared = swiGlu(
-        g,
-        mlpIn,
-        g.input(ATTN.mlpGate, 'float32', [I, H]),
-        g.input(ATTN.mlpUp, 'float32', [I, H]),
-        g.input(ATTN.mlpDown, 'float32', [H, I]),
-      );
-      const gate = g.op('Sigmoid', [linear(g, mlpIn, g.input(ATTN.sharedGate, 'float32', [1, H]))]);
+      const shared = swiGlu(g, mlpIn, mlpNames, mlpForms());
+      const gateW = g.tensor(ATTN.sharedGate, 'float32', [1, H]);
+      const gate = g.op('Sigmoid', [g.op('Gemm', [mlpIn, gateW], { transB: attr.int(1) })]);
       residual = g.op('Add', [residual, g.op('Mul', [shared, gate])]);
     }
   }
   g.output(residual, ATTN.residual, 'float32', [T, H]);
-  g.output(presentKey, ATTN.presentKey, 'float32', [batch, nKv, 'present', D]);
-  g.output(presentValue, ATTN.presentValue, 'float32', [batch, nKv, 'present', D]);
+  g.output(presentKey, ATTN.presentKey, 'float32', ['batch', nKv, 'present', D]);
+  g.output(presentValue, ATTN.presentValue, 'float32', ['batch', nKv, 'present', D]);
   return g.toModelBytes();
 }

@@ -1,15 +1,23 @@
-// The routed-experts graph: adds the weighted outputs of `slots` experts to the residual stream.
-// For slot s: rows_s lists the token rows routed to that expert; scatter_s (tokens x rows_s) holds the
-// routing weight of token t for the j-th routed row, zero elsewhere, so one MatMul both weights and
-// scatters the expert's outputs back to their tokens:
+// The routed-experts graph with expert weights as inputs: adds the weighted outputs of `slots` experts to
+// the residual stream. For slot s: rows_s lists the token rows routed to that expert; scatter_s
+// (tokens x rows_s) holds the routing weight of token t for the j-th routed row, zero elsewhere, so one
+// MatMul both weights and scatters the expert's outputs back to their tokens:
 //   hidden = residual + sum_s scatter_s @ expert_s(moe_input[rows_s])
-// Expert weights are inputs supplied by the expert store, so the same session serves every layer.
-import { swiGlu } from './layers.js';
+// The expert store supplies the weights (any compute form, see matrix.ts), so one session serves every
+// layer. This is the route for GPU providers, where the tensors stay on the device; on the CPU provider
+// each expert is a session of its own with prepacked weights (expert-ffn.ts).
+import { swiGlu, type MatrixForm } from './matrix.js';
 import { GraphBuilder } from './onnx-builder.js';
+
+export interface ExpertForms {
+  readonly gate: MatrixForm;
+  readonly up: MatrixForm;
+  readonly down: MatrixForm;
+}
 
 export interface MoeBlockVariant {
   readonly hiddenSize: number;
-  readonly intermediateSize: number;
+  readonly forms: ExpertForms;
   readonly slots: number;
 }
 
@@ -26,19 +34,13 @@ export const MOE = {
 
 export function buildMoeBlock(v: MoeBlockVariant): Uint8Array {
   const g = new GraphBuilder(`moe_block_${v.slots}`);
-  const { hiddenSize: H, intermediateSize: I } = v;
+  const H = v.hiddenSize;
   let acc = g.input(MOE.residual, 'float32', ['tokens', H]);
   const x = g.input(MOE.moeInput, 'float32', ['tokens', H]);
   for (let s = 0; s < v.slots; s++) {
     const rows = g.input(MOE.rows(s), 'int64', [`routed_${s}`]);
     const scatter = g.input(MOE.scatter(s), 'float32', ['tokens', `routed_${s}`]);
-    const y = swiGlu(
-      g,
-      g.op('Gather', [x, rows]),
-      g.input(MOE.gate(s), 'float32', [I, H]),
-      g.input(MOE.up(s), 'float32', [I, H]),
-      g.input(MOE.down(s), 'float32', [H, I]),
-    );
+    const y = swiGlu(g, g.op('Gather', [x, rows]), { gate: MOE.gate(s), up: MOE.up(s), down: MOE.down(s) }, v.forms);
     acc = g.op('Add', [acc, g.op('MatMul', [scatter, y])]);
   }
   g.output(acc, MOE.hidden, 'float32', ['tokens', H]);

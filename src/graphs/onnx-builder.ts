@@ -4,14 +4,23 @@ import onnxProto from 'onnx-proto';
 
 const { onnx } = onnxProto;
 
-export type ElemType = 'float32' | 'float16' | 'int32' | 'int64';
+export type ElemType = 'float32' | 'float16' | 'uint8' | 'int32' | 'int64';
 
 const ELEM_TYPE_CODE: Record<ElemType, number> = {
   float32: onnx.TensorProto.DataType.FLOAT,
   float16: onnx.TensorProto.DataType.FLOAT16,
+  uint8: onnx.TensorProto.DataType.UINT8,
   int32: onnx.TensorProto.DataType.INT32,
   int64: onnx.TensorProto.DataType.INT64,
 };
+
+/** Tensor data known when a graph is built: it becomes an initializer instead of an input. */
+export interface ConstTensor {
+  readonly type: ElemType;
+  readonly dims: readonly number[];
+  /** The little-endian bytes, in row-major order. */
+  readonly bytes: Uint8Array;
+}
 
 /** A dimension: a fixed size, or a symbolic name the session resolves at run time. */
 export type Dim = number | string;
@@ -71,10 +80,28 @@ export class GraphBuilder {
   private readonly initializers: onnxProto.onnx.ITensorProto[] = [];
   private counter = 0;
 
-  constructor(private readonly name: string) {}
+  /**
+   * `constants`: tensors whose data is known now (weights); `tensor()` makes them initializers, which
+   * onnxruntime can prepack at session creation, where the same name would otherwise be a graph input.
+   */
+  constructor(
+    private readonly name: string,
+    private readonly constants: ReadonlyMap<string, ConstTensor> = new Map(),
+  ) {}
 
   input(name: string, type: ElemType, dims: readonly Dim[] | null): Value {
     this.inputs.push(valueInfo(name, type, dims));
+    return name as Value;
+  }
+
+  /** A weight-like tensor: an initializer when `constants` holds it, else an input of that type and shape. */
+  tensor(name: string, type: ElemType, dims: readonly number[]): Value {
+    const c = this.constants.get(name);
+    if (!c) return this.input(name, type, dims);
+    if (c.type !== type || c.dims.length !== dims.length || c.dims.some((d, i) => d !== dims[i])) {
+      throw new RangeError(`constant '${name}' is ${c.type} [${c.dims.join(', ')}], the graph expects ${type} [${dims.join(', ')}]`);
+    }
+    this.initializers.push({ name, dataType: ELEM_TYPE_CODE[type], dims: [...dims], rawData: c.bytes });
     return name as Value;
   }
 

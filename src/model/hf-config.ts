@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ModelConfigError, UnsupportedModelError } from './errors.js';
+import type { QuantBits, QuantScheme } from './quantization.js';
 
 export const SUPPORTED_FAMILIES = ['mixtral', 'qwen2_moe', 'olmoe', 'qwen3_moe'] as const;
 export type ModelFamily = (typeof SUPPORTED_FAMILIES)[number];
@@ -39,12 +40,47 @@ export interface ModelSpec {
   readonly tieWordEmbeddings: boolean;
   readonly bosTokenId: number | null;
   readonly eosTokenIds: readonly number[];
+  /** How the checkpoint's weights are quantized (config.json's quantization_config), or null. */
+  readonly quantization: CheckpointQuantization | null;
+}
+
+/**
+ * A checkpoint in compressed-tensors' pack-quantized format (compressed-tensors.ts): blockwise int4/int8
+ * weights, float activations. Which tensors are quantized is read off the tensors themselves
+ * (`*.weight_packed`); the bit widths listed here settle the rare shapes that do not tell.
+ */
+export interface CheckpointQuantization {
+  readonly method: 'compressed-tensors';
+  readonly format: 'pack-quantized';
+  readonly bits: readonly QuantBits[];
 }
 
 const tokenIds = z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).nullish();
 
 const ropeParameters = z
   .object({ rope_theta: z.number().positive().optional(), rope_type: z.string().optional() })
+  .passthrough();
+
+const quantArgs = z
+  .object({
+    num_bits: z.number().int(),
+    type: z.string().default('int'),
+    symmetric: z.boolean().default(true),
+    strategy: z.string().nullish(),
+    group_size: z.number().int().nullish(),
+    dynamic: z.union([z.boolean(), z.string()]).default(false),
+  })
+  .passthrough();
+
+const quantizationConfig = z
+  .object({
+    quant_method: z.string(),
+    format: z.string().nullish(),
+    config_groups: z
+      .record(z.string(), z.object({ targets: z.array(z.string()), weights: quantArgs.nullish(), input_activations: z.unknown().nullish(), output_activations: z.unknown().nullish() }).passthrough())
+      .default({}),
+    ignore: z.array(z.string()).default([]),
+  })
   .passthrough();
 
 const common = z.object({
@@ -64,6 +100,7 @@ const common = z.object({
   tie_word_embeddings: z.boolean().default(false),
   bos_token_id: z.number().int().nonnegative().nullish(),
   eos_token_id: tokenIds,
+  quantization_config: z.unknown().nullish(),
 });
 
 const mixtral = common.extend({
@@ -116,6 +153,60 @@ function ropeTheta(c: CommonConfig): number {
   return theta;
 }
 
+/** What moe-serve can compute from config.json's quantization_config, or an error naming what it cannot. */
+function checkpointQuantization(raw: unknown, source: string): CheckpointQuantization | null {
+  if (raw === null || raw === undefined) return null;
+  const parsed = quantizationConfig.safeParse(raw);
+  if (!parsed.success) throw new ModelConfigError(source, parsed.error.issues.map((i) => `quantization_config.${i.path.join('.')}: ${i.message}`));
+  const q = parsed.data;
+  const supported = "compressed-tensors' pack-quantized int4/int8 group-wise weights (what `moe-serve quantize` writes)";
+  if (q.quant_method !== 'compressed-tensors') throw new UnsupportedModelError(`quantization method '${q.quant_method}'`, [supported]);
+  if (q.format !== 'pack-quantized') throw new UnsupportedModelError(`compressed-tensors format '${String(q.format)}'`, [supported]);
+  const bits = new Set<QuantBits>();
+  for (const [name, group] of Object.entries(q.config_groups)) {
+    const w = group.weights;
+    if (group.input_activations != null || group.output_activations != null) {
+      throw new UnsupportedModelError(`quantized activations (config_groups.${name})`, ['weight-only quantization (activations stay float)']);
+    }
+    if (!w) continue;
+    if (w.type !== 'int' || (w.num_bits !== 4 && w.num_bits !== 8)) throw new UnsupportedModelError(`${w.type}${w.num_bits} weights (config_groups.${name})`, ['int4', 'int8']);
+    if (w.strategy !== 'group') throw new UnsupportedModelError(`quantization strategy '${String(w.strategy)}' (config_groups.${name})`, ['group']);
+    bits.add(w.num_bits);
+  }
+  return { method: 'compressed-tensors', format: 'pack-quantized', bits: [...bits].sort() };
+}
+
+/** The quantization_config that declares a checkpoint `moe-serve quantize` wrote: one group per weight class. */
+export function quantizationConfigJson(classes: readonly { readonly targets: readonly string[]; readonly scheme: QuantScheme }[]): Record<string, unknown> {
+  return {
+    quant_method: 'compressed-tensors',
+    format: 'pack-quantized',
+    quantization_status: 'compressed',
+    config_groups: Object.fromEntries(
+      classes.map((c, i) => [
+        `group_${i}`,
+        {
+          targets: c.targets,
+          weights: {
+            num_bits: c.scheme.bits,
+            type: 'int',
+            symmetric: !c.scheme.zeroPoints,
+            strategy: 'group',
+            group_size: c.scheme.blockSize,
+            dynamic: false,
+            actorder: null,
+            observer: 'minmax',
+          },
+          input_activations: null,
+          output_activations: null,
+        },
+      ]),
+    ),
+    ignore: [],
+    kv_cache_scheme: null,
+  };
+}
+
 function asList(ids: number | number[] | null | undefined): number[] {
   if (ids === null || ids === undefined) return [];
   return Array.isArray(ids) ? ids : [ids];
@@ -126,7 +217,7 @@ function qwenSparseLayers(numLayers: number, step: number, mlpOnly: readonly num
   return Array.from({ length: numLayers }, (_, i) => !mlpOnly.includes(i) && (i + 1) % step === 0);
 }
 
-function toSpec(c: HfConfig): ModelSpec {
+function toSpec(c: HfConfig, source: string): ModelSpec {
   if (c.hidden_act !== 'silu') throw new UnsupportedModelError(`hidden_act '${c.hidden_act}'`, ['silu']);
   const base = {
     hiddenSize: c.hidden_size,
@@ -142,6 +233,7 @@ function toSpec(c: HfConfig): ModelSpec {
     tieWordEmbeddings: c.tie_word_embeddings,
     bosTokenId: c.bos_token_id ?? null,
     eosTokenIds: asList(c.eos_token_id),
+    quantization: checkpointQuantization(c.quantization_config, source),
   };
   const allSparse = Array.from({ length: c.num_hidden_layers }, () => true);
   switch (c.model_type) {
@@ -211,7 +303,7 @@ export function parseModelConfig(raw: unknown, source: string): ModelSpec {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
     throw new ModelConfigError(source, issues);
   }
-  const spec = toSpec(parsed.data);
+  const spec = toSpec(parsed.data, source);
   if (spec.numHeads % spec.numKvHeads !== 0) {
     throw new ModelConfigError(source, [`num_attention_heads ${spec.numHeads} is not a multiple of num_key_value_heads ${spec.numKvHeads}`]);
   }

@@ -1,7 +1,8 @@
 // The only module that imports onnxruntime-node: execution providers, sessions, tensors and the
 // lifetimes of device memory. Everything else sees RtTensor, DeviceTensor and GraphSession.
+import { createRequire } from 'node:module';
 import ort from 'onnxruntime-node';
-import { GraphBuilder, type ElemType } from '../graphs/onnx-builder.js';
+import { GraphBuilder, type ConstTensor, type ElemType } from '../graphs/onnx-builder.js';
 import { DeviceUnavailableError, SessionRunError } from './errors.js';
 
 export type RtTensor = ort.Tensor;
@@ -72,42 +73,123 @@ export class DeviceTensor {
 
 export type Feeds = Record<string, RtTensor>;
 
+/**
+ * onnxruntime-node's native session, which its public InferenceSession wraps. The public run() defers
+ * every run to a setImmediate callback and re-validates its arguments: ~19 us per run measured here
+ * (28 us for an Identity graph against 9 us natively), paid ~30 times per token. The native object is
+ * what that wrapper calls, with the same arguments; it is used when this version of the package has it
+ * (checked at start-up), else the public API. Runs are synchronous either way (PLATFORM.md); the
+ * forward pass yields to the event loop between layers itself.
+ */
+interface NativeSession {
+  loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: ort.InferenceSession.SessionOptions): void;
+  run(feeds: Feeds, fetches: Record<string, RtTensor | null>, options: object): Feeds;
+  dispose(): void;
+  readonly inputMetadata: readonly { readonly name: string }[];
+  readonly outputMetadata: readonly { readonly name: string }[];
+}
+
+interface NativeBinding {
+  readonly binding: { readonly InferenceSession: new () => NativeSession };
+  initOrt(): void;
+}
+
+function loadNativeBinding(): NativeBinding | null {
+  try {
+    const b = createRequire(import.meta.url)('onnxruntime-node/dist/binding') as Partial<NativeBinding>;
+    const ctor = b.binding?.InferenceSession;
+    if (typeof b.initOrt !== 'function' || typeof ctor !== 'function') return null;
+    const proto = ctor.prototype as Partial<NativeSession>;
+    if (typeof proto.run !== 'function' || typeof proto.loadModel !== 'function' || typeof proto.dispose !== 'function') return null;
+    return b as NativeBinding;
+  } catch {
+    return null;
+  }
+}
+
+const native = loadNativeBinding();
+
+/** Session runs and the time spent in them, by kind of session; the per-token breakdown of `generate --stats`. */
+export interface RunTally {
+  runs: number;
+  ms: number;
+}
+
+interface SessionCore {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  run(feeds: Feeds, fetches: Record<string, RtTensor | null>): Feeds | Promise<Feeds>;
+  release(): void | Promise<void>;
+}
+
+function nativeCore(bytes: Uint8Array, options: ort.InferenceSession.SessionOptions, binding: NativeBinding): SessionCore {
+  binding.initOrt();
+  const s = new binding.binding.InferenceSession();
+  s.loadModel(bytes.buffer, bytes.byteOffset, bytes.byteLength, options);
+  const noOptions = {};
+  return {
+    inputNames: s.inputMetadata.map((m) => m.name),
+    outputNames: s.outputMetadata.map((m) => m.name),
+    run: (feeds, fetches) => s.run(feeds, fetches, noOptions),
+    release: () => s.dispose(),
+  };
+}
+
+function publicCore(session: ort.InferenceSession): SessionCore {
+  return {
+    inputNames: session.inputNames,
+    outputNames: session.outputNames,
+    run: (feeds, fetches) => session.run(feeds, fetches),
+    release: () => session.release(),
+  };
+}
+
 /** One onnxruntime session over a graph built in memory, with input checks and failure diagnostics. */
 export class GraphSession {
+  private readonly inputSet: ReadonlySet<string>;
+  private readonly allOutputs: Record<string, null>;
+
   constructor(
     readonly name: string,
-    private readonly session: ort.InferenceSession,
-  ) {}
+    private readonly core: SessionCore,
+    private readonly tally: RunTally,
+  ) {
+    this.inputSet = new Set(core.inputNames);
+    this.allOutputs = Object.fromEntries(core.outputNames.map((n) => [n, null]));
+  }
 
   get inputNames(): readonly string[] {
-    return this.session.inputNames;
+    return this.core.inputNames;
   }
 
   /** Runs the graph. `fetches` may preallocate outputs (the CPU provider writes into them in place). */
   async run(feeds: Feeds, fetches?: Record<string, RtTensor | null>): Promise<Feeds> {
-    const missing = this.session.inputNames.filter((n) => !(n in feeds));
-    const unknown = Object.keys(feeds).filter((n) => !this.session.inputNames.includes(n));
-    if (missing.length > 0 || unknown.length > 0) {
+    let given = 0;
+    for (const n in feeds) {
+      if (!this.inputSet.has(n)) given = -Infinity;
+      given++;
+    }
+    if (given !== this.inputSet.size) {
+      const missing = this.core.inputNames.filter((n) => !(n in feeds));
+      const unknown = Object.keys(feeds).filter((n) => !this.inputSet.has(n));
       throw new SessionRunError(this.name, `missing inputs [${missing.join(', ')}], unknown inputs [${unknown.join(', ')}]`, describeFeeds(feeds));
     }
+    const t0 = performance.now();
     try {
-      let out: Feeds;
-      if (fetches) {
-        // With fetches, onnxruntime returns only the outputs named there: ask for the rest too.
-        const all: Record<string, RtTensor | null> = Object.fromEntries(this.session.outputNames.map((n) => [n, null]));
-        out = await this.session.run(feeds, { ...all, ...fetches });
-      } else {
-        out = await this.session.run(feeds);
-      }
-      for (const t of Object.values(out)) if (t.location === 'gpu-buffer') liveGpuTensors++;
+      // Every output is fetched; a preallocated one is written in place (the CPU provider honours it).
+      const out = await this.core.run(feeds, fetches ? { ...this.allOutputs, ...fetches } : this.allOutputs);
+      for (const n in out) if (out[n]?.location === 'gpu-buffer') liveGpuTensors++;
       return out;
     } catch (err) {
       throw new SessionRunError(this.name, (err as Error).message, describeFeeds(feeds));
+    } finally {
+      this.tally.runs++;
+      this.tally.ms += performance.now() - t0;
     }
   }
 
   async release(): Promise<void> {
-    await this.session.release();
+    await this.core.release();
   }
 }
 
@@ -124,10 +206,23 @@ function buildIdentity(type: ElemType): Uint8Array {
 }
 
 export class Runtime {
-  private uploader: GraphSession | null = null;
+  private readonly uploaders = new Map<ElemType, GraphSession>();
   private downloader: GraphSession | null = null;
+  /** Runs and milliseconds per kind of session (the `kind` given at creation), since the runtime started. */
+  readonly tallies = new Map<string, RunTally>();
 
   private constructor(readonly options: Required<RuntimeOptions>) {}
+
+  /** Whether runs go through onnxruntime-node's native session directly (see NativeSession). */
+  static get nativeRuns(): boolean {
+    return native !== null;
+  }
+
+  private tallyOf(kind: string): RunTally {
+    let t = this.tallies.get(kind);
+    if (!t) this.tallies.set(kind, (t = { runs: 0, ms: 0 }));
+    return t;
+  }
 
   get device(): DeviceKind {
     return this.options.device;
@@ -164,10 +259,16 @@ export class Runtime {
    * Creates a session over graph bytes. `deviceOutputs` name the outputs that should stay in device
    * memory on GPU providers (hidden states, KV cache); all others come back to the CPU.
    */
-  async createSession(name: string, modelBytes: Uint8Array, deviceOutputs: readonly string[]): Promise<GraphSession> {
+  async createSession(
+    name: string,
+    modelBytes: Uint8Array,
+    deviceOutputs: readonly string[],
+    kind: string = name,
+    optimization: ort.InferenceSession.SessionOptions['graphOptimizationLevel'] = 'all',
+  ): Promise<GraphSession> {
     const options: ort.InferenceSession.SessionOptions = {
       executionProviders: [this.options.device],
-      graphOptimizationLevel: 'all',
+      graphOptimizationLevel: optimization,
       logSeverityLevel: 3,
     };
     if (this.options.device === 'cpu' && this.options.cpuThreads > 0) {
@@ -181,7 +282,8 @@ export class Runtime {
       options.preferredOutputLocation = Object.fromEntries(deviceOutputs.map((o) => [o, 'gpu-buffer' as const]));
     }
     try {
-      return new GraphSession(name, await ort.InferenceSession.create(modelBytes, options));
+      const core = native ? nativeCore(modelBytes, options, native) : publicCore(await ort.InferenceSession.create(modelBytes, options));
+      return new GraphSession(name, core, this.tallyOf(kind));
     } catch (err) {
       throw new SessionRunError(name, `session creation failed on ${this.options.device}: ${(err as Error).message}`, '');
     }
@@ -189,6 +291,23 @@ export class Runtime {
 
   float32(data: Float32Array, dims: readonly number[]): RtTensor {
     return new ort.Tensor('float32', data, dims);
+  }
+
+  /** A host tensor over a constant's bytes (no copy). */
+  tensorOf(c: ConstTensor): RtTensor {
+    const b = c.bytes;
+    switch (c.type) {
+      case 'float32':
+        return new ort.Tensor('float32', new Float32Array(alignedBuffer(b, 4), alignedOffset(b, 4), b.byteLength / 4), c.dims);
+      case 'float16':
+        return new ort.Tensor('float16', new Uint16Array(alignedBuffer(b, 2), alignedOffset(b, 2), b.byteLength / 2), c.dims);
+      case 'uint8':
+        return new ort.Tensor('uint8', b, c.dims);
+      case 'int32':
+        return new ort.Tensor('int32', new Int32Array(alignedBuffer(b, 4), alignedOffset(b, 4), b.byteLength / 4), c.dims);
+      case 'int64':
+        return new ort.Tensor('int64', new BigInt64Array(alignedBuffer(b, 8), alignedOffset(b, 8), b.byteLength / 8), c.dims);
+    }
   }
 
   int64(data: BigInt64Array, dims: readonly number[]): RtTensor {
@@ -211,18 +330,34 @@ export class Runtime {
   async toDevice(host: RtTensor): Promise<DeviceTensor> {
     const bytes = host.size * bytesPerElement(host.type);
     if (!this.onGpu) return new DeviceTensor(host, bytes);
-    this.uploader ??= await this.createSession('upload', buildIdentity('float32'), ['y']);
-    const out = await this.uploader.run({ x: host });
+    const type = elemTypeOf(host.type);
+    let uploader = this.uploaders.get(type);
+    if (!uploader) this.uploaders.set(type, (uploader = await this.createSession(`upload_${type}`, buildIdentity(type), ['y'], 'upload')));
+    const out = await uploader.run({ x: host });
     return new DeviceTensor(out.y as RtTensor, bytes);
   }
 
   /** Reads a float32 tensor back to host memory. Never getData() on a gpu-buffer tensor: it aborts. */
   async toHost(t: RtTensor): Promise<Float32Array> {
     if (t.location !== 'gpu-buffer') return t.data as Float32Array;
-    this.downloader ??= await this.createSession('download', buildIdentity('float32'), []);
+    this.downloader ??= await this.createSession('download', buildIdentity('float32'), [], 'download');
     const out = await this.downloader.run({ x: t });
     return (out.y as RtTensor).data as Float32Array;
   }
+}
+
+function elemTypeOf(type: RtTensor['type']): ElemType {
+  if (type === 'float32' || type === 'float16' || type === 'uint8' || type === 'int32' || type === 'int64') return type;
+  throw new RangeError(`no device upload for ${type} tensors`);
+}
+
+/** The buffer of a typed view of `b` with `align`-byte elements: b's own when aligned, else a copy's. */
+function alignedBuffer(b: Uint8Array, align: number): ArrayBufferLike {
+  return b.byteOffset % align === 0 ? b.buffer : b.slice().buffer;
+}
+
+function alignedOffset(b: Uint8Array, align: number): number {
+  return b.byteOffset % align === 0 ? b.byteOffset : 0;
 }
 
 function bytesPerElement(type: RtTensor['type']): number {

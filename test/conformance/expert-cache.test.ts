@@ -9,6 +9,7 @@ import { after, describe, test } from 'node:test';
 import type { RoutingEvent, RoutingObserver } from '../../src/engine/forward.js';
 import { MoeModel, type ExpertCacheOptions } from '../../src/engine/moe-model.js';
 import { POLICY_NAMES } from '../../src/experts/policies/index.js';
+import { liveResidentExperts } from '../../src/engine/expert-routes.js';
 import { DeviceTensor } from '../../src/runtime/onnx-runtime.js';
 import { asToken } from '../../src/tokenizer/token.js';
 import { testDevices } from '../helpers/devices.js';
@@ -99,16 +100,21 @@ for (const device of testDevices()) {
   }
 
   describe(`expert eviction on ${device}`, () => {
-    test('evicted experts are disposed: live device tensors track exactly the resident experts', async () => {
+    test('evicted experts are disposed: live resident experts track exactly the cache contents', async () => {
       const before = DeviceTensor.liveCount;
+      const expertsBefore = liveResidentExperts();
       const model = await MoeModel.load(TINY_MOE_DIR, { device, experts: { policy: 'lru', budgetFraction: 0.1, prefetchDepth: 1 } });
-      const residentWeights = DeviceTensor.liveCount - before - 3 * (model.experts.stats().residentBytes / model.experts.expertBytes);
+      const residentWeights = DeviceTensor.liveCount - before - (model.runtime.onGpu ? 3 * (model.experts.stats().residentBytes / model.experts.expertBytes) : 0);
       await run(model, 'A list comprehension');
       const s = model.experts.stats();
       assert.ok(s.total.evictions > 0, 'a 10% budget evicts');
-      assert.equal(DeviceTensor.liveCount - before, residentWeights + 3 * (s.residentBytes / s.expertBytes), 'one live device tensor per resident expert matrix, none for evicted ones');
+      assert.equal(liveResidentExperts() - expertsBefore, s.residentBytes / s.expertBytes, 'one live resident expert per cached expert, none for evicted ones');
+      if (model.runtime.onGpu) {
+        assert.equal(DeviceTensor.liveCount - before, residentWeights + 3 * (s.residentBytes / s.expertBytes), 'one live device tensor per resident expert matrix');
+      }
       await model[Symbol.asyncDispose]();
       await new Promise((r) => setImmediate(r));
+      assert.equal(liveResidentExperts(), expertsBefore, 'unloading frees every resident expert');
       assert.equal(DeviceTensor.liveCount, before, 'unloading frees every device tensor');
     });
 
@@ -121,9 +127,9 @@ for (const device of testDevices()) {
       const model = await MoeModel.load(TINY_MOE_DIR, { device, experts: { policy: 'lru', budgetMb: (topK * expertBytes) / (1024 * 1024), prefetchDepth: 0 } });
       try {
         const experts = Array.from({ length: topK }, (_, e) => e);
-        const before = DeviceTensor.liveCount;
+        const before = liveResidentExperts();
         const [a, b] = await Promise.all([model.experts.acquire(0, experts), model.experts.acquire(1, experts)]);
-        assert.equal(DeviceTensor.liveCount - before, 3 * 2 * topK, 'both leases hold live tensors');
+        assert.equal(liveResidentExperts() - before, 2 * topK, 'both leases hold live experts');
         assert.ok(model.experts.stats().overBudget > 0, 'the overflow is counted');
         a.release();
         b.release();
