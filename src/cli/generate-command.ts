@@ -4,7 +4,8 @@ import { z } from 'zod';
 import { generate, type GenerateResult } from '../engine/generate.js';
 import { MoeModel } from '../engine/moe-model.js';
 import { UsageError } from './cli-error.js';
-import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag } from './model-options.js';
+import { loadProgressBar } from './load-progress.js';
+import { intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag } from './model-options.js';
 
 export const GENERATE_HELP = `Usage: moe-serve generate --prompt TEXT [options]
 
@@ -58,7 +59,14 @@ export async function generateCommand(argv: readonly string[]): Promise<void> {
 
   // A trace records two layers of lookahead even when nothing is prefetched, for the replay tool.
   const experts = values.trace === undefined ? opts.experts : { ...opts.experts, lookaheadDepth: 2 };
-  await using model = await MoeModel.load(opts.modelDir, { device: opts.device, cpuThreads: opts.cpuThreads, experts });
+  const progress = loadProgressBar();
+  let loaded: MoeModel;
+  try {
+    loaded = await MoeModel.load(opts.modelDir, { ...loadOptions(opts), experts, onProgress: (stage, done, total) => progress.update(stage, done, total) });
+  } finally {
+    progress.stop();
+  }
+  await using model = loaded;
   await using trace = values.trace === undefined ? null : await model.openTrace(values.trace);
   const sampling = {
     temperature: temperature ?? model.samplingDefaults.temperature,

@@ -3,6 +3,7 @@
 import { benchCommand, BENCH_HELP } from './bench-command.js';
 import { UsageError } from './cli-error.js';
 import { generateCommand, GENERATE_HELP } from './generate-command.js';
+import { quantizeCommand, QUANTIZE_HELP } from './quantize-command.js';
 import { replayCommand, REPLAY_HELP } from './replay-command.js';
 import { serveCommand, SERVE_HELP } from './serve-command.js';
 
@@ -11,6 +12,7 @@ const USAGE = `Usage: moe-serve <command> [options]
 Commands:
   serve      the OpenAI-compatible HTTP server (moe-serve serve --help)
   generate   generate text from a prompt (moe-serve generate --help)
+  quantize   write a checkpoint with int8/int4/f16 weights that loads without converting (moe-serve quantize --help)
   bench      measure speed (moe-serve bench --help)
   replay     replay a routing trace against expert-cache policies and budgets (moe-serve replay --help)
 `;
@@ -18,6 +20,7 @@ Commands:
 const commands: Record<string, { run: (argv: readonly string[]) => Promise<void>; help: string }> = {
   serve: { run: serveCommand, help: SERVE_HELP },
   generate: { run: generateCommand, help: GENERATE_HELP },
+  quantize: { run: quantizeCommand, help: QUANTIZE_HELP },
   bench: { run: benchCommand, help: BENCH_HELP },
   replay: { run: replayCommand, help: REPLAY_HELP },
 };

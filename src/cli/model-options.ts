@@ -1,7 +1,10 @@
 // Options shared by every command that loads a model, validated with zod.
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import type { ExpertCacheOptions } from '../engine/moe-model.js';
+import type { ComputeOptions } from '../engine/compute-options.js';
+import type { ExpertCacheOptions, ModelLoadOptions } from '../engine/moe-model.js';
+import { COMPUTE_DTYPES, computeDType } from '../model/compute-form.js';
+import { checkScheme } from '../model/quantization.js';
 import { POLICY_NAMES } from '../experts/policies/index.js';
 import type { SchedulerConfig } from '../scheduler/scheduler.js';
 import { DEVICE_KINDS, type DeviceKind } from '../runtime/onnx-runtime.js';
@@ -20,11 +23,22 @@ export const MODEL_OPTIONS = {
   'prefetch-depth': { type: 'string', default: '1' },
   'host-cache-mb': { type: 'string' },
   'expert-profile': { type: 'string' },
+  'weight-dtype': { type: 'string' },
+  'expert-dtype': { type: 'string' },
+  'block-size': { type: 'string' },
+  'zero-points': { type: 'boolean' },
 } as const;
 
 export const MODEL_OPTIONS_HELP = `  --model DIR        Hugging Face model directory (default: the embedded tiny-moe)
   --device NAME      execution provider: ${DEVICE_KINDS.join(' | ')} (default cpu)
   --threads N        CPU provider threads; 0 = automatic: 1 for small models, else one per core (default 0)
+
+Compute forms (README "Compute forms"):
+  --weight-dtype T   ${COMPUTE_DTYPES.join(' | ')}: attention, LM head, dense and shared-expert MLPs
+                     (default: a quantized checkpoint's own form, else f32)
+  --expert-dtype T   ${COMPUTE_DTYPES.join(' | ')}: routed experts (default as for --weight-dtype)
+  --block-size N     elements per scale when quantizing float weights (default 32)
+  --zero-points      quantize with a zero point per block (asymmetric; default symmetric)
 
 Expert cache:
   --expert-cache-mb N          device budget for routed experts, MiB (default: all experts fit)
@@ -40,9 +54,15 @@ export interface ModelOptions {
   readonly device: DeviceKind;
   readonly cpuThreads: number;
   readonly experts: ExpertCacheOptions;
+  readonly compute: ComputeOptions;
 }
 
-type ModelFlagValues = { [K in keyof typeof MODEL_OPTIONS]?: string | undefined };
+/** What MoeModel.load takes from these options. */
+export function loadOptions(o: ModelOptions): ModelLoadOptions {
+  return { device: o.device, cpuThreads: o.cpuThreads, experts: o.experts, compute: o.compute };
+}
+
+type ModelFlagValues = { [K in keyof typeof MODEL_OPTIONS]?: (typeof MODEL_OPTIONS)[K]['type'] extends 'boolean' ? boolean | undefined : string | undefined };
 
 /** Parses a flag's string value with a zod schema, naming the flag when it is wrong. */
 export function parseFlag<T>(flag: string, schema: z.ZodType<T>, value: unknown): T {
@@ -79,6 +99,25 @@ export function modelOptions(values: ModelFlagValues): ModelOptions {
       hostCacheMb: optionalFlag('host-cache-mb', positiveMb, values['host-cache-mb']),
       profilePath: values['expert-profile'],
     },
+    compute: computeOptions(values),
+  };
+}
+
+/** The compute-form flags; shared by every command that loads a model and by `quantize`. */
+export function computeOptions(values: Pick<ModelFlagValues, 'weight-dtype' | 'expert-dtype' | 'block-size' | 'zero-points'>): ComputeOptions {
+  const blockSize = optionalFlag('block-size', intFlag(16), values['block-size']);
+  if (blockSize !== undefined) {
+    try {
+      checkScheme({ bits: 4, blockSize, zeroPoints: false });
+    } catch (err) {
+      throw new UsageError(`--block-size: ${(err as Error).message}`);
+    }
+  }
+  return {
+    weightDtype: optionalFlag('weight-dtype', computeDType, values['weight-dtype']),
+    expertDtype: optionalFlag('expert-dtype', computeDType, values['expert-dtype']),
+    ...(blockSize !== undefined && { blockSize }),
+    ...(values['zero-points'] && { zeroPoints: true }),
   };
 }
 

@@ -8,7 +8,7 @@ import { MoeModel } from '../engine/moe-model.js';
 import type { TraceWriter } from '../experts/trace-writer.js';
 import { argsFromEnv, blameEnv, ENV_PREFIX, unknownEnvVars } from './env-options.js';
 import { loadProgressBar } from './load-progress.js';
-import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, parseFlag, SCHEDULER_OPTIONS, SCHEDULER_OPTIONS_HELP, schedulerOptions } from './model-options.js';
+import { intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, parseFlag, SCHEDULER_OPTIONS, SCHEDULER_OPTIONS_HELP, schedulerOptions } from './model-options.js';
 
 export const SERVE_HELP = `Usage: moe-serve serve [options]
 
@@ -75,7 +75,7 @@ async function serve(args: readonly string[]): Promise<void> {
   const experts = values.trace === undefined ? opts.experts : { ...opts.experts, lookaheadDepth: 2 };
   let model: MoeModel;
   try {
-    model = await MoeModel.load(opts.modelDir, { device: opts.device, cpuThreads: opts.cpuThreads, experts, onProgress: (stage, done, total) => progress.update(stage, done, total) });
+    model = await MoeModel.load(opts.modelDir, { ...loadOptions(opts), experts, onProgress: (stage, done, total) => progress.update(stage, done, total) });
   } catch (err) {
     progress.stop();
     await app.close();

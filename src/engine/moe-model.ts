@@ -51,7 +51,7 @@ export interface ModelLoadOptions {
   readonly experts?: ExpertCacheOptions;
 }
 
-export type LoadStage = 'resident weights' | 'converted experts' | 'preloaded experts';
+export type LoadStage = 'resident weights' | 'converted experts' | 'preloaded experts' | 'converted tensors';
 
 const MIB = 1024 * 1024;
 

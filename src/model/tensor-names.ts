@@ -69,3 +69,15 @@ export function expertTensorNames(family: ModelFamily, layer: number, expert: nu
 export const EMBED_TOKENS = 'model.embed_tokens.weight';
 export const FINAL_NORM = 'model.norm.weight';
 export const LM_HEAD = 'lm_head.weight';
+
+/**
+ * Module-name patterns (compressed-tensors' "re:" targets) of each weight class, for a quantized
+ * checkpoint's quantization_config: the routed experts, and the other matrices that follow --weight-dtype.
+ */
+export function moduleTargets(family: ModelFamily): { readonly experts: readonly string[]; readonly weights: readonly string[] } {
+  const experts = family === 'mixtral' ? ['re:.*block_sparse_moe\\.experts\\.\\d+\\.w[123]$'] : ['re:.*mlp\\.experts\\.\\d+\\.(gate|up|down)_proj$'];
+  return {
+    experts,
+    weights: ['re:.*self_attn\\.[qkvo]_proj$', 're:.*mlp\\.(shared_expert\\.)?(gate|up|down)_proj$', 'lm_head'],
+  };
+}
