@@ -1,8 +1,7 @@
 // `moe-serve bench batch`: continuous batching against running the same requests one after another.
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { BatchEngine } from '../engine/batch-engine.js';
-import { MoeModel } from '../engine/moe-model.js';
-import type { DeviceKind } from '../runtime/onnx-runtime.js';
+import { MoeModel, type ModelLoadOptions } from '../engine/moe-model.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 import { round } from './bench-format.js';
 
@@ -24,8 +23,8 @@ interface BatchRow {
 
 export interface BatchBenchOptions {
   readonly modelDir: string;
-  readonly device: DeviceKind;
-  readonly cpuThreads: number;
+  /** Device, threads and compute forms (the expert budget is --budget's). */
+  readonly load: ModelLoadOptions;
   readonly budgetFraction: number;
   readonly tokens: number;
   readonly concurrency: readonly number[];
@@ -55,33 +54,44 @@ export async function benchBatch(o: BatchBenchOptions): Promise<void> {
   process.stdout.write(`\n${table(rows)}\n`);
 }
 
+async function run(o: BatchBenchOptions, requests: number, maxSeqs: number) {
+  await using model = await MoeModel.load(o.modelDir, { ...o.load, experts: { budgetFraction: o.budgetFraction } });
+  return batchThroughput(model, requests, o.tokens, maxSeqs, o.maxBatchTokens);
+}
+
 /**
  * `requests` requests of `tokens` tokens each (end-of-sequence ignored), at most `maxSeqs` at a time.
  * Sampled with a seed per request, so that requests sharing a prompt still diverge (identical greedy
- * copies would route identically and flatter batching) while the sequential run computes exactly the
+ * copies would route identically and flatter batching) while a sequential run computes exactly the
  * same tokens.
  */
-async function run(o: BatchBenchOptions, requests: number, maxSeqs: number) {
-  await using model = await MoeModel.load(o.modelDir, { device: o.device, cpuThreads: o.cpuThreads, experts: { budgetFraction: o.budgetFraction } });
-  const noEos = Object.create(model, { eosTokenIds: { value: [] } }) as MoeModel;
-  await using engine = new BatchEngine(noEos, { maxBatchTokens: o.maxBatchTokens, maxSeqs, maxQueue: requests });
+export async function batchThroughput(model: MoeModel, requests: number, tokens: number, maxSeqs: number, maxBatchTokens: number) {
+  await using engine = new BatchEngine(model, { maxBatchTokens, maxSeqs, maxQueue: requests });
+  const before = model.experts.stats().total;
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
   const t0 = performance.now();
   const streams = Array.from({ length: requests }, (_, i) =>
-    engine.submit({ promptIds: model.tokenizer.encode(BENCH_PROMPTS[i % BENCH_PROMPTS.length] ?? ''), maxTokens: o.tokens, sampling: { temperature: 0.8, topP: 0.95, topK: 0 }, seed: i }),
+    engine.submit({
+      promptIds: model.tokenizer.encode(BENCH_PROMPTS[i % BENCH_PROMPTS.length] ?? ''),
+      maxTokens: tokens,
+      sampling: { temperature: 0.8, topP: 0.95, topK: 0 },
+      seed: i,
+      ignoreEos: true,
+    }),
   );
   const results = await Promise.all(streams.map((s) => s.result));
   const seconds = (performance.now() - t0) / 1000;
   delay.disable();
-  const tokens = results.reduce((n, r) => n + r.completionIds.length, 0);
-  const stats = model.experts.stats();
+  const generated = results.reduce((n, r) => n + r.completionIds.length, 0);
+  const after = model.experts.stats().total;
   const sparseLayers = model.spec.sparseLayers.filter(Boolean).length;
+  const accesses = after.accesses - before.accesses;
   return {
-    tokens,
-    tokensPerS: tokens / seconds,
-    distinctPerLayerStep: stats.total.accesses / (engine.stats.steps * sparseLayers),
-    hitRatio: stats.total.hitRatio,
+    tokens: generated,
+    tokensPerS: generated / seconds,
+    distinctPerLayerStep: accesses / (engine.stats.steps * sparseLayers),
+    hitRatio: accesses > 0 ? (after.hits - before.hits) / accesses : null,
     loopP99Ms: delay.percentile(99) / 1e6,
     loopMaxMs: delay.max / 1e6,
   };

@@ -1,19 +1,24 @@
 // `moe-serve bench <suite>`: speed measurements that print one JSON line per configuration and a table.
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { generate } from '../engine/generate.js';
-import { MoeModel } from '../engine/moe-model.js';
 import { UsageError } from './cli-error.js';
 import { benchBatch } from './bench-batch.js';
-import { BENCH_PROMPTS } from './bench-prompts.js';
+import { benchDecodeRow, decodeTable, parseFormPairs, type DecodeRow } from './bench-decode.js';
+import { benchKernels, KERNEL_SHAPES } from './bench-kernels.js';
 import { benchOffload } from './bench-offload.js';
-import { intFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
-import { round } from './bench-format.js';
+import { BENCH_PROMPTS } from './bench-prompts.js';
+import { benchQuant } from './bench-quant.js';
+import { DEFAULT_MODEL_DIR, intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
 
-export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch [options]
+export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels [options]
 
-decode: batch-1 prompt and decode tokens/s. Greedy, end-of-sequence ignored so every run decodes
-the same number of tokens; one warm-up run, then --runs measured runs per prompt.
+decode: batch-1 prompt and decode tokens/s, and where each token's time goes (session runs by kind,
+sampling, the JavaScript between runs). Greedy, end-of-sequence ignored so every run decodes the same
+number of tokens; one warm-up run, then --runs measured runs per prompt.
+  --forms LIST       weights/experts[/attention] compute forms to compare, e.g. f32/f32,int8/int4/f32
+                     (default: the --weight-dtype/--expert-dtype/--attention-dtype flags, else the provider's)
 
 offload: the expert cache at a budget (--budget, default 25% of expert bytes): decode tokens/s, hit
 ratio, prefetch recall and waste for lru, lfu and static with prefetch off and on, and the 'none' and
@@ -26,23 +31,24 @@ event-loop delay while the engine runs.
   --concurrency LIST comma-separated request counts (default 1,4,16,64)
   --max-batch-tokens N  most tokens per engine step (default 512)
 
+quant: per compute form (--forms, default f32/f32,f16/f16,int8/int8,int8/int4,f32/int4,int4/int4):
+greedy agreement with the first form over --tokens tokens on 20 prompts, last-position logit error,
+greedy agreement with transformers (the model's reference file, if any), perplexity on held-out text,
+bytes of experts and of all weights, decode tokens/s at batch 1 and 16 with the cache at 100% and --budget.
+  --tokens N         greedy tokens per prompt (default 64 here)
+  --ppl-tokens N     held-out tokens for perplexity (default 4096)
+  --reference FILE   transformers' greedy reference (default: test/fixtures/tiny-moe-reference.json for tiny-moe)
+
+kernels: one routed expert per compute route (f32/f16 weights as inputs, f32 and int8/int4 prepacked
+sessions at accuracy levels 4 and 0, int8/int4 as inputs): microseconds per expert at 1 and 16 rows,
+GB/s of stored bytes, session creation time, resident memory per cached expert.
+  --shapes LIST      expert shapes HxI (default ${KERNEL_SHAPES.join(',')}; add 4096x14336 for Mixtral)
+
   --tokens N         tokens to generate per run (default 128)
   --runs N           measured runs per prompt (default 3)
   --threads LIST     comma-separated CPU thread counts to compare, 0 = automatic (default 0)
 ${MODEL_OPTIONS_HELP.split('\n').filter((l) => !l.includes('--threads')).join('\n')}
 `;
-
-
-interface DecodeRow {
-  readonly bench: 'decode';
-  readonly device: string;
-  readonly threads: number;
-  readonly prompt_tokens: number;
-  readonly prompt_tokens_per_s: number;
-  readonly decode_tokens: number;
-  readonly decode_tokens_per_s: number;
-  readonly ms_per_token: number;
-}
 
 export async function benchCommand(argv: readonly string[]): Promise<void> {
   const { values, positionals } = parseArgs({
@@ -50,10 +56,14 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
     options: {
       ...MODEL_OPTIONS,
       threads: { type: 'string', default: '0' },
-      tokens: { type: 'string', default: '128' },
+      tokens: { type: 'string' },
       runs: { type: 'string', default: '3' },
       budget: { type: 'string', default: '0.25' },
       concurrency: { type: 'string', default: '1,4,16,64' },
+      forms: { type: 'string' },
+      'ppl-tokens': { type: 'string', default: '4096' },
+      reference: { type: 'string' },
+      shapes: { type: 'string', default: KERNEL_SHAPES.join(',') },
       'max-batch-tokens': SCHEDULER_OPTIONS['max-batch-tokens'],
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -65,73 +75,67 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
     return;
   }
   const suite = positionals[0];
-  if (suite === 'offload') {
-    const opts = modelOptions(values);
-    const budget = parseFlag('budget', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values.budget);
-    await benchOffload(opts.modelDir, opts.device, opts.cpuThreads, budget, parseFlag('tokens', intFlag(1), values.tokens));
-    return;
+  const budget = () => parseFlag('budget', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values.budget);
+  const tokens = (dflt: number) => parseFlag('tokens', intFlag(1), values.tokens ?? String(dflt));
+  const opts = modelOptions(values);
+  switch (suite) {
+    case 'offload':
+      await benchOffload(opts.modelDir, loadOptions(opts), budget(), tokens(128));
+      return;
+    case 'batch':
+      await benchBatch({
+        modelDir: opts.modelDir,
+        load: loadOptions(opts),
+        budgetFraction: budget(),
+        tokens: tokens(128),
+        concurrency: parseFlag('concurrency', z.array(intFlag(1)).min(1), values.concurrency.split(',')),
+        maxBatchTokens: schedulerOptions(values).maxBatchTokens,
+      });
+      return;
+    case 'quant': {
+      const defaultReference = join(DEFAULT_MODEL_DIR, '..', '..', 'test', 'fixtures', 'tiny-moe-reference.json');
+      await benchQuant({
+        modelDir: opts.modelDir,
+        load: loadOptions(opts),
+        forms: parseFormPairs(values.forms ?? 'f32/f32,f16/f16,int8/int8,int8/int4,f32/int4,int4/int4'),
+        tokens: tokens(64),
+        budget: budget(),
+        pplTokens: parseFlag('ppl-tokens', intFlag(2), values['ppl-tokens']),
+        referencePath: values.reference ?? (opts.modelDir === DEFAULT_MODEL_DIR && existsSync(defaultReference) ? defaultReference : null),
+      });
+      return;
+    }
+    case 'kernels':
+      await benchKernels((values.shapes ?? KERNEL_SHAPES.join(",")).split(","), parseFlag('threads', intFlag(0), values.threads.split(',')[0]));
+      return;
+    case 'decode':
+      break;
+    default:
+      throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, quant, kernels)`);
   }
-  if (suite === 'batch') {
-    const opts = modelOptions(values);
-    await benchBatch({
-      modelDir: opts.modelDir,
-      device: opts.device,
-      cpuThreads: opts.cpuThreads,
-      budgetFraction: parseFlag('budget', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values.budget),
-      tokens: parseFlag('tokens', intFlag(1), values.tokens),
-      concurrency: parseFlag('concurrency', z.array(intFlag(1)).min(1), values.concurrency.split(',')),
-      maxBatchTokens: schedulerOptions(values).maxBatchTokens,
-    });
-    return;
-  }
-  if (suite !== 'decode') throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch)`);
-  const tokens = parseFlag('tokens', intFlag(1), values.tokens);
   const runs = parseFlag('runs', intFlag(1), values.runs);
   const threadList = parseFlag('threads', z.array(intFlag(0)).min(1), values.threads.split(','));
+  const forms = values.forms === undefined ? [null] : parseFormPairs(values.forms);
   const rows: DecodeRow[] = [];
   for (const threads of threadList) {
-    const opts = modelOptions({ ...values, threads: String(threads) });
-    rows.push(await benchDecode(opts.modelDir, opts.device, threads, tokens, runs));
-    process.stdout.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
-  }
-  process.stdout.write(`\n${table(rows)}\n`);
-}
-
-async function benchDecode(modelDir: string, device: 'cpu' | 'webgpu' | 'cuda', threads: number, tokens: number, runs: number): Promise<DecodeRow> {
-  await using model = await MoeModel.load(modelDir, { device, cpuThreads: threads });
-  // No end-of-sequence: every run decodes exactly `tokens` tokens.
-  const noEos = Object.create(model, { eosTokenIds: { value: [] } }) as MoeModel;
-  let promptTokens = 0;
-  let promptMs = 0;
-  let decodeSteps = 0;
-  let decodeMs = 0;
-  for (const prompt of BENCH_PROMPTS.slice(0, 4)) {
-    const promptIds = model.tokenizer.encode(prompt);
-    for (let run = 0; run <= runs; run++) {
-      const stream = generate(noEos, { promptIds, maxTokens: tokens, sampling: { temperature: 0, topP: 1, topK: 0 } });
-      let step = await stream.next();
-      while (!step.done) step = await stream.next();
-      if (run === 0) continue; // warm-up: first-run allocations and session caches
-      const t = step.value.timings;
-      promptTokens += t.promptTokens;
-      promptMs += t.promptMs;
-      decodeSteps += t.decodeSteps;
-      decodeMs += t.decodeMs;
+    for (const form of forms) {
+      const o = modelOptions({
+        ...values,
+        threads: String(threads),
+        ...(form && {
+          'weight-dtype': dflt(form.weights, values['weight-dtype']),
+          'expert-dtype': dflt(form.experts, values['expert-dtype']),
+          'attention-dtype': form.attention === undefined ? values['attention-dtype'] : dflt(form.attention, values['attention-dtype']),
+        }),
+      });
+      rows.push(await benchDecodeRow(o.modelDir, loadOptions(o), threads, BENCH_PROMPTS.slice(0, 4), tokens(128), runs));
+      process.stdout.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
     }
   }
-  return {
-    bench: 'decode',
-    device,
-    threads,
-    prompt_tokens: promptTokens,
-    prompt_tokens_per_s: round((promptTokens * 1000) / promptMs),
-    decode_tokens: decodeSteps,
-    decode_tokens_per_s: round((decodeSteps * 1000) / decodeMs),
-    ms_per_token: round(decodeMs / decodeSteps, 3),
-  };
+  process.stdout.write(`\n${decodeTable(rows)}\n`);
 }
 
-function table(rows: readonly DecodeRow[]): string {
-  const head = '| device | threads | prompt tokens/s | decode tokens/s | ms/token |\n|---|---|---|---|---|';
-  return [head, ...rows.map((r) => `| ${r.device} | ${r.threads} | ${r.prompt_tokens_per_s} | ${r.decode_tokens_per_s} | ${r.ms_per_token} |`)].join('\n');
+/** A --forms entry, where 'default' leaves the class to the flags or the provider. */
+function dflt(v: string, flag: string | undefined): string | undefined {
+  return v === 'default' ? flag : v;
 }

@@ -2,14 +2,13 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generate } from '../engine/generate.js';
-import { MoeModel, type ExpertCacheOptions } from '../engine/moe-model.js';
+import { MoeModel, type ExpertCacheOptions, type ModelLoadOptions } from '../engine/moe-model.js';
 import type { ExpertCacheStats } from '../experts/expert-stats.js';
 import { belady } from '../experts/replay/belady.js';
 import { readTrace } from '../experts/replay/read-trace.js';
 import { simulate } from '../experts/replay/simulate.js';
 import type { RoutingObserver } from '../engine/forward.js';
-import type { DeviceKind } from '../runtime/onnx-runtime.js';
+import { greedyDecode } from './bench-decode.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 import { round } from './bench-format.js';
 
@@ -42,7 +41,7 @@ const CONFIGS: readonly ExpertCacheOptions[] = [
   { policy: 'static', prefetchDepth: 1 },
 ];
 
-export async function benchOffload(modelDir: string, device: DeviceKind, cpuThreads: number, budgetFraction: number, tokens: number): Promise<void> {
+export async function benchOffload(modelDir: string, load: ModelLoadOptions, budgetFraction: number, tokens: number): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'moe-serve-bench-'));
   const tracePath = join(dir, 'trace.jsonl');
   try {
@@ -51,7 +50,7 @@ export async function benchOffload(modelDir: string, device: DeviceKind, cpuThre
     for (const [i, cfg] of CONFIGS.entries()) {
       // The first configuration also records the routing trace (with two layers of lookahead) for replay.
       const experts: ExpertCacheOptions = { ...cfg, budgetFraction, lookaheadDepth: i === 0 ? 2 : 0 };
-      await using model = await MoeModel.load(modelDir, { device, cpuThreads, experts });
+      await using model = await MoeModel.load(modelDir, { ...load, experts });
       await using trace = i === 0 ? await model.openTrace(tracePath) : null;
       const { decodeMs, steps } = await decodeAll(model, tokens, () => trace?.request());
       measured.push({ cfg, decodeMs, steps, stats: model.experts.stats() });
@@ -89,17 +88,8 @@ export async function benchOffload(modelDir: string, device: DeviceKind, cpuThre
 
 /** Greedy decode of every prompt, end-of-sequence ignored; returns the decode steps and their time. */
 async function decodeAll(model: MoeModel, tokens: number, observer: () => RoutingObserver | undefined): Promise<{ decodeMs: number; steps: number }> {
-  const noEos = Object.create(model, { eosTokenIds: { value: [] } }) as MoeModel;
-  let decodeMs = 0;
-  let steps = 0;
-  for (const prompt of BENCH_PROMPTS.slice(0, 4)) {
-    const stream = generate(noEos, { promptIds: model.tokenizer.encode(prompt), maxTokens: tokens, sampling: { temperature: 0, topP: 1, topK: 0 }, observer: observer() });
-    let step = await stream.next();
-    while (!step.done) step = await stream.next();
-    decodeMs += step.value.timings.decodeMs;
-    steps += step.value.timings.decodeSteps;
-  }
-  return { decodeMs, steps };
+  const t = await greedyDecode(model, BENCH_PROMPTS.slice(0, 4), tokens, 0, observer);
+  return { decodeMs: t.decodeMs, steps: t.decodeSteps };
 }
 
 function pct(x: number | null): string {

@@ -1,4 +1,4 @@
-/** Prompts the benchmarks run: documentation-flavoured, the embedded model's domain. */
+/** Prompts the benchmarks run: documentation-flavoured and fortunes, the embedded model's domain. */
 export const BENCH_PROMPTS = [
   'The Python interpreter',
   'A list comprehension',
@@ -8,4 +8,16 @@ export const BENCH_PROMPTS = [
   'Return the name of',
   'Raise a TypeError if',
   'class Foo:\n    def',
+  'The with statement is used to wrap the execution of a block',
+  'Dictionaries are indexed by keys, which',
+  'Exceptions\n==========\n\nEven if a statement is syntactically correct,',
+  '>>> for i in range(5):\n...     print(i)\n',
+  'A journey of a thousand miles',
+  'Q: How many programmers does it take to change a light bulb?\nA:',
+  'Whenever you find yourself on the side of the majority,',
+  'The :mod:`asyncio` module provides',
+  'Open *file* and return a corresponding',
+  'If the value is not found,',
+  'Never trust a computer',
+  'This function is deprecated since version',
 ] as const;

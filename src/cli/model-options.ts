@@ -25,6 +25,7 @@ export const MODEL_OPTIONS = {
   'expert-profile': { type: 'string' },
   'weight-dtype': { type: 'string' },
   'expert-dtype': { type: 'string' },
+  'attention-dtype': { type: 'string' },
   'block-size': { type: 'string' },
   'zero-points': { type: 'boolean' },
 } as const;
@@ -34,8 +35,9 @@ export const MODEL_OPTIONS_HELP = `  --model DIR        Hugging Face model direc
   --threads N        CPU provider threads; 0 = automatic: 1 for small models, else one per core (default 0)
 
 Compute forms (README "Compute forms"):
-  --weight-dtype T   ${COMPUTE_DTYPES.join(' | ')}: attention, LM head, dense and shared-expert MLPs
-                     (default: a quantized checkpoint's own form, else f32)
+  --weight-dtype T   ${COMPUTE_DTYPES.join(' | ')}: LM head, dense and shared-expert MLPs, and attention
+                     (default: a quantized checkpoint's own form, else the provider's)
+  --attention-dtype T  the attention projections alone (default: --weight-dtype when given)
   --expert-dtype T   ${COMPUTE_DTYPES.join(' | ')}: routed experts (default as for --weight-dtype)
   --block-size N     elements per scale when quantizing float weights (default 32)
   --zero-points      quantize with a zero point per block (asymmetric; default symmetric)
@@ -104,7 +106,7 @@ export function modelOptions(values: ModelFlagValues): ModelOptions {
 }
 
 /** The compute-form flags; shared by every command that loads a model and by `quantize`. */
-export function computeOptions(values: Pick<ModelFlagValues, 'weight-dtype' | 'expert-dtype' | 'block-size' | 'zero-points'>): ComputeOptions {
+export function computeOptions(values: Pick<ModelFlagValues, 'weight-dtype' | 'expert-dtype' | 'attention-dtype' | 'block-size' | 'zero-points'>): ComputeOptions {
   const blockSize = optionalFlag('block-size', intFlag(16), values['block-size']);
   if (blockSize !== undefined) {
     try {
@@ -116,6 +118,7 @@ export function computeOptions(values: Pick<ModelFlagValues, 'weight-dtype' | 'e
   return {
     weightDtype: optionalFlag('weight-dtype', computeDType, values['weight-dtype']),
     expertDtype: optionalFlag('expert-dtype', computeDType, values['expert-dtype']),
+    attentionDtype: optionalFlag('attention-dtype', computeDType, values['attention-dtype']),
     ...(blockSize !== undefined && { blockSize }),
     ...(values['zero-points'] && { zeroPoints: true }),
   };

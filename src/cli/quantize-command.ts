@@ -15,7 +15,8 @@ biases and embeddings are copied as they are, and so are the tokenizer and the o
   --model DIR          the checkpoint to convert (default: the embedded tiny-moe)
   --out DIR            where to write it: a new or empty directory (required)
   --expert-dtype T     f32 | f16 | int8 | int4 for the routed experts (default: as stored)
-  --weight-dtype T     the same for attention, LM head, dense and shared-expert MLPs (default: as stored)
+  --weight-dtype T     the same for the LM head, dense and shared-expert MLPs and attention (default: as stored)
+  --attention-dtype T  the attention projections alone (default: --weight-dtype)
   --block-size N       elements per scale when quantizing (default 32)
   --zero-points        asymmetric quantization with a zero point per block (default symmetric)
   --shard-mb N         largest safetensors shard in MiB (default 2048)
@@ -29,6 +30,7 @@ export async function quantizeCommand(argv: readonly string[]): Promise<void> {
       out: { type: 'string' },
       'expert-dtype': { type: 'string' },
       'weight-dtype': { type: 'string' },
+      'attention-dtype': { type: 'string' },
       'block-size': { type: 'string' },
       'zero-points': { type: 'boolean' },
       'shard-mb': { type: 'string', default: '2048' },
@@ -42,7 +44,9 @@ export async function quantizeCommand(argv: readonly string[]): Promise<void> {
   }
   if (values.out === undefined) throw new UsageError('--out is required');
   const compute = computeOptions(values);
-  if (compute.expertDtype === undefined && compute.weightDtype === undefined) throw new UsageError('give --expert-dtype and/or --weight-dtype: there is nothing to convert');
+  if (compute.expertDtype === undefined && compute.weightDtype === undefined && compute.attentionDtype === undefined) {
+    throw new UsageError('give --expert-dtype, --weight-dtype or --attention-dtype: there is nothing to convert');
+  }
   const shardMb = parseFlag('shard-mb', intFlag(1), values['shard-mb']);
   const progress = loadProgressBar();
   const t0 = performance.now();

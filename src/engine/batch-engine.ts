@@ -143,7 +143,7 @@ export class BatchEngine implements AsyncDisposable {
       tokens: [...req.promptIds],
       promptIds: req.promptIds,
       sampler,
-      state: new CompletionState(this.model.tokenizer, new Set(this.model.eosTokenIds), req.stop ?? [], maxTokens),
+      state: new CompletionState(this.model.tokenizer, new Set(req.ignoreEos ? [] : this.model.eosTokenIds), req.stop ?? [], maxTokens),
       stream,
       observer: req.observer,
       kv: null,

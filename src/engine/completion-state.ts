@@ -21,6 +21,8 @@ export interface CompletionRequest {
   /** When set (0..20), every token carries its logprob and this many top alternatives. */
   readonly logprobs?: number;
   readonly stop?: readonly string[];
+  /** Generate past end-of-sequence tokens (benchmarks: every run decodes exactly maxTokens). */
+  readonly ignoreEos?: boolean;
   /** Aborting removes the request at the next step and frees its KV cache. */
   readonly signal?: AbortSignal;
   readonly observer?: RoutingObserver;

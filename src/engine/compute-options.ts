@@ -1,13 +1,24 @@
 // Which compute form each class of weight takes, and the defaults per execution provider: the one place
 // these choices are made (README "Compute forms" has the measurements behind the defaults).
-import { toComputeForm, storedComputeDType, type ComputeDType, type ComputeMatrix, type QuantOptions, type StoredMatrix } from '../model/compute-form.js';
+//
+// Three classes, because they differ in what quantization costs them (`npm run bench -- quant`,
+// tiny-moe): the routed experts (most of the bytes; int8 agrees with f32 on every greedy token, int4 on
+// most), the attention projections (the one place where MatMulNBits' int8 activations hurt: int8
+// attention takes greedy agreement with transformers from 128 to 56 of 128 tokens, while the same
+// weights with float activations keep all 128), and the rest (LM head, dense and shared-expert MLPs).
+import { toComputeForm, storedComputeDType, type ComputeDType, type ComputeMatrix, type StoredMatrix, type WeightClass } from '../model/compute-form.js';
 import { DEFAULT_BLOCK_SIZE } from '../model/quantization.js';
+import type { QuantOptions } from '../model/compute-form.js';
 import type { DeviceKind } from '../runtime/onnx-runtime.js';
 
+export type { WeightClass };
+
 export interface ComputeOptions {
-  /** Attention, LM head, dense and shared-expert MLPs. Absent: the checkpoint's own quantized form, else the provider default. */
+  /** LM head, dense and shared-expert MLPs, and attention unless attentionDtype says otherwise. */
   readonly weightDtype?: ComputeDType;
-  /** Routed experts; absent as for weightDtype. */
+  /** The attention projections q, k, v, o; default: weightDtype when given, else the provider's. */
+  readonly attentionDtype?: ComputeDType;
+  /** Routed experts. */
   readonly expertDtype?: ComputeDType;
   /** Block size when float weights are quantized (default 32). */
   readonly blockSize?: number;
@@ -17,49 +28,43 @@ export interface ComputeOptions {
   readonly accuracyLevel?: 0 | 4;
 }
 
-/** ComputeOptions with every choice made. */
+/** ComputeOptions with every choice made: per class, the dtype and whether it was asked for. */
 export interface ResolvedCompute {
-  readonly weightDefault: ComputeDType;
-  readonly expertDefault: ComputeDType;
-  /** Whether the dtypes were asked for (else a quantized checkpoint keeps its own forms). */
-  readonly weightForced: boolean;
-  readonly expertForced: boolean;
+  readonly classes: Readonly<Record<WeightClass, { readonly dtype: ComputeDType; readonly forced: boolean }>>;
   readonly quant: QuantOptions;
   readonly accuracyLevel: 0 | 4;
 }
 
-/**
- * Provider defaults (measured, README "Compute forms"): on the CPU provider fp32 is what matches
- * transformers, and the defaults stay there until the accuracy bar is met; see PROVIDER_DEFAULTS.
- */
-const PROVIDER_DEFAULTS: Readonly<Record<DeviceKind, { weights: ComputeDType; experts: ComputeDType }>> = {
-  cpu: { weights: 'f32', experts: 'f32' },
-  webgpu: { weights: 'f32', experts: 'f32' },
-  cuda: { weights: 'f32', experts: 'f32' },
+/** Provider defaults, measured (README "Compute forms"): the fastest forms that keep the accuracy bar. */
+const PROVIDER_DEFAULTS: Readonly<Record<DeviceKind, Readonly<Record<WeightClass, ComputeDType>>>> = {
+  cpu: { experts: 'f32', attention: 'f32', weights: 'f32' },
+  webgpu: { experts: 'f32', attention: 'f32', weights: 'f32' },
+  cuda: { experts: 'f32', attention: 'f32', weights: 'f32' },
 };
 
 export function resolveCompute(device: DeviceKind, o: ComputeOptions = {}): ResolvedCompute {
   const d = PROVIDER_DEFAULTS[device];
+  const attention = o.attentionDtype ?? o.weightDtype;
   return {
-    weightDefault: o.weightDtype ?? d.weights,
-    expertDefault: o.expertDtype ?? d.experts,
-    weightForced: o.weightDtype !== undefined,
-    expertForced: o.expertDtype !== undefined,
+    classes: {
+      experts: { dtype: o.expertDtype ?? d.experts, forced: o.expertDtype !== undefined },
+      attention: { dtype: attention ?? d.attention, forced: attention !== undefined },
+      weights: { dtype: o.weightDtype ?? d.weights, forced: o.weightDtype !== undefined },
+    },
     quant: { blockSize: o.blockSize ?? DEFAULT_BLOCK_SIZE, zeroPoints: o.zeroPoints ?? false },
     accuracyLevel: o.accuracyLevel ?? 4,
   };
 }
 
 /** The dtype a stored matrix of one class computes in: as asked, else its own quantized form, else the default. */
-export function dtypeFor(stored: StoredMatrix, cls: 'weights' | 'experts', c: ResolvedCompute): ComputeDType {
-  const forced = cls === 'weights' ? c.weightForced : c.expertForced;
-  const dflt = cls === 'weights' ? c.weightDefault : c.expertDefault;
+export function dtypeFor(stored: StoredMatrix, cls: WeightClass, c: ResolvedCompute): ComputeDType {
+  const { dtype, forced } = c.classes[cls];
   if (!forced && stored.kind === 'quantized') return storedComputeDType(stored);
-  return dflt;
+  return dtype;
 }
 
 /** A stored matrix of class `cls` in its compute form; `into` may receive a float32 widening. */
-export function computeMatrix(stored: StoredMatrix, cls: 'weights' | 'experts', c: ResolvedCompute, into?: Float32Array): ComputeMatrix {
+export function computeMatrix(stored: StoredMatrix, cls: WeightClass, c: ResolvedCompute, into?: Float32Array): ComputeMatrix {
   return toComputeForm(stored, dtypeFor(stored, cls, c), c.quant, into);
 }
 
@@ -73,4 +78,3 @@ export function expertHostForm(stored: StoredMatrix, c: ResolvedCompute): Stored
   const m = toComputeForm(stored, dtype, c.quant);
   return m.dtype === 'int8' || m.dtype === 'int4' ? { kind: 'quantized', quantized: m.quantized } : stored;
 }
-

@@ -19,7 +19,7 @@ import type { ExpertId } from '../experts/expert-id.js';
 import type { HostExpert } from '../experts/host-expert-cache.js';
 import type { ResidentExpert } from '../experts/expert-store.js';
 import type { DeviceTensor, GraphSession, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
-import type { ModelSessions } from './model-sessions.js';
+import type { MoeBlockSessions } from './model-sessions.js';
 import type { ExpertAssignment } from './routing.js';
 
 export type ExpertRouteKind = 'session' | 'graph';
@@ -172,7 +172,7 @@ export class GraphExpertRoute implements ExpertRoute {
 
   constructor(
     private readonly runtime: Runtime,
-    private readonly sessions: ModelSessions,
+    private readonly blocks: MoeBlockSessions,
     readonly maxPerRun: number,
     private readonly toCompute: ToCompute,
     private readonly accuracyLevel: 0 | 4,
@@ -229,7 +229,7 @@ export class GraphExpertRoute implements ExpertRoute {
       }
     });
     if (!forms) throw new Error('no experts to apply');
-    const out = await (await this.sessions.moeBlock(chunk.length, forms)).run(feeds);
+    const out = await (await this.blocks.forSlots(chunk.length, forms)).run(feeds);
     this.runtime.release(acc);
     const hidden = out[MOE.hidden];
     if (!hidden) throw new Error(`routed-experts block returned no '${MOE.hidden}'`);
@@ -239,7 +239,7 @@ export class GraphExpertRoute implements ExpertRoute {
 
 export interface RouteChoice {
   readonly runtime: Runtime;
-  readonly sessions: ModelSessions;
+  readonly blocks: MoeBlockSessions;
   readonly hiddenSize: number;
   readonly expertDtype: ComputeDType;
   readonly toCompute: ToCompute;
@@ -261,5 +261,5 @@ export interface RouteChoice {
 export function chooseExpertRoute(c: RouteChoice): ExpertRoute {
   const quantized = c.expertDtype === 'int8' || c.expertDtype === 'int4';
   if (!c.runtime.onGpu && (quantized || c.everyExpertFits)) return new SessionExpertRoute(c.runtime, c.hiddenSize, c.toCompute, c.accuracyLevel);
-  return new GraphExpertRoute(c.runtime, c.sessions, c.maxSlotsPerRun, c.toCompute, c.accuracyLevel);
+  return new GraphExpertRoute(c.runtime, c.blocks, c.maxSlotsPerRun, c.toCompute, c.accuracyLevel);
 }

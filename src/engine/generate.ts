@@ -16,6 +16,8 @@ export interface GenerationTimings {
   /** Forward steps after the prompt (one per generated token but the last). */
   readonly decodeSteps: number;
   readonly decodeMs: number;
+  /** Of decodeMs' steps' tokens, the time spent choosing them (penalties, softmax, sampling) and accepting them (detokenizing, stop strings). */
+  readonly samplingMs: number;
 }
 
 export interface GenerateResult extends CompletionOutput {
@@ -29,9 +31,10 @@ export async function* generate(model: MoeModel, req: GenerateRequest): AsyncGen
   const sampler = new SequenceSampler(req);
   // The whole completion must fit the context window; tokens past it end generation with 'length'.
   const room = Math.min(req.maxTokens, model.spec.maxPositions - req.promptIds.length);
-  const state = new CompletionState(model.tokenizer, new Set(model.eosTokenIds), req.stop ?? [], room);
+  const state = new CompletionState(model.tokenizer, new Set(req.ignoreEos ? [] : model.eosTokenIds), req.stop ?? [], room);
   let decodeMs = 0;
   let decodeSteps = 0;
+  let samplingMs = 0;
   using kv = model.newSequence();
 
   const t0 = performance.now();
@@ -43,8 +46,11 @@ export async function* generate(model: MoeModel, req: GenerateRequest): AsyncGen
       state.finish('abort');
       break;
     }
+    const ts = performance.now();
     const { token, logprob } = sampler.next(logits);
-    yield state.accept(token, logprob);
+    const chunk = state.accept(token, logprob);
+    samplingMs += performance.now() - ts;
+    yield chunk;
     if (state.finishReason !== null) break;
     const t = performance.now();
     logits = await model.forward.step(kv, [asToken(token)], 'last', req.observer);
@@ -53,5 +59,5 @@ export async function* generate(model: MoeModel, req: GenerateRequest): AsyncGen
   }
   const tail = state.finish('length');
   if (tail) yield tail;
-  return { ...state.output(req.promptIds, sampler.topLogprobs !== undefined), timings: { promptTokens: req.promptIds.length, promptMs, decodeSteps, decodeMs } };
+  return { ...state.output(req.promptIds, sampler.topLogprobs !== undefined), timings: { promptTokens: req.promptIds.length, promptMs, decodeSteps, decodeMs, samplingMs } };
 }

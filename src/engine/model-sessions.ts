@@ -9,15 +9,42 @@ import type { ModelSpec } from '../model/hf-config.js';
 import type { GraphSession, Runtime } from '../runtime/onnx-runtime.js';
 import type { BlockWeights } from './resident-weights.js';
 
-export class ModelSessions {
+/** The routed-experts graph with weights as inputs, one session per slot count and expert form, built on first use. */
+export class MoeBlockSessions {
   private readonly moe = new Map<string, Promise<GraphSession>>();
 
-  private constructor(
+  constructor(
     private readonly runtime: Runtime,
-    private readonly spec: ModelSpec,
+    private readonly hiddenSize: number,
+  ) {}
+
+  /** The routed-experts block with `slots` expert slots, for experts of the given forms. */
+  forSlots(slots: number, forms: ExpertForms): Promise<GraphSession> {
+    const key = JSON.stringify([slots, forms]);
+    let s = this.moe.get(key);
+    if (!s) {
+      s = this.runtime.createSession(`moe_block_${slots}`, buildMoeBlock({ hiddenSize: this.hiddenSize, forms, slots }), [MOE.hidden], 'moe_block');
+      this.moe.set(key, s);
+    }
+    return s;
+  }
+
+  async release(): Promise<void> {
+    await Promise.all([...this.moe.values()].map(async (s) => (await s).release()));
+  }
+}
+
+export class ModelSessions {
+  readonly moeBlocks: MoeBlockSessions;
+
+  private constructor(
+    runtime: Runtime,
+    spec: ModelSpec,
     private readonly attention: readonly GraphSession[],
     readonly lmHead: GraphSession,
-  ) {}
+  ) {
+    this.moeBlocks = new MoeBlockSessions(runtime, spec.hiddenSize);
+  }
 
   static async create(runtime: Runtime, spec: ModelSpec, layers: readonly BlockWeights<AttentionBlockVariant>[], head: BlockWeights<LmHeadVariant>): Promise<ModelSessions> {
     const bake = !runtime.onGpu;
@@ -48,19 +75,9 @@ export class ModelSessions {
     return s;
   }
 
-  /** The routed-experts block with `slots` expert slots, for experts of the given forms (GPU route). */
-  moeBlock(slots: number, forms: ExpertForms): Promise<GraphSession> {
-    const key = JSON.stringify([slots, forms]);
-    let s = this.moe.get(key);
-    if (!s) {
-      s = this.runtime.createSession(`moe_block_${slots}`, buildMoeBlock({ hiddenSize: this.spec.hiddenSize, forms, slots }), [MOE.hidden], 'moe_block');
-      this.moe.set(key, s);
-    }
-    return s;
-  }
-
   async release(): Promise<void> {
-    const all = new Set([...this.attention, this.lmHead, ...(await Promise.all(this.moe.values()))]);
+    const all = new Set([...this.attention, this.lmHead]);
     await Promise.all([...all].map((s) => s.release()));
+    await this.moeBlocks.release();
   }
 }

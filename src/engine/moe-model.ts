@@ -1,6 +1,7 @@
 // A loaded model: config -> weights -> sessions -> forward pass, plus its tokenizer.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { ATTN } from '../graphs/attention-block.js';
 import { ExpertStore } from '../experts/expert-store.js';
 import { HostExpertCache } from '../experts/host-expert-cache.js';
 import { planCache, type CachePlan } from '../experts/cache-plan.js';
@@ -138,7 +139,7 @@ export class MoeModel implements AsyncDisposable {
     private readonly weights: ResidentWeights,
     private readonly sessions: ModelSessions,
     /** The compute forms chosen, for reports. */
-    readonly computeForms: { readonly weights: string; readonly experts: ComputeDType; readonly expertRoute: string },
+    readonly computeForms: { readonly weights: string; readonly attention: ComputeDType; readonly experts: ComputeDType; readonly expertRoute: string },
   ) {}
 
   static async load(dir: string, options: ModelLoadOptions): Promise<MoeModel> {
@@ -176,7 +177,7 @@ export class MoeModel implements AsyncDisposable {
       const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, cache);
       const route = chooseExpertRoute({
         runtime,
-        sessions,
+        blocks: sessions.moeBlocks,
         hiddenSize: spec.hiddenSize,
         expertDtype,
         toCompute,
@@ -206,9 +207,11 @@ export class MoeModel implements AsyncDisposable {
       });
       await experts.preload(plan.preload, (d, t) => options.onProgress?.('preloaded experts', d, t));
       const forward = new ForwardPass({ ...parts, experts });
-      const weightForms = [...new Set(data.layers.flatMap((l) => Object.values(l.variant.matrices).map((f) => f.dtype)).concat(data.head.variant.lmHead.dtype))].join('+');
+      const attention = data.layers[0]?.variant.matrices[ATTN.qkv]?.dtype ?? 'f32';
+      const rest = [...new Set(data.layers.flatMap((l) => Object.entries(l.variant.matrices).filter(([k]) => k !== ATTN.qkv && k !== ATTN.o).map(([, f]) => f.dtype)).concat(data.head.variant.lmHead.dtype))];
       return new MoeModel(dir, spec, tokenizer, eosTokenIds, samplingDefaults, runtime, experts, forward, archive, weights, sessions, {
-        weights: weightForms,
+        weights: rest.join('+'),
+        attention,
         experts: expertDtype,
         expertRoute: route.kind,
       });

@@ -15,7 +15,7 @@ import type { SafetensorsArchive } from '../model/safetensors.js';
 import { EMBED_TOKENS, FINAL_NORM, LM_HEAD, layerTensorNames, type ExpertTensorNames } from '../model/tensor-names.js';
 import { readFloat32Matrix, readStoredMatrix } from '../model/weight-reader.js';
 import type { DeviceTensor, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
-import { computeMatrix, type ResolvedCompute } from './compute-options.js';
+import { computeMatrix, type ResolvedCompute, type WeightClass } from './compute-options.js';
 import { EmbeddingTable } from './embedding-table.js';
 import { RopeTable } from './rope.js';
 
@@ -42,7 +42,7 @@ export interface ResidentWeightData {
 /** A graph tensor and the checkpoint tensors it is made of (several are stacked by rows: q, k, v -> qkv). */
 type TensorRequest =
   | { readonly kind: 'vector'; readonly feed: string; readonly parts: readonly { readonly name: string; readonly shape: readonly number[] }[] }
-  | { readonly kind: 'matrix'; readonly feed: string; readonly parts: readonly { readonly name: string; readonly rows: number }[]; readonly cols: number };
+  | { readonly kind: 'matrix'; readonly feed: string; readonly parts: readonly { readonly name: string; readonly rows: number }[]; readonly cols: number; readonly cls: WeightClass };
 
 /**
  * Reads every resident weight and converts it to its compute form. `lookaheadDepth`: how many following
@@ -81,7 +81,7 @@ export async function readResidentWeights(
         bytes += data.byteLength;
       } else {
         const parts: ComputeMatrix[] = [];
-        for (const { name, rows } of r.parts) parts.push(computeMatrix(await readStoredMatrix(archive, name, rows, r.cols, spec.quantization), 'weights', compute));
+        for (const { name, rows } of r.parts) parts.push(computeMatrix(await readStoredMatrix(archive, name, rows, r.cols, spec.quantization), r.cls, compute));
         const m = concatRows(parts);
         forms[r.feed] = matrixForm(m, compute.accuracyLevel);
         for (const [name, t] of matrixTensors(r.feed, m)) tensors.set(name, t);
@@ -194,7 +194,7 @@ function tensorsOf(feeds: Readonly<Record<string, DeviceTensor>>): Record<string
 }
 
 const vector = (feed: string, name: string, shape: readonly number[]): TensorRequest => ({ kind: 'vector', feed, parts: [{ name, shape }] });
-const matrix = (feed: string, name: string, rows: number, cols: number): TensorRequest => ({ kind: 'matrix', feed, parts: [{ name, rows }], cols });
+const matrix = (feed: string, name: string, rows: number, cols: number, cls: WeightClass = 'weights'): TensorRequest => ({ kind: 'matrix', feed, parts: [{ name, rows }], cols, cls });
 
 function nextSparseLayers(spec: ModelSpec, layer: number, depth: number): number[] {
   const out: number[] = [];
@@ -246,8 +246,8 @@ function layerRequests(archive: SafetensorsArchive, spec: ModelSpec, layer: numb
   };
   const r: TensorRequest[] = [
     vector(ATTN.inputNorm, n.inputNorm, [H]),
-    { kind: 'matrix', feed: ATTN.qkv, parts: [{ name: n.q, rows: nH * D }, { name: n.k, rows: nKv * D }, { name: n.v, rows: nKv * D }], cols: H },
-    matrix(ATTN.o, n.o, H, nH * D),
+    { kind: 'matrix', feed: ATTN.qkv, parts: [{ name: n.q, rows: nH * D }, { name: n.k, rows: nKv * D }, { name: n.v, rows: nKv * D }], cols: H, cls: 'attention' },
+    matrix(ATTN.o, n.o, H, nH * D, 'attention'),
     vector(ATTN.postNorm, n.postAttentionNorm, [H]),
   ];
   if (qkvBias) r.push({ kind: 'vector', feed: ATTN.qkvBias, parts: [{ name: n.qBias, shape: [nH * D] }, { name: n.kBias, shape: [nKv * D] }, { name: n.vBias, shape: [nKv * D] }] });

@@ -51,26 +51,38 @@ export interface PackedParts {
   readonly shape: readonly [number, number];
 }
 
+/** What the checkpoint's quantization_config says, to settle shapes that do not tell on their own. */
+export interface PackedHints {
+  /** The num_bits of its groups. */
+  readonly bits: readonly QuantBits[];
+  /** The group_size of its groups. */
+  readonly groupSizes: readonly number[];
+}
+
 /**
- * Decodes a pack-quantized weight into MatMulNBits' layout. The bit width follows from the words per row;
- * `bitsHint` (the checkpoint's num_bits, when it has one) settles rows so short that both widths fit.
+ * Decodes a pack-quantized weight into MatMulNBits' layout. The bit width follows from the words per row
+ * and the group size from the scales per row; where a shape fits two (rows so short that both widths
+ * fit, or input features not a whole number of groups), the checkpoint's own values settle it.
  */
-export function decodePacked(p: PackedParts, bitsHint: QuantBits | null): QuantizedMatrix {
+export function decodePacked(p: PackedParts, hints: PackedHints): QuantizedMatrix {
   const [N, K] = p.shape;
   const words = p.packedShape[1];
   if (p.packedShape.length !== 2 || p.packedShape[0] !== N || words === undefined || words === 0) {
     throw new PackedWeightError(p.name, `weight_packed has shape [${p.packedShape.join(', ')}] for a [${N}, ${K}] weight`);
   }
   const fits = ([4, 8] as const).filter((b) => Math.ceil((K * b) / 32) === words);
-  const bits = fits.length === 2 && bitsHint !== null ? bitsHint : fits.length === 1 ? fits[0] : undefined;
+  const bits = fits.length === 1 ? fits[0] : fits.find((b) => hints.bits.length === 1 && hints.bits[0] === b);
   if (bits === undefined) throw new PackedWeightError(p.name, `${words} int32 words per row do not tell 4 from 8 bits for ${K} values`);
   const perWord = 32 / bits;
   const groups = p.scaleShape[1];
   if (p.scaleShape.length !== 2 || p.scaleShape[0] !== N || groups === undefined || groups === 0) {
     throw new PackedWeightError(p.name, `weight_scale has shape [${p.scaleShape.join(', ')}] for a [${N}, ${K}] weight`);
   }
-  const blockSize = Math.ceil(K / groups);
-  if (blocksPerRow(K, blockSize) !== groups) throw new PackedWeightError(p.name, `${groups} scale groups do not divide ${K} input features`);
+  // Every power of two from 16 up to the declared sizes (one group per row fits any size of K or more).
+  const sizes: number[] = [];
+  for (let bs = 16; bs <= Math.max(16, 2 * K, ...hints.groupSizes); bs *= 2) if (blocksPerRow(K, bs) === groups) sizes.push(bs);
+  const blockSize = sizes.find((bs) => hints.groupSizes.includes(bs)) ?? (sizes.length === 1 || groups === 1 ? sizes[0] : undefined);
+  if (blockSize === undefined) throw new PackedWeightError(p.name, `${groups} scale groups per row of ${K} input features fit no power-of-two group size of at least 16${sizes.length > 1 ? ` unambiguously (${sizes.join(', ')})` : ''}`);
   try {
     checkScheme({ bits, blockSize, zeroPoints: p.zeroPoint !== null });
   } catch (err) {
@@ -78,22 +90,9 @@ export function decodePacked(p: PackedParts, bitsHint: QuantBits | null): Quanti
   }
   if (!isWeightDType(p.scaleDType)) throw new PackedWeightError(p.name, `weight_scale is ${p.scaleDType}; expected F32, F16 or BF16`);
   const scales = toFloat32(p.scale, p.scaleDType);
-  const rowBytes = (groups * blockSize * bits) / 8;
-  const packedRowBytes = words * 4;
-  let packed: Uint8Array;
-  if (rowBytes === packedRowBytes) {
-    packed = p.packed;
-  } else {
-    // K is not a whole number of groups: rows are padded to a group here, to a word there.
-    const mid = 1 << (bits - 1);
-    packed = new Uint8Array(N * rowBytes).fill(bits === 8 ? mid : mid | (mid << 4));
-    const used = Math.ceil((K * bits) / 8);
-    for (let n = 0; n < N; n++) packed.set(p.packed.subarray(n * packedRowBytes, n * packedRowBytes + used), n * rowBytes);
-    if (bits === 4 && K % 2 === 1) for (let n = 0; n < N; n++) packed[n * rowBytes + (used - 1)] = (packed[n * rowBytes + (used - 1)]! & 0x0f) | (mid << 4);
-  }
   let zeroPointBytes: Uint8Array | null = null;
+  const zpRow = zeroPointBytesPerRow(groups, bits);
   if (p.zeroPoint) {
-    const zpRow = zeroPointBytesPerRow(groups, bits);
     zeroPointBytes = new Uint8Array(N * zpRow);
     const zpWords = new DataView(p.zeroPoint.buffer, p.zeroPoint.byteOffset, p.zeroPoint.byteLength);
     const expected = Math.ceil(N / perWord) * groups * 4;
@@ -106,7 +105,36 @@ export function decodePacked(p: PackedParts, bitsHint: QuantBits | null): Quanti
       }
     }
   }
+  const rowBytes = (groups * blockSize * bits) / 8;
+  const packedRowBytes = words * 4;
+  let packed: Uint8Array;
+  if (K % blockSize === 0 && rowBytes === packedRowBytes) {
+    packed = p.packed;
+  } else {
+    // K is not a whole number of groups: rows are padded to a group here, to a word there. The padding
+    // gets the last group's zero point, as quantizeMatrix pads (it then dequantizes to zero).
+    packed = new Uint8Array(N * rowBytes);
+    const wholeBytes = Math.floor((K * bits) / 8);
+    const firstPartial = (wholeBytes * 8) / bits; // K - 1 when an odd K ends in half a byte, else K
+    for (let n = 0; n < N; n++) {
+      packed.set(p.packed.subarray(n * packedRowBytes, n * packedRowBytes + wholeBytes), n * rowBytes);
+      const zp = zeroPointBytes ? zeroPointOf(zeroPointBytes, n * zpRow, groups - 1, bits) : 1 << (bits - 1);
+      for (let k = firstPartial; k < groups * blockSize; k++) setValue(packed, n * rowBytes, k, bits, k < K ? valueAt(p.packed, n * packedRowBytes, k, bits) : zp);
+    }
+  }
   return { bits, blockSize, zeroPoints: zeroPointBytes !== null, rows: N, cols: K, packed, scales, zeroPointBytes };
+}
+
+/** Element k of a row of packed values starting at `rowStart`. */
+function valueAt(bytes: Uint8Array, rowStart: number, k: number, bits: QuantBits): number {
+  if (bits === 8) return bytes[rowStart + k]!;
+  const byte = bytes[rowStart + (k >> 1)]!;
+  return k & 1 ? byte >> 4 : byte & 0xf;
+}
+
+function setValue(bytes: Uint8Array, rowStart: number, k: number, bits: QuantBits, v: number): void {
+  if (bits === 8) bytes[rowStart + k] = v;
+  else bytes[rowStart + (k >> 1)] = k & 1 ? (bytes[rowStart + (k >> 1)]! & 0x0f) | (v << 4) : (bytes[rowStart + (k >> 1)]! & 0xf0) | v;
 }
 
 /** The tensors of a pack-quantized weight (F32 scales), ready to write to safetensors. */

@@ -9,6 +9,12 @@ export const COMPUTE_DTYPES = ['f32', 'f16', 'int8', 'int4'] as const;
 export type ComputeDType = (typeof COMPUTE_DTYPES)[number];
 export const computeDType = z.enum(COMPUTE_DTYPES, { message: `expected one of ${COMPUTE_DTYPES.join(', ')}` });
 
+/**
+ * The classes of weight matrix that take their compute form independently: routed experts, attention
+ * projections, and the rest (LM head, dense and shared-expert MLPs); engine/compute-options.ts says why.
+ */
+export type WeightClass = 'experts' | 'attention' | 'weights';
+
 export function quantBitsOf(dtype: 'int8' | 'int4'): QuantBits {
   return dtype === 'int8' ? 8 : 4;
 }

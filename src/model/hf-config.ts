@@ -53,6 +53,7 @@ export interface CheckpointQuantization {
   readonly method: 'compressed-tensors';
   readonly format: 'pack-quantized';
   readonly bits: readonly QuantBits[];
+  readonly groupSizes: readonly number[];
 }
 
 const tokenIds = z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).nullish();
@@ -163,6 +164,7 @@ function checkpointQuantization(raw: unknown, source: string): CheckpointQuantiz
   if (q.quant_method !== 'compressed-tensors') throw new UnsupportedModelError(`quantization method '${q.quant_method}'`, [supported]);
   if (q.format !== 'pack-quantized') throw new UnsupportedModelError(`compressed-tensors format '${String(q.format)}'`, [supported]);
   const bits = new Set<QuantBits>();
+  const groupSizes = new Set<number>();
   for (const [name, group] of Object.entries(q.config_groups)) {
     const w = group.weights;
     if (group.input_activations != null || group.output_activations != null) {
@@ -172,8 +174,9 @@ function checkpointQuantization(raw: unknown, source: string): CheckpointQuantiz
     if (w.type !== 'int' || (w.num_bits !== 4 && w.num_bits !== 8)) throw new UnsupportedModelError(`${w.type}${w.num_bits} weights (config_groups.${name})`, ['int4', 'int8']);
     if (w.strategy !== 'group') throw new UnsupportedModelError(`quantization strategy '${String(w.strategy)}' (config_groups.${name})`, ['group']);
     bits.add(w.num_bits);
+    if (w.group_size != null) groupSizes.add(w.group_size);
   }
-  return { method: 'compressed-tensors', format: 'pack-quantized', bits: [...bits].sort() };
+  return { method: 'compressed-tensors', format: 'pack-quantized', bits: [...bits].sort(), groupSizes: [...groupSizes].sort((a, b) => a - b) };
 }
 
 /** The quantization_config that declares a checkpoint `moe-serve quantize` wrote: one group per weight class. */

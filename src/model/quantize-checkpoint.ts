@@ -7,12 +7,12 @@
 import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { encodePacked, packedNames } from './compressed-tensors.js';
-import { computeToFloat32, toComputeForm, storedComputeDType, type ComputeDType, type QuantOptions, type StoredMatrix } from './compute-form.js';
+import { computeToFloat32, toComputeForm, storedComputeDType, type ComputeDType, type QuantOptions, type StoredMatrix, type WeightClass } from './compute-form.js';
 import { loadModelConfig, quantizationConfigJson, type ModelSpec } from './hf-config.js';
 import { blocksPerRow, DEFAULT_BLOCK_SIZE, type QuantScheme } from './quantization.js';
 import { INDEX_FILE_NAME, SafetensorsArchive, SINGLE_FILE_NAME } from './safetensors.js';
 import { writeSafetensors, type PlannedTensor } from './safetensors-writer.js';
-import { expertTensorNames, layerTensorNames, LM_HEAD, moduleTargets } from './tensor-names.js';
+import { EMBED_TOKENS, expertTensorNames, layerTensorNames, LM_HEAD, moduleTargets } from './tensor-names.js';
 import { readStoredMatrix } from './weight-reader.js';
 
 export interface QuantizeOptions {
@@ -20,8 +20,10 @@ export interface QuantizeOptions {
   readonly outDir: string;
   /** Routed experts' form; absent: as stored. */
   readonly expertDtype?: ComputeDType;
-  /** The other matrices' form; absent: as stored. */
+  /** The other matrices' form (LM head, dense and shared-expert MLPs, and attention unless attentionDtype); absent: as stored. */
   readonly weightDtype?: ComputeDType;
+  /** The attention projections' form; absent: weightDtype. */
+  readonly attentionDtype?: ComputeDType;
   readonly blockSize?: number;
   readonly zeroPoints?: boolean;
   /** Largest shard in bytes (default 2 GiB; a larger tensor gets a shard of its own). */
@@ -42,7 +44,7 @@ interface MatrixJob {
   readonly name: string;
   readonly rows: number;
   readonly cols: number;
-  readonly cls: 'experts' | 'weights';
+  readonly cls: WeightClass;
 }
 
 /** The weight matrices of each class, with their shapes. */
@@ -54,10 +56,10 @@ function matrixJobs(spec: ModelSpec): MatrixJob[] {
   for (let l = 0; l < spec.numLayers; l++) {
     const n = layerTensorNames(spec.family, l);
     jobs.push(
-      { name: n.q, rows: nH * D, cols: H, cls: 'weights' },
-      { name: n.k, rows: nKv * D, cols: H, cls: 'weights' },
-      { name: n.v, rows: nKv * D, cols: H, cls: 'weights' },
-      { name: n.o, rows: H, cols: nH * D, cls: 'weights' },
+      { name: n.q, rows: nH * D, cols: H, cls: 'attention' },
+      { name: n.k, rows: nKv * D, cols: H, cls: 'attention' },
+      { name: n.v, rows: nKv * D, cols: H, cls: 'attention' },
+      { name: n.o, rows: H, cols: nH * D, cls: 'attention' },
     );
     if (!spec.sparseLayers[l]) {
       mlp(n.denseMlp, spec.denseIntermediateSize, 'weights');
@@ -66,7 +68,7 @@ function matrixJobs(spec: ModelSpec): MatrixJob[] {
     if (spec.sharedExpertIntermediateSize !== null) mlp(n.sharedExpert, spec.sharedExpertIntermediateSize, 'weights');
     for (let e = 0; e < spec.numExperts; e++) mlp(expertTensorNames(spec.family, l, e), spec.expertIntermediateSize, 'experts');
   }
-  if (!spec.tieWordEmbeddings) jobs.push({ name: LM_HEAD, rows: spec.vocabSize, cols: H, cls: 'weights' });
+  jobs.push({ name: LM_HEAD, rows: spec.vocabSize, cols: H, cls: 'weights' });
   return jobs;
 }
 
@@ -93,7 +95,9 @@ function outForm(archive: SafetensorsArchive, job: MatrixJob, requested: Compute
 
 /** The tensors one matrix becomes in the output. */
 function plannedTensors(archive: SafetensorsArchive, job: MatrixJob, form: OutForm, spec: ModelSpec, q: QuantOptions): PlannedTensor[] {
-  const read = () => readStoredMatrix(archive, job.name, job.rows, job.cols, spec.quantization);
+  // A tied LM head is the embedding table: converted, it becomes an lm_head of its own (see writeConfig).
+  const source = job.name === LM_HEAD && spec.tieWordEmbeddings ? EMBED_TOKENS : job.name;
+  const read = () => readStoredMatrix(archive, source, job.rows, job.cols, spec.quantization);
   if (form.dtype === 'copy') {
     const names = archive.has(job.name) ? [job.name] : Object.values(packedNames(job.name)).filter((n) => archive.has(n));
     return names.map((name) => copied(archive, name));
@@ -173,7 +177,10 @@ export async function quantizeCheckpoint(o: QuantizeOptions): Promise<string[]> 
   const planned: PlannedTensor[] = [];
   const classForms = new Map<MatrixJob['cls'], OutForm>();
   for (const job of jobs) {
-    const form = outForm(archive, job, job.cls === 'experts' ? o.expertDtype : o.weightDtype, q);
+    const tiedHead = job.name === LM_HEAD && spec.tieWordEmbeddings;
+    if (tiedHead && o.weightDtype === undefined) continue;
+    const requested = { experts: o.expertDtype, attention: o.attentionDtype ?? o.weightDtype, weights: o.weightDtype }[job.cls];
+    const form = outForm(archive, job, requested, q);
     if (!classForms.has(job.cls)) classForms.set(job.cls, form.dtype === 'copy' ? storedForm(await readStoredMatrix(archive, job.name, job.rows, job.cols, spec.quantization)) : form);
     for (const n of [job.name, ...Object.values(packedNames(job.name))]) consumed.add(n);
     planned.push(...plannedTensors(archive, job, form, spec, q));
@@ -182,7 +189,7 @@ export async function quantizeCheckpoint(o: QuantizeOptions): Promise<string[]> 
   const rest = archive.names().filter((n) => !consumed.has(n));
   const out = [...rest.map((n) => copied(archive, n)), ...planned];
   const files = await writeSafetensors(o.outDir, out, o.shardBytes ?? 2 ** 31, { format: 'pt' }, o.onProgress);
-  await writeConfig(o.modelDir, o.outDir, spec, classForms);
+  await writeConfig(o.modelDir, o.outDir, spec, classForms, spec.tieWordEmbeddings && o.weightDtype !== undefined);
   await copyOtherFiles(o.modelDir, o.outDir);
   return files;
 }
@@ -193,9 +200,13 @@ function storedForm(s: StoredMatrix): OutForm {
   return { dtype: 'copy' };
 }
 
-/** config.json with quantization_config for the int classes (removed when none is quantized). */
-async function writeConfig(modelDir: string, outDir: string, spec: ModelSpec, forms: ReadonlyMap<MatrixJob['cls'], OutForm>): Promise<void> {
+/**
+ * config.json with quantization_config for the int classes (removed when none is quantized), and untied
+ * embeddings when the LM head was converted: the embedding table stays float for its lookups.
+ */
+async function writeConfig(modelDir: string, outDir: string, spec: ModelSpec, forms: ReadonlyMap<MatrixJob['cls'], OutForm>, untie: boolean): Promise<void> {
   const raw = JSON.parse(await readFile(join(modelDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  if (untie) raw.tie_word_embeddings = false;
   const targets = moduleTargets(spec.family);
   const classes = [...forms].flatMap(([cls, f]) => ('scheme' in f ? [{ targets: targets[cls], scheme: f.scheme }] : []));
   delete raw.quantization_config;

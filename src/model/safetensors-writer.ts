@@ -82,9 +82,10 @@ async function writeShard(handle: FileHandle, shard: Shard, metadata: Readonly<R
     header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.byteLength] };
     offset += t.byteLength;
   }
-  let json = JSON.stringify(header);
-  json = json.padEnd(Math.ceil(json.length / 8) * 8, ' ');
-  const jsonBytes = new TextEncoder().encode(json);
+  // Padded to 8 bytes of UTF-8 (not characters: names need not be ASCII), so that data starts aligned.
+  const raw = new TextEncoder().encode(JSON.stringify(header));
+  const jsonBytes = new Uint8Array(Math.ceil(raw.byteLength / 8) * 8).fill(0x20);
+  jsonBytes.set(raw);
   const length = new Uint8Array(8);
   new DataView(length.buffer).setBigUint64(0, BigInt(jsonBytes.byteLength), true);
   await handle.write(length);

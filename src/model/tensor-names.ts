@@ -74,10 +74,11 @@ export const LM_HEAD = 'lm_head.weight';
  * Module-name patterns (compressed-tensors' "re:" targets) of each weight class, for a quantized
  * checkpoint's quantization_config: the routed experts, and the other matrices that follow --weight-dtype.
  */
-export function moduleTargets(family: ModelFamily): { readonly experts: readonly string[]; readonly weights: readonly string[] } {
+export function moduleTargets(family: ModelFamily): { readonly experts: readonly string[]; readonly attention: readonly string[]; readonly weights: readonly string[] } {
   const experts = family === 'mixtral' ? ['re:.*block_sparse_moe\\.experts\\.\\d+\\.w[123]$'] : ['re:.*mlp\\.experts\\.\\d+\\.(gate|up|down)_proj$'];
   return {
     experts,
-    weights: ['re:.*self_attn\\.[qkvo]_proj$', 're:.*mlp\\.(shared_expert\\.)?(gate|up|down)_proj$', 'lm_head'],
+    attention: ['re:.*self_attn\\.[qkvo]_proj$'],
+    weights: ['re:.*mlp\\.(shared_expert\\.)?(gate|up|down)_proj$', 'lm_head'],
   };
 }

@@ -28,10 +28,9 @@ export async function readStoredMatrix(archive: SafetensorsArchive, name: string
     ]);
     const packedEntry = archive.entry(p.packed);
     if (packedEntry.dtype !== 'I32') throw new UnsupportedDTypeError(p.packed, packedEntry.dtype, ['I32']);
-    const hint = quant?.bits.length === 1 ? (quant.bits[0] ?? null) : null;
     const quantized = decodePacked(
       { name, packed, packedShape: packedEntry.shape, scale, scaleDType: scaleEntry.dtype, scaleShape: scaleEntry.shape, zeroPoint, shape: [rows, cols] },
-      hint,
+      { bits: quant?.bits ?? [], groupSizes: quant?.groupSizes ?? [] },
     );
     return { kind: 'quantized', quantized };
   }

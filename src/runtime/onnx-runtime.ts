@@ -218,6 +218,11 @@ export class Runtime {
     return native !== null;
   }
 
+  /** A copy of the run tallies, to subtract from a later one (per-token breakdowns). */
+  tallySnapshot(): Record<string, RunTally> {
+    return Object.fromEntries([...this.tallies].map(([k, t]) => [k, { ...t }]));
+  }
+
   private tallyOf(kind: string): RunTally {
     let t = this.tallies.get(kind);
     if (!t) this.tallies.set(kind, (t = { runs: 0, ms: 0 }));

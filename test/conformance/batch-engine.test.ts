@@ -11,7 +11,7 @@ import { QueueFullError } from '../../src/scheduler/scheduler.js';
 import { testDevices } from '../helpers/devices.js';
 import { TINY_MOE_DIR } from '../helpers/paths.js';
 
-const PROMPTS = BENCH_PROMPTS;
+const PROMPTS = BENCH_PROMPTS.slice(0, 8);
 const GREEDY = { temperature: 0, topP: 1, topK: 0 };
 
 async function alone(model: MoeModel, req: CompletionRequest): Promise<number[]> {

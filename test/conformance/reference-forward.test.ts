@@ -9,7 +9,8 @@ import { describe, test } from 'node:test';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { loadModelConfig, type ModelSpec } from '../../src/model/hf-config.js';
 import { makeCheckpoint, type CheckpointOptions } from '../reference/make-checkpoint.js';
-import { argmax, loadWeights, referenceForward, referenceGreedy, type WeightLookup } from '../reference/reference-forward.js';
+import { loadWeights, referenceForward, referenceGreedy, type WeightLookup } from '../reference/reference-forward.js';
+import { assertRoutesEqual, maxAbsDiff, runEngine } from '../helpers/engine-compare.js';
 import { logitTolerance, testDevices } from '../helpers/devices.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
 import { FIXTURES_DIR, TINY_MOE_DIR } from '../helpers/paths.js';
@@ -17,28 +18,6 @@ import { FIXTURES_DIR, TINY_MOE_DIR } from '../helpers/paths.js';
 const PROMPTS = ['The quick brown fox', 'A computer is like', 'Q: Why?\nA:'];
 const GREEDY_STEPS = 16;
 
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length, 'compared arrays differ in length');
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
-  return max;
-}
-
-const asSet = (experts: readonly number[]): string => [...experts].sort((x, y) => x - y).join(',');
-
-function assertRoutesEqual(actual: readonly (readonly (readonly number[])[] | null)[], expected: readonly (readonly (readonly number[])[] | null)[], what: string): void {
-  assert.equal(actual.length, expected.length, `${what}: number of layers`);
-  expected.forEach((layer, l) => {
-    const got = actual[l];
-    if (layer === null || got === null || got === undefined) {
-      assert.equal(got ?? null, layer, `${what}: layer ${l} is sparse in one and dense in the other`);
-      return;
-    }
-    assert.equal(got.length, layer.length, `${what}: layer ${l} positions`);
-    layer.forEach((experts, t) => assert.equal(asSet(got[t]!), asSet(experts), `${what}: top-k experts at layer ${l}, position ${t}`));
-  });
-}
 
 describe('reference forward reproduces transformers', () => {
   for (const family of ['mixtral', 'qwen2_moe', 'olmoe']) {
@@ -90,26 +69,6 @@ function assertSpecFollowsConfig(spec: ModelSpec, c: Readonly<Record<string, unk
   }
 }
 
-/** The engine's logits (every position) and routes for `ids`, then its greedy continuation via the KV cache. */
-async function runEngine(model: MoeModel, ids: readonly number[]): Promise<{ logits: Float32Array; routes: (number[][] | null)[]; greedy: number[] }> {
-  const V = model.spec.vocabSize;
-  const routes: (number[][] | null)[] = model.spec.sparseLayers.map(() => null);
-  using kv = model.newSequence();
-  const logits = await model.forward.step(kv, ids, 'all', {
-    onRouting: ({ layer, routing: r }) => {
-      routes[layer] = Array.from({ length: r.tokens }, (_, t) => [...r.experts.subarray(t * r.topK, (t + 1) * r.topK)]);
-    },
-  });
-  const greedy: number[] = [];
-  let last = logits.subarray((ids.length - 1) * V);
-  for (let i = 0; i < GREEDY_STEPS; i++) {
-    const next = argmax(last);
-    greedy.push(next);
-    if (i + 1 < GREEDY_STEPS) last = await model.forward.step(kv, [next], 'last');
-  }
-  return { logits, routes, greedy };
-}
-
 /** The reference's margin between its two best logits at each greedy step: tiny margins explain flips. */
 function greedyMargins(spec: ModelSpec, weights: WeightLookup, prompt: readonly number[], greedy: readonly number[]): string {
   const margins = greedy.map((_, i) => {
@@ -156,7 +115,7 @@ for (const device of testDevices()) describe(`engine on ${device} matches the re
         const ids: readonly number[] = model.tokenizer.encode(prompt);
         const what = `${label} ${JSON.stringify(prompt)}`;
         const expected = referenceForward(model.spec, weights, ids);
-        const engine = await runEngine(model, ids);
+        const engine = await runEngine(model, ids, GREEDY_STEPS);
         const diff = maxAbsDiff(engine.logits, expected.logits);
         assert.ok(diff < tolerance, `${what}: max |logit diff| ${diff.toExponential(2)}`);
         assertRoutesEqual(engine.routes, expected.routerTopK, what);

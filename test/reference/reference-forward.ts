@@ -2,9 +2,13 @@
 // published modeling code (modeling_mixtral, modeling_qwen2_moe, modeling_olmoe, modeling_qwen3_moe), to
 // check the engine against. Deliberately naive: no KV cache (every call recomputes the whole causal
 // attention), one token at a time, plain loops. It imports nothing from src/graphs, src/engine or
-// src/runtime; from src/model it takes only the ModelSpec type and the safetensors reader.
-import type { ModelFamily, ModelSpec } from '../../src/model/hf-config.js';
+// src/runtime; from src/model it takes only the ModelSpec type and the checkpoint readers (a quantized
+// checkpoint's weights are read dequantized, so that the reference computes with exactly the values the
+// quantized engine holds).
+import { packedNames, PACKED_SUFFIXES } from '../../src/model/compressed-tensors.js';
+import { loadModelConfig, type ModelFamily, type ModelSpec } from '../../src/model/hf-config.js';
 import { SafetensorsArchive } from '../../src/model/safetensors.js';
+import { readFloat32Matrix } from '../../src/model/weight-reader.js';
 
 /** A checkpoint tensor by its Hugging Face name (row-major, as stored), or undefined when absent. */
 export type WeightLookup = (name: string) => Float32Array | undefined;
@@ -59,12 +63,23 @@ export const HF_EMBED = 'model.embed_tokens.weight';
 export const HF_FINAL_NORM = 'model.norm.weight';
 export const HF_LM_HEAD = 'lm_head.weight';
 
-/** Every tensor of a checkpoint directory, read as float32 through the safetensors reader. */
+/** Every tensor of a checkpoint directory as float32: float tensors as stored, packed weights dequantized under their `.weight` name. */
 export async function loadWeights(dir: string): Promise<WeightLookup> {
+  const spec = await loadModelConfig(dir);
   const archive = await SafetensorsArchive.open(dir);
   const tensors = new Map<string, Float32Array>();
+  const packed = `.${PACKED_SUFFIXES.packed}`;
   try {
-    for (const name of archive.names()) tensors.set(name, await archive.readFloat32(name));
+    for (const name of archive.names()) {
+      if (name.endsWith(packed)) {
+        const weight = `${name.slice(0, -packed.length)}.weight`;
+        const shape = await archive.readBytes(packedNames(weight).shape);
+        const view = new DataView(shape.buffer, shape.byteOffset, shape.byteLength);
+        tensors.set(weight, await readFloat32Matrix(archive, weight, Number(view.getBigInt64(0, true)), Number(view.getBigInt64(8, true)), spec.quantization));
+      } else if (!Object.values(PACKED_SUFFIXES).some((suffix) => name.endsWith(`.${suffix}`))) {
+        tensors.set(name, await archive.readFloat32(name));
+      }
+    }
   } finally {
     await archive.close();
   }

@@ -1,0 +1,217 @@
+// `moe-serve bench quant`: what each compute form costs in accuracy and buys in bytes and speed. Per form:
+// greedy agreement with the first form (f32) over --tokens tokens on 20 prompts (tokens equal up to the
+// first divergence, and position by position), last-position logit error against it, greedy agreement
+// with transformers (the reference file: 4 prompts x 32 tokens), perplexity on held-out text
+// (bench-heldout.ts), bytes of the experts and of all weights in compute form, and decode tokens/s at
+// batch 1 and 16 with the expert cache at 100% and at --budget.
+import { existsSync, readFileSync } from 'node:fs';
+import { z } from 'zod';
+import type { ComputeOptions } from '../engine/compute-options.js';
+import { MoeModel, type ModelLoadOptions } from '../engine/moe-model.js';
+import { computeDType } from '../model/compute-form.js';
+import type { Token } from '../tokenizer/token.js';
+import { asToken } from '../tokenizer/token.js';
+import { batchThroughput } from './bench-batch.js';
+import { greedyDecode, type FormPair } from './bench-decode.js';
+import { round } from './bench-format.js';
+import { HELD_OUT_TEXT } from './bench-heldout.js';
+import { BENCH_PROMPTS } from './bench-prompts.js';
+import { UsageError } from './cli-error.js';
+
+export interface QuantBenchOptions {
+  readonly modelDir: string;
+  readonly load: ModelLoadOptions;
+  readonly forms: readonly FormPair[];
+  /** Greedy tokens per prompt for the agreement columns. */
+  readonly tokens: number;
+  /** Expert budget of the offloaded speed columns, as a fraction of all expert bytes. */
+  readonly budget: number;
+  /** Held-out tokens for perplexity (windows of the model's context, or 1024). */
+  readonly pplTokens: number;
+  /** transformers' greedy reference for the model (tiny-moe-reference.json's format), or null. */
+  readonly referencePath: string | null;
+}
+
+interface QuantRow {
+  readonly bench: 'quant';
+  readonly weights: string;
+  readonly attention: string;
+  readonly experts: string;
+  /** tokens equal to the first form's up to the first divergence / position by position, of all */
+  readonly agree_prefix: number;
+  readonly agree_positions: number;
+  readonly agree_of: number;
+  readonly logit_error_mean: number;
+  readonly logit_error_max: number;
+  readonly transformers_prefix: number | null;
+  readonly transformers_positions: number | null;
+  readonly transformers_of: number | null;
+  readonly perplexity: number;
+  readonly expert_bytes: number;
+  readonly weight_bytes: number;
+  readonly b1_tokens_per_s_100: number;
+  readonly b1_tokens_per_s_budget: number;
+  readonly b16_tokens_per_s_100: number;
+  readonly b16_tokens_per_s_budget: number;
+}
+
+const referenceSchema = z.object({ prompts: z.array(z.object({ input_ids: z.array(z.number().int()), greedy_ids: z.array(z.number().int()) })) });
+
+function computeOf(pair: FormPair): ComputeOptions {
+  const dtype = (v: string, what: string) => {
+    if (v === 'default') return undefined;
+    const r = computeDType.safeParse(v);
+    if (!r.success) throw new UsageError(`--forms: ${what} dtype '${v}': ${r.error.issues[0]?.message ?? 'invalid'}`);
+    return r.data;
+  };
+  return {
+    weightDtype: dtype(pair.weights, 'weight'),
+    expertDtype: dtype(pair.experts, 'expert'),
+    ...(pair.attention !== undefined && { attentionDtype: dtype(pair.attention, 'attention') }),
+  };
+}
+
+export async function benchQuant(o: QuantBenchOptions): Promise<void> {
+  const prompts = BENCH_PROMPTS.slice(0, 20);
+  const reference = o.referencePath !== null && existsSync(o.referencePath) ? referenceSchema.parse(JSON.parse(readFileSync(o.referencePath, 'utf8'))) : null;
+  let baseline: { outputs: readonly (readonly Token[])[]; lastLogits: Float32Array[] } | null = null;
+  const rows: QuantRow[] = [];
+  for (const pair of o.forms) {
+    const compute = { ...o.load.compute, ...computeOf(pair) };
+    const full = await MoeModel.load(o.modelDir, { ...o.load, compute, experts: { policy: 'all' } });
+    let row: QuantRow;
+    try {
+      const greedy = await greedyDecode(full, prompts, o.tokens, 0);
+      const lastLogits = await Promise.all(prompts.map((p) => lastPositionLogits(full, full.tokenizer.encode(p))));
+      baseline ??= { outputs: greedy.outputs, lastLogits };
+      const agreement = agree(greedy.outputs, baseline.outputs);
+      const errors = lastLogits.map((l, i) => maxAbs(l, baseline!.lastLogits[i] as Float32Array));
+      const tf = reference ? await transformersAgreement(full, reference.prompts) : null;
+      const ppl = await perplexity(full, o.pplTokens);
+      const stats = full.experts.stats();
+      const b1Full = await decodeRate(full);
+      const b16Full = (await batchThroughput(full, 16, 64, 16, 512)).tokensPerS;
+      await full[Symbol.asyncDispose]();
+      await using offloaded = await MoeModel.load(o.modelDir, { ...o.load, compute, experts: { policy: 'lru', budgetFraction: o.budget } });
+      const b1Budget = await decodeRate(offloaded);
+      const b16Budget = (await batchThroughput(offloaded, 16, 64, 16, 512)).tokensPerS;
+      row = {
+        bench: 'quant',
+        weights: full.computeForms.weights,
+        attention: full.computeForms.attention,
+        experts: full.computeForms.experts,
+        agree_prefix: agreement.prefix,
+        agree_positions: agreement.positions,
+        agree_of: agreement.of,
+        logit_error_mean: round(errors.reduce((a, b) => a + b, 0) / errors.length, 4),
+        logit_error_max: round(Math.max(...errors), 4),
+        transformers_prefix: tf?.prefix ?? null,
+        transformers_positions: tf?.positions ?? null,
+        transformers_of: tf?.of ?? null,
+        perplexity: round(ppl, 3),
+        expert_bytes: stats.totalExpertBytes,
+        weight_bytes: full.residentBytes,
+        b1_tokens_per_s_100: round(b1Full),
+        b1_tokens_per_s_budget: round(b1Budget),
+        b16_tokens_per_s_100: round(b16Full),
+        b16_tokens_per_s_budget: round(b16Budget),
+      };
+    } catch (err) {
+      await full[Symbol.asyncDispose]().catch(() => undefined);
+      throw err;
+    }
+    rows.push(row);
+    process.stdout.write(`${JSON.stringify(row)}\n`);
+  }
+  process.stdout.write(`\n${table(rows, o.budget)}\n`);
+}
+
+/** Batch-1 greedy decode tokens/s over four prompts, 128 tokens each after a warm-up run. */
+async function decodeRate(model: MoeModel): Promise<number> {
+  const t = await greedyDecode(model, BENCH_PROMPTS.slice(0, 4), 128, 1);
+  return (t.decodeSteps * 1000) / t.decodeMs;
+}
+
+async function lastPositionLogits(model: MoeModel, ids: readonly Token[]): Promise<Float32Array> {
+  using kv = model.newSequence();
+  return Float32Array.from(await model.forward.step(kv, ids, 'last'));
+}
+
+function maxAbs(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+function agree(got: readonly (readonly number[])[], want: readonly (readonly number[])[]): { prefix: number; positions: number; of: number } {
+  let prefix = 0;
+  let positions = 0;
+  let of = 0;
+  got.forEach((g, p) => {
+    const w = want[p] ?? [];
+    const first = g.findIndex((t, i) => w[i] !== t);
+    prefix += first < 0 ? g.length : first;
+    positions += g.filter((t, i) => w[i] === t).length;
+    of += w.length;
+  });
+  return { prefix, positions, of };
+}
+
+async function transformersAgreement(model: MoeModel, prompts: readonly { input_ids: number[]; greedy_ids: number[] }[]) {
+  const outputs: number[][] = [];
+  for (const p of prompts) {
+    using kv = model.newSequence();
+    let logits = await model.forward.step(kv, p.input_ids.map(asToken), 'last');
+    const out: number[] = [];
+    for (let i = 0; i < p.greedy_ids.length; i++) {
+      const next = argmax(logits);
+      out.push(next);
+      if (i + 1 < p.greedy_ids.length) logits = await model.forward.step(kv, [asToken(next)], 'last');
+    }
+    outputs.push(out);
+  }
+  return agree(outputs, prompts.map((p) => p.greedy_ids));
+}
+
+function argmax(a: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if (a[i]! > a[best]!) best = i;
+  return best;
+}
+
+/** exp(mean negative log-likelihood) of the held-out text's first `limit` tokens, in windows of the context. */
+async function perplexity(model: MoeModel, limit: number): Promise<number> {
+  const ids = model.tokenizer.encode(HELD_OUT_TEXT).slice(0, limit);
+  const window = Math.min(1024, model.spec.maxPositions);
+  const V = model.spec.vocabSize;
+  let nll = 0;
+  let count = 0;
+  for (let start = 0; start + 1 < ids.length; start += window) {
+    const chunk = ids.slice(start, start + window);
+    using kv = model.newSequence();
+    const logits = await model.forward.step(kv, chunk, 'all');
+    for (let t = 0; t + 1 < chunk.length; t++) {
+      const row = logits.subarray(t * V, (t + 1) * V);
+      let max = -Infinity;
+      for (const v of row) max = Math.max(max, v);
+      let sum = 0;
+      for (const v of row) sum += Math.exp(v - max);
+      nll += Math.log(sum) + max - row[chunk[t + 1] as number]!;
+      count++;
+    }
+  }
+  return Math.exp(nll / count);
+}
+
+function table(rows: readonly QuantRow[], budget: number): string {
+  const mb = (b: number) => (b / 2 ** 20).toFixed(1);
+  const pct = `${Math.round(budget * 100)}%`;
+  const head =
+    `| weights | attention | experts | agree with the first: prefix / positions | last logit error mean / max | agree with transformers: prefix / positions | perplexity | expert MiB | all weights MiB | b1 tok/s 100% / ${pct} | b16 tok/s 100% / ${pct} |\n` +
+    '|---|---|---|---|---|---|---|---|---|---|---|';
+  const body = rows.map(
+    (r) =>
+      `| ${r.weights} | ${r.attention} | ${r.experts} | ${r.agree_prefix} / ${r.agree_positions} of ${r.agree_of} | ${r.logit_error_mean} / ${r.logit_error_max} | ${r.transformers_of === null ? '-' : `${r.transformers_prefix} / ${r.transformers_positions} of ${r.transformers_of}`} | ${r.perplexity} | ${mb(r.expert_bytes)} | ${mb(r.weight_bytes)} | ${r.b1_tokens_per_s_100} / ${r.b1_tokens_per_s_budget} | ${r.b16_tokens_per_s_100} / ${r.b16_tokens_per_s_budget} |`,
+  );
+  return [head, ...body].join('\n');
+}
