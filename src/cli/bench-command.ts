@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { UsageError } from './cli-error.js';
 import { benchBatch } from './bench-batch.js';
 import { benchDecodeRow, decodeTable, parseFormPairs, type DecodeRow } from './bench-decode.js';
-import { benchKernels, KERNEL_SHAPES } from './bench-kernels.js';
+import { benchKernelRoute, benchKernels, KERNEL_SHAPES } from './bench-kernels.js';
 import { benchOffload } from './bench-offload.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 import { benchQuant } from './bench-quant.js';
@@ -64,6 +64,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       'ppl-tokens': { type: 'string', default: '4096' },
       reference: { type: 'string' },
       shapes: { type: 'string', default: KERNEL_SHAPES.join(',') },
+      'kernel-route': { type: 'string' },
       'max-batch-tokens': SCHEDULER_OPTIONS['max-batch-tokens'],
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -106,6 +107,10 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       return;
     }
     case 'kernels':
+      if (values['kernel-route'] !== undefined) {
+        await benchKernelRoute(values.shapes ?? '', parseFlag('kernel-route', intFlag(0), values['kernel-route']), parseFlag('threads', intFlag(0), values.threads.split(',')[0]));
+        return;
+      }
       await benchKernels((values.shapes ?? KERNEL_SHAPES.join(",")).split(","), parseFlag('threads', intFlag(0), values.threads.split(',')[0]));
       return;
     case 'decode':

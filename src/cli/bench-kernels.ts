@@ -4,6 +4,8 @@
 // weights do not stay in cache, as when routing changes every token), GB/s of the compute form's bytes,
 // the time to make one resident (a cache miss: a session creation or a widening), and the resident
 // memory each one holds (process RSS over N experts, after garbage collection).
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { computeBytes, toComputeForm, type ComputeDType, type StoredMatrix } from '../model/compute-form.js';
@@ -50,6 +52,8 @@ interface KernelRow {
   readonly gb_per_s_1_row: number;
   readonly compute_bytes: number;
   readonly make_resident_ms: number;
+  /** a freshly made expert's first run (1 row): the rest of a miss's cost */
+  readonly first_run_ms: number;
   readonly rss_bytes_per_expert: number | null;
 }
 
@@ -86,22 +90,40 @@ function storedExpert(H: number, I: number, seed: number): HostExpert {
   return { gate, up, down, bytes: gate.bytes.byteLength + up.bytes.byteLength + down.bytes.byteLength };
 }
 
+/**
+ * Every (shape, route) in a process of its own: memory the allocator kept from an earlier route would
+ * otherwise be reused, and the RSS of the next would read as nothing.
+ */
 export async function benchKernels(shapes: readonly string[], threads: number): Promise<void> {
-  const gc = collector();
-  const runtime = await Runtime.create({ device: 'cpu', cpuThreads: threads || 1 });
   const rows: KernelRow[] = [];
   for (const shape of shapes) {
-    const m = /^(\d+)x(\d+)$/.exec(shape);
-    if (!m) throw new UsageError(`--shapes: '${shape}' is not HxI (e.g. 2048x768)`);
-    const H = Number(m[1]);
-    const I = Number(m[2]);
-    for (const spec of ROUTES) {
+    const { H, I } = parseShape(shape);
+    for (const [i, spec] of ROUTES.entries()) {
       if (3 * H * I > spec.maxWeights) continue;
-      rows.push(await measure(runtime, spec, H, I, gc));
-      process.stdout.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
+      const { stdout } = await promisify(execFile)(process.execPath, [process.argv[1] ?? '', 'bench', 'kernels', '--shapes', shape, '--kernel-route', String(i), '--threads', String(threads)], {
+        maxBuffer: 1 << 20,
+      });
+      const row = JSON.parse(stdout.trim().split('\n').pop() ?? '') as KernelRow;
+      rows.push(row);
+      process.stdout.write(`${JSON.stringify(row)}\n`);
     }
   }
   process.stdout.write(`\n${table(rows)}\n`);
+}
+
+/** One (shape, route) measurement, printed as one JSON line (the child process of benchKernels). */
+export async function benchKernelRoute(shape: string, route: number, threads: number): Promise<void> {
+  const spec = ROUTES[route];
+  if (!spec) throw new UsageError(`--kernel-route: no route ${route}`);
+  const { H, I } = parseShape(shape);
+  const runtime = await Runtime.create({ device: 'cpu', cpuThreads: threads || 1 });
+  process.stdout.write(`${JSON.stringify(await measure(runtime, spec, H, I, collector()))}\n`);
+}
+
+function parseShape(shape: string): { H: number; I: number } {
+  const m = /^(\d+)x(\d+)$/.exec(shape);
+  if (!m) throw new UsageError(`--shapes: '${shape}' is not HxI (e.g. 2048x768)`);
+  return { H: Number(m[1]), I: Number(m[2]) };
 }
 
 async function measure(runtime: Runtime, spec: RouteSpec, H: number, I: number, gc: (() => void) | null): Promise<KernelRow> {
@@ -141,17 +163,24 @@ async function measure(runtime: Runtime, spec: RouteSpec, H: number, I: number, 
       const acc = runtime.float32(new Float32Array(T * H), [T, H]);
       runtime.release(await route.apply(acc, runtime.float32(x, [T, H]), T, [assignment], [e]));
     };
-    for (const e of experts.slice(0, Math.min(experts.length, 8))) await runOnce(e);
+    // A session's first run allocates its buffers: part of a miss's cost, timed apart.
+    const first: number[] = [];
+    for (const e of experts) {
+      const t0 = performance.now();
+      await runOnce(e);
+      first.push(performance.now() - t0);
+    }
+    firstRunMs.push(median(first));
     const times: number[] = [];
-    const n = Math.max(20, Math.min(200, Math.ceil(2e6 / (H * I))));
+    const n = Math.max(2 * experts.length, Math.min(400, Math.ceil(2e7 / (H * I))));
     for (let i = 0; i < n; i++) {
       const t0 = performance.now();
       await runOnce(experts[i % experts.length] as ResidentExpert);
       times.push(performance.now() - t0);
     }
-    times.sort((a, b) => a - b);
-    return (times[Math.floor(times.length / 2)] as number) * 1000;
+    return median(times) * 1000;
   };
+  const firstRunMs: number[] = [];
   const us1 = await timeRows(1);
   const us16 = await timeRows(16);
   for (const e of experts) e.dispose();
@@ -165,12 +194,25 @@ async function measure(runtime: Runtime, spec: RouteSpec, H: number, I: number, 
     gb_per_s_1_row: round(bytes / (us1 * 1e3), 2),
     compute_bytes: bytes,
     make_resident_ms: round(makeMs / count, 3),
+    first_run_ms: round(firstRunMs[0] ?? 0, 3),
     rss_bytes_per_expert: rssPerExpert === null ? null : Math.round(rssPerExpert),
   };
 }
 
+function median(xs: number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] ?? 0;
+}
+
 function table(rows: readonly KernelRow[]): string {
   const kb = (b: number | null) => (b === null ? '-' : (b / 1024).toFixed(0));
-  const head = '| shape | route | us/expert, 1 row | us/expert, 16 rows | GB/s (1 row) | compute KiB | make resident ms | RSS KiB per expert |\n|---|---|---|---|---|---|---|---|';
-  return [head, ...rows.map((r) => `| ${r.shape} | ${r.route} | ${r.us_per_expert_1_row} | ${r.us_per_expert_16_rows} | ${r.gb_per_s_1_row} | ${kb(r.compute_bytes)} | ${r.make_resident_ms} | ${kb(r.rss_bytes_per_expert)} |`)].join('\n');
+  const head =
+    '| shape | route | us/expert, 1 row | us/expert, 16 rows | GB/s (1 row) | compute KiB | make resident ms | first run ms | RSS KiB per expert |\n|---|---|---|---|---|---|---|---|---|';
+  return [
+    head,
+    ...rows.map(
+      (r) =>
+        `| ${r.shape} | ${r.route} | ${r.us_per_expert_1_row} | ${r.us_per_expert_16_rows} | ${r.gb_per_s_1_row} | ${kb(r.compute_bytes)} | ${r.make_resident_ms} | ${r.first_run_ms} | ${kb(r.rss_bytes_per_expert)} |`,
+    ),
+  ].join('\n');
 }

@@ -13,7 +13,7 @@
 import type { QkNorm } from '../model/hf-config.js';
 import { reshape, rmsNorm } from './layers.js';
 import { linear, swiGlu, type MatrixForm } from './matrix.js';
-import { attr, GraphBuilder, type ConstTensor, type Value } from './onnx-builder.js';
+import { attr, GraphBuilder, type ConstTensor, type GraphModel, type Value } from './onnx-builder.js';
 
 export interface AttentionBlockVariant {
   readonly hiddenSize: number;
@@ -80,7 +80,7 @@ export function attentionBlockKey(v: AttentionBlockVariant): string {
 }
 
 /** `constants`: the layer's weights, when they are baked into the session (CPU); absent: all inputs. */
-export function buildAttentionBlock(v: AttentionBlockVariant, constants?: ReadonlyMap<string, ConstTensor>): Uint8Array {
+export function buildAttentionBlock(v: AttentionBlockVariant, constants?: ReadonlyMap<string, ConstTensor>): GraphModel {
   const g = new GraphBuilder('attention_block', constants);
   const { hiddenSize: H, numHeads: nH, numKvHeads: nKv, headDim: D } = v;
   const form = (name: string): MatrixForm => {
@@ -167,5 +167,5 @@ export function buildAttentionBlock(v: AttentionBlockVariant, constants?: Readon
   g.output(residual, ATTN.residual, 'float32', [T, H]);
   g.output(presentKey, ATTN.presentKey, 'float32', ['batch', nKv, 'present', D]);
   g.output(presentValue, ATTN.presentValue, 'float32', ['batch', nKv, 'present', D]);
-  return g.toModelBytes();
+  return g.toModel();
 }

@@ -6,7 +6,7 @@
 // to it and adds the weighted results itself. Gate and up are one matmul over their stacked rows (each
 // kernel call has a fixed cost, ~8 us at tiny-moe's 256 x 256 on these machines).
 import { linear, type MatrixForm } from './matrix.js';
-import { attr, GraphBuilder, type ConstTensor, type Value } from './onnx-builder.js';
+import { attr, GraphBuilder, type ConstTensor, type GraphModel, type Value } from './onnx-builder.js';
 
 export const EXPERT_FFN = { x: 'x', y: 'y', gateUp: 'w_gate_up', down: 'w_down' } as const;
 
@@ -18,7 +18,7 @@ export interface ExpertFfnForms {
 }
 
 /** x (rows, H) -> y (rows, H); `constants` holds the tensors of w_gate_up and w_down (matrix.ts). */
-export function buildExpertFfn(hiddenSize: number, forms: ExpertFfnForms, constants: ReadonlyMap<string, ConstTensor>): Uint8Array {
+export function buildExpertFfn(hiddenSize: number, forms: ExpertFfnForms, constants: ReadonlyMap<string, ConstTensor>): GraphModel {
   const g = new GraphBuilder('expert_ffn', constants);
   const x = g.input(EXPERT_FFN.x, 'float32', ['rows', hiddenSize]);
   const I = forms.down.cols;
@@ -27,5 +27,5 @@ export function buildExpertFfn(hiddenSize: number, forms: ExpertFfnForms, consta
   const silu = g.op('Mul', [gate, g.op('Sigmoid', [gate])]);
   const y = linear(g, g.op('Mul', [silu, up]), EXPERT_FFN.down, forms.down);
   g.output(y, EXPERT_FFN.y, 'float32', ['rows', hiddenSize]);
-  return g.toModelBytes();
+  return g.toModel();
 }

@@ -3,7 +3,7 @@
 // the last row; conformance checks need all of them).
 import { rmsNorm } from './layers.js';
 import { linear, type MatrixForm } from './matrix.js';
-import { GraphBuilder, type ConstTensor } from './onnx-builder.js';
+import { GraphBuilder, type ConstTensor, type GraphModel } from './onnx-builder.js';
 
 export interface LmHeadVariant {
   readonly hiddenSize: number;
@@ -15,12 +15,12 @@ export interface LmHeadVariant {
 export const LM_HEAD_IO = { hidden: 'hidden', rows: 'rows', norm: 'w_norm', lmHead: 'w_lm_head', logits: 'logits' } as const;
 
 /** `constants`: the weights, when baked into the session (CPU); absent: they are inputs. */
-export function buildLmHead(v: LmHeadVariant, constants?: ReadonlyMap<string, ConstTensor>): Uint8Array {
+export function buildLmHead(v: LmHeadVariant, constants?: ReadonlyMap<string, ConstTensor>): GraphModel {
   const g = new GraphBuilder('lm_head', constants);
   const hidden = g.input(LM_HEAD_IO.hidden, 'float32', ['tokens', v.hiddenSize]);
   const rows = g.input(LM_HEAD_IO.rows, 'int64', ['rows']);
   const norm = g.tensor(LM_HEAD_IO.norm, 'float32', [v.hiddenSize]);
   const x = rmsNorm(g, g.op('Gather', [hidden, rows]), norm, v.rmsNormEps);
   g.output(linear(g, x, LM_HEAD_IO.lmHead, v.lmHead), LM_HEAD_IO.logits, 'float32', ['rows', v.vocabSize]);
-  return g.toModelBytes();
+  return g.toModel();
 }

@@ -2,7 +2,7 @@
 // lifetimes of device memory. Everything else sees RtTensor, DeviceTensor and GraphSession.
 import { createRequire } from 'node:module';
 import ort from 'onnxruntime-node';
-import { GraphBuilder, type ConstTensor, type ElemType } from '../graphs/onnx-builder.js';
+import { GraphBuilder, type ConstTensor, type ElemType, type GraphModel } from '../graphs/onnx-builder.js';
 import { DeviceUnavailableError, SessionRunError } from './errors.js';
 
 export type RtTensor = ort.Tensor;
@@ -266,11 +266,12 @@ export class Runtime {
    */
   async createSession(
     name: string,
-    modelBytes: Uint8Array,
+    model: Uint8Array | GraphModel,
     deviceOutputs: readonly string[],
     kind: string = name,
     optimization: ort.InferenceSession.SessionOptions['graphOptimizationLevel'] = 'all',
   ): Promise<GraphSession> {
+    const { bytes: modelBytes, external } = model instanceof Uint8Array ? { bytes: model, external: [] } : model;
     const options: ort.InferenceSession.SessionOptions = {
       executionProviders: [this.options.device],
       graphOptimizationLevel: optimization,
@@ -283,6 +284,7 @@ export class Runtime {
     // Spinning worker threads keep cores busy between the many short runs of a decode step; measured
     // on 2 cores with tiny-moe: 2 threads gave 66 decode tokens/s spinning, 140 without.
     options.extra = { session: { intra_op: { allow_spinning: '0' } } };
+    if (external.length > 0) options.externalData = external.map((e) => ({ path: e.path, data: e.data }));
     if (this.onGpu && deviceOutputs.length > 0) {
       options.preferredOutputLocation = Object.fromEntries(deviceOutputs.map((o) => [o, 'gpu-buffer' as const]));
     }
