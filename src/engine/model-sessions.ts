@@ -23,7 +23,7 @@ export class MoeBlockSessions {
     const key = JSON.stringify([slots, forms]);
     let s = this.moe.get(key);
     if (!s) {
-      s = this.runtime.createSession(`moe_block_${slots}`, buildMoeBlock({ hiddenSize: this.hiddenSize, forms, slots }), [MOE.hidden], 'moe_block');
+      s = this.runtime.createSession(`moe_block_${slots}`, buildMoeBlock({ hiddenSize: this.hiddenSize, forms, slots }), [MOE.hidden], { kind: 'moe_block' });
       this.moe.set(key, s);
     }
     return s;
@@ -55,16 +55,16 @@ export class ModelSessions {
       // Router and lookahead logits are not listed: they always come back to the host for routing in JS.
       const outputs = [ATTN.residual, ATTN.presentKey, ATTN.presentValue, ...(v.mlp === 'sparse' ? [ATTN.moeInput] : [])];
       if (bake) {
-        attention.push(await runtime.createSession(`attention_block_${l}`, buildAttentionBlock(v, layer.tensors), outputs, 'attention'));
+        attention.push(await runtime.createSession(`attention_block_${l}`, buildAttentionBlock(v, layer.tensors), outputs, { kind: 'attention' }));
         continue;
       }
       const key = attentionBlockKey(v);
       let s = byVariant.get(key);
-      if (!s) byVariant.set(key, (s = await runtime.createSession(`attention_block_${v.mlp}`, buildAttentionBlock(v), outputs, 'attention')));
+      if (!s) byVariant.set(key, (s = await runtime.createSession(`attention_block_${v.mlp}`, buildAttentionBlock(v), outputs, { kind: 'attention' })));
       attention.push(s);
     }
     // Logits come back to the host: the sampler runs in JS.
-    const lmHead = await runtime.createSession('lm_head', buildLmHead(head.variant, bake ? head.tensors : undefined), [], 'lm_head');
+    const lmHead = await runtime.createSession('lm_head', buildLmHead(head.variant, bake ? head.tensors : undefined), [], { kind: 'lm_head' });
     return new ModelSessions(runtime, spec, attention, lmHead);
   }
 

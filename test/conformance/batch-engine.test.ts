@@ -8,7 +8,7 @@ import { generate } from '../../src/engine/generate.js';
 import { SequenceKvCache } from '../../src/engine/kv-cache.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { QueueFullError } from '../../src/scheduler/scheduler.js';
-import { testDevices } from '../helpers/devices.js';
+import { testDevices, F32 } from '../helpers/devices.js';
 import { TINY_MOE_DIR } from '../helpers/paths.js';
 
 const PROMPTS = BENCH_PROMPTS.slice(0, 8);
@@ -34,7 +34,7 @@ for (const device of testDevices()) {
     let requests: CompletionRequest[];
     let expected: number[][];
     before(async () => {
-      model = await MoeModel.load(TINY_MOE_DIR, { device, experts: { budgetFraction: 0.25 } });
+      model = await MoeModel.load(TINY_MOE_DIR, { device, compute: F32, experts: { budgetFraction: 0.25 } });
       requests = PROMPTS.map((p, i) => ({
         promptIds: model.tokenizer.encode(p),
         maxTokens: 12 + i,

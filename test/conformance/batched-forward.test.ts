@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import type { BatchItem } from '../../src/engine/forward.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
-import { logitTolerance, testDevices } from '../helpers/devices.js';
+import { logitTolerance, testDevices, F32 } from '../helpers/devices.js';
 import { FIXTURES_DIR, TINY_MOE_DIR } from '../helpers/paths.js';
 
 const PROMPTS = ['The quick brown fox', 'A computer is like', 'Q: Why?\nA:', 'import os\n'];
@@ -45,7 +45,7 @@ for (const device of testDevices()) {
       const tolerance = logitTolerance(device, 1e-4);
 
       test('prefilling and decoding four sequences together gives each its logits alone', async () => {
-        await using model = await MoeModel.load(dir, { device, experts: { budgetFraction: 0.5 } });
+        await using model = await MoeModel.load(dir, { device, compute: F32, experts: { budgetFraction: 0.5 } });
         const expected = await Promise.all(PROMPTS.map((p) => alone(model, p)));
         const kvs = PROMPTS.map(() => model.newSequence());
         try {
@@ -66,7 +66,7 @@ for (const device of testDevices()) {
       });
 
       test('a prompt chunk joining decoding sequences, and a chunk that asks for no logits, change nothing', async () => {
-        await using model = await MoeModel.load(dir, { device });
+        await using model = await MoeModel.load(dir, { device, compute: F32 });
         const [first, second] = [PROMPTS[0] ?? '', PROMPTS[2] ?? ''];
         const expectedFirst = await alone(model, first);
         const expectedSecond = await alone(model, second);

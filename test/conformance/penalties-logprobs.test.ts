@@ -8,7 +8,7 @@ import { generate, type GenerateResult } from '../../src/engine/generate.js';
 import type { TokenLogprob } from '../../src/engine/logit-processing.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { asTokens } from '../../src/tokenizer/token.js';
-import { logitTolerance, testDevices } from '../helpers/devices.js';
+import { logitTolerance, testDevices, F32 } from '../helpers/devices.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
 import { FIXTURES_DIR, TINY_MOE_DIR, readJson } from '../helpers/paths.js';
 
@@ -57,7 +57,7 @@ for (const device of testDevices()) {
   describe(`penalties and logprobs on ${device}`, () => {
     let model: MoeModel;
     before(async () => {
-      model = await MoeModel.load(TINY_MOE_DIR, { device });
+      model = await MoeModel.load(TINY_MOE_DIR, { device, compute: F32 });
     });
     after(async () => {
       await model[Symbol.asyncDispose]();

@@ -55,7 +55,9 @@ async function checkForm(device: DeviceKind, source: { label: string; dir: strin
   const spec = await loadModelConfig(out);
   assert.equal(spec.quantization !== null, form.compute.expertDtype.startsWith('int'), 'config.json declares the quantization');
   const weights = await loadWeights(out);
-  await using exact = await MoeModel.load(out, { device, compute: { accuracyLevel: 0 } });
+  // int forms: the checkpoint's own (nothing asked for); f16: widened to f32, the same values.
+  const stored = form.compute.expertDtype === 'f16' ? { weightDtype: 'f32', expertDtype: 'f32' } as const : {};
+  await using exact = await MoeModel.load(out, { device, compute: { ...stored, accuracyLevel: 0 } });
   await using atLoad = await MoeModel.load(source.dir, { device, compute: { ...form.compute, accuracyLevel: 0 } });
   // A quantized checkpoint computes in its stored form unless told otherwise; f16 tensors widen to f32 by default.
   assert.equal(exact.computeForms.experts, form.compute.expertDtype === 'f16' ? 'f32' : form.compute.expertDtype, 'the checkpoint loads in its stored form');

@@ -11,7 +11,7 @@ import { loadModelConfig, type ModelSpec } from '../../src/model/hf-config.js';
 import { makeCheckpoint, type CheckpointOptions } from '../reference/make-checkpoint.js';
 import { loadWeights, referenceForward, referenceGreedy, type WeightLookup } from '../reference/reference-forward.js';
 import { assertRoutesEqual, maxAbsDiff, runEngine } from '../helpers/engine-compare.js';
-import { logitTolerance, testDevices } from '../helpers/devices.js';
+import { logitTolerance, testDevices, F32 } from '../helpers/devices.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
 import { FIXTURES_DIR, TINY_MOE_DIR } from '../helpers/paths.js';
 
@@ -105,7 +105,7 @@ for (const device of testDevices()) describe(`engine on ${device} matches the re
   for (const { label, options } of ENGINE_CASES) {
     test(`${label}: logits within ${tolerance}, equal router top-k, identical 16-token greedy continuation`, async () => {
       await using checkpoint = await makeCheckpoint(options);
-      await using model = await MoeModel.load(checkpoint.dir, { device });
+      await using model = await MoeModel.load(checkpoint.dir, { device, compute: F32 });
       assertSpecFollowsConfig(model.spec, checkpoint.config);
       const weights = await loadWeights(checkpoint.dir);
       for (const [name, t] of checkpoint.tensors) {

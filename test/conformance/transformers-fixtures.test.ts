@@ -7,7 +7,7 @@ import { generate } from '../../src/engine/generate.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import type { RoutingEvent } from '../../src/engine/forward.js';
 import { asTokens } from '../../src/tokenizer/token.js';
-import { logitTolerance, testDevices } from '../helpers/devices.js';
+import { logitTolerance, testDevices, F32 } from '../helpers/devices.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
 import { FIXTURES_DIR, readJson, TINY_MOE_DIR } from '../helpers/paths.js';
 
@@ -48,7 +48,7 @@ for (const device of testDevices()) {
       const tolerance = logitTolerance(device, 1e-3);
       let model: MoeModel;
       before(async () => {
-        model = await MoeModel.load(dir, { device });
+        model = await MoeModel.load(dir, { device, compute: F32 });
       });
       after(async () => {
         await model[Symbol.asyncDispose]();
@@ -80,7 +80,7 @@ for (const device of testDevices()) {
     const tolerance = 1e-2;
     let model: MoeModel;
     before(async () => {
-      model = await MoeModel.load(TINY_MOE_DIR, { device });
+      model = await MoeModel.load(TINY_MOE_DIR, { device, compute: F32 });
     });
     after(async () => {
       await model[Symbol.asyncDispose]();

@@ -1,6 +1,7 @@
 // The expert-cache flags of `moe-serve generate`, and `replay` on the trace it writes, as a user runs them:
 // real processes on the embedded tiny-moe model. Runs are shared between tests and started concurrently.
 import assert from 'node:assert/strict';
+import { F32_FLAGS } from '../helpers/devices.js';
 import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,7 +31,7 @@ const NUM_LAYERS = 6;
 const NUM_EXPERTS = 16;
 const POLICIES = ['lru', 'lfu', 'static', 'none', 'all'];
 
-const GREEDY = ['generate', '--prompt', first.prompt, '--json', '--temperature', '0', '--max-tokens', '32'];
+const GREEDY = ['generate', '--prompt', first.prompt, '--json', '--temperature', '0', '--max-tokens', '32', ...F32_FLAGS];
 const LFU_QUARTER = [...GREEDY, '--expert-cache-fraction', '0.25', '--expert-policy', 'lfu', '--prefetch-depth', '2', '--stats'];
 
 /** Bytes of one routed expert as stored in the checkpoint, and of all of them, from the safetensors header. */

@@ -1,5 +1,6 @@
 // The `moe-serve generate` command as a user runs it: a real process, real model files.
 import assert from 'node:assert/strict';
+import { F32_FLAGS } from '../helpers/devices.js';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import type { FixturePrompt } from '../helpers/fixtures.js';
@@ -12,7 +13,7 @@ const first = reference.prompts[0]!;
 
 describe('moe-serve generate', () => {
   test('--json prints the transformers greedy continuation of the embedded model', async () => {
-    const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '32', '--temperature', '0', '--json');
+    const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '32', '--temperature', '0', '--json', ...F32_FLAGS);
     assert.equal(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout) as { prompt_ids: number[]; completion_ids: number[]; text: string; finish_reason: string };
     assert.deepEqual(out.prompt_ids, first.input_ids);
@@ -22,7 +23,7 @@ describe('moe-serve generate', () => {
   });
 
   test('streams the text to stdout and ends with prompt and decode tokens/s', async () => {
-    const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '32');
+    const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '32', ...F32_FLAGS);
     assert.equal(r.code, 0, r.stderr);
     assert.ok(r.stdout.startsWith(first.greedy_text), r.stdout);
     const last = r.stdout.trimEnd().split('\n').at(-1) ?? '';
@@ -30,7 +31,7 @@ describe('moe-serve generate', () => {
   });
 
   test('--stop ends before the stop string with finish_reason stop', async () => {
-    const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '32', '--stop', 'thread', '--json');
+    const r = await cli('generate', '--prompt', first.prompt, '--max-tokens', '32', '--stop', 'thread', '--json', ...F32_FLAGS);
     assert.equal(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout) as { text: string; finish_reason: string };
     assert.equal(out.text, first.greedy_text.slice(0, first.greedy_text.indexOf('thread')));

@@ -1,5 +1,6 @@
 // The HTTP API through the official `openai` client, over real loopback sockets: what a user's code sees.
 import assert from 'node:assert/strict';
+import { F32 } from '../helpers/devices.js';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
@@ -27,7 +28,7 @@ describe('OpenAI-compatible API with the official client', () => {
   let model: MoeModel;
   let server: Server;
   before(async () => {
-    model = await MoeModel.load(TINY_MOE_DIR, { device: 'cpu' });
+    model = await MoeModel.load(TINY_MOE_DIR, { device: 'cpu', compute: F32 });
     server = await start(model);
   });
   after(async () => {

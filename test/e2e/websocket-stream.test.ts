@@ -1,6 +1,7 @@
 // WebSocket /v1/stream with a real client (ws) over loopback: requests multiplexed on one socket by id,
 // cancellation, closing the socket, and bad messages answered without closing it.
 import assert from 'node:assert/strict';
+import { F32 } from '../helpers/devices.js';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
@@ -76,7 +77,7 @@ describe('WebSocket /v1/stream', () => {
   let server: TestServer;
   let url: string;
   before(async () => {
-    model = await MoeModel.load(TINY_MOE_DIR, { device: 'cpu' });
+    model = await MoeModel.load(TINY_MOE_DIR, { device: 'cpu', compute: F32 });
     server = await startServer(model);
     url = `${server.origin.replace('http', 'ws')}/v1/stream`;
   });

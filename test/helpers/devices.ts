@@ -1,3 +1,4 @@
+import type { ComputeOptions } from '../../src/engine/compute-options.js';
 import { DEVICE_KINDS, type DeviceKind } from '../../src/runtime/onnx-runtime.js';
 
 /**
@@ -17,3 +18,12 @@ export function testDevices(): DeviceKind[] {
 export function logitTolerance(device: DeviceKind, cpuTolerance: number): number {
   return device === 'cpu' ? cpuTolerance : Math.max(cpuTolerance, 1e-2);
 }
+
+/**
+ * Float32 compute for every weight class: what the tests that compare with transformers or the float64
+ * reference run (the CPU provider's defaults quantize; test/conformance/quantized-forms.test.ts covers those).
+ */
+export const F32: ComputeOptions = { weightDtype: 'f32', expertDtype: 'f32' };
+
+/** The same for the command line. */
+export const F32_FLAGS: readonly string[] = ['--weight-dtype', 'f32', '--expert-dtype', 'f32'];
