@@ -81,7 +81,10 @@ async function checkForm(device: DeviceKind, source: { label: string; dir: strin
 }
 
 for (const device of testDevices()) {
-  describe(`int8 activations (accuracy level 4, the default) on ${device}`, () => {
+  // accuracy_level selects the CPU provider's MatMulNBits kernels; the WebGPU provider has kernels of its
+  // own (measured on lavapipe: its two "levels" differ in 25 of 96 greedy tokens), checked against the
+  // reference with float activations below.
+  if (device === 'cpu') describe(`int8 activations (accuracy level 4, the default) on ${device}`, () => {
     test('tiny-moe: logits within 5% RMS of the same weights with float activations, 90% of greedy tokens equal', async () => {
       // Attention stays f32: int8 activations into int8 attention projections are what cost agreement
       // (README "Compute forms"); experts and the LM head take them well.
