@@ -2,7 +2,11 @@
 //
 // Two strategies, because the providers differ (PLATFORM.md):
 // - cpu: a fixed-capacity buffer passed both as `past_key` and as the preallocated `present_key`
-//   fetch, so GroupQueryAttention appends in place; it grows by doubling (one copy per doubling).
+//   fetch, so GroupQueryAttention appends in place. onnxruntime-node copies every fetched output into a
+//   new array, the whole capacity included (measured: GroupQueryAttention at past 250 took 77 us with a
+//   256-row buffer, 190 us with a 1024-row one), so capacity grows in steps of CAPACITY_STEP rows rather
+//   than by doubling: the copy stays within CAPACITY_STEP of the length, and regrowing (a copy of the
+//   rows) happens once per step.
 // - gpu: a preallocated gpu output in fetches is ignored, so each run returns a new present tensor of
 //   (past + new) rows; it becomes the next past and the old one is disposed.
 import type { RtTensor, Runtime } from '../runtime/onnx-runtime.js';
@@ -39,7 +43,7 @@ interface LayerKv {
   dispose(): void;
 }
 
-const INITIAL_CAPACITY = 64;
+const CAPACITY_STEP = 64;
 
 export class SequenceKvCache implements Disposable {
   private static live = 0;
@@ -139,9 +143,7 @@ class InPlaceLayerKv implements LayerKv {
       this.used = total;
       return;
     }
-    let capacity = Math.max(this.capacity, INITIAL_CAPACITY);
-    while (capacity < total) capacity *= 2;
-    capacity = Math.min(capacity, this.shape.maxPositions);
+    const capacity = Math.min(Math.ceil(total / CAPACITY_STEP) * CAPACITY_STEP, this.shape.maxPositions);
     this.key = this.grow(this.key, capacity);
     this.value = this.grow(this.value, capacity);
     this.capacity = capacity;
