@@ -56,7 +56,7 @@ export async function benchBatch(o: BatchBenchOptions): Promise<void> {
 
 async function run(o: BatchBenchOptions, requests: number, maxSeqs: number) {
   await using model = await MoeModel.load(o.modelDir, { ...o.load, experts: { budgetFraction: o.budgetFraction } });
-  return batchThroughput(model, requests, o.tokens, maxSeqs, o.maxBatchTokens);
+  return await batchThroughput(model, requests, o.tokens, maxSeqs, o.maxBatchTokens);
 }
 
 /**

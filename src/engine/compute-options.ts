@@ -49,8 +49,14 @@ const PROVIDER_DEFAULTS: Readonly<Record<DeviceKind, Readonly<Record<WeightClass
   cuda: { experts: 'f32', attention: 'f32', weights: 'f32' },
 };
 
-export function resolveCompute(device: DeviceKind, o: ComputeOptions = {}): ResolvedCompute {
-  const d = PROVIDER_DEFAULTS[device];
+/**
+ * `budgeted`: the expert cache cannot hold every expert, so misses will happen. On the CPU provider a
+ * quantized expert's miss is a session creation (~50 of its runs, `bench offload`: LRU with prefetch at
+ * 25% 11.7x slower than everything resident with int4 experts, 3.9x with f32), so experts then default
+ * to f32, whose miss is a widening of bf16; --expert-dtype int4 still asks for int4 (more experts per MiB).
+ */
+export function resolveCompute(device: DeviceKind, o: ComputeOptions = {}, budgeted = false): ResolvedCompute {
+  const d = budgeted && device === 'cpu' ? { ...PROVIDER_DEFAULTS.cpu, experts: 'f32' as const } : PROVIDER_DEFAULTS[device];
   // Asking for a weight dtype asks it of attention too (what --weight-dtype has always meant), unless
   // --attention-dtype says otherwise.
   const attention = o.attentionDtype ?? o.weightDtype;

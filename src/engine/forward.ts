@@ -48,10 +48,11 @@ export interface BatchItem {
 }
 
 /**
- * session.run is synchronous, and awaiting an expert that is already resident does not reach the event
- * loop either, so without this a whole batched step (tens of ms with 16 sequences on a CPU) would hold
- * the thread: health checks, new requests and streamed tokens would wait for it. After a layer, a step
- * that has held the thread this long lets pending I/O run.
+ * session.run is synchronous (and runs go to the native session without the public API's setImmediate),
+ * and awaiting an expert that is already resident does not reach the event loop either, so without this
+ * a whole batched step (tens of ms with 16 sequences on a CPU) would hold the thread: health checks, new
+ * requests and streamed tokens would wait for it. Before each attention run and each group of expert
+ * runs, a step that has held the thread this long lets pending I/O run.
  */
 const YIELD_AFTER_MS = 4;
 
@@ -120,6 +121,7 @@ export class ForwardPass {
         }
         for (const [i, item] of items.entries()) {
           if (!outs[i]) {
+            await this.letIoIn();
             const out = await sessions.attentionFor(layer).run(
               { ...weights.layerInputs(layer), ...seqFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: hidden[i] as RtTensor },
               item.kv.layerFetches(layer),
@@ -335,6 +337,7 @@ export class ForwardPass {
             });
           }
           for (let run = 0; run < leased.length; run += route.maxPerRun) {
+            await this.letIoIn();
             const end = Math.min(leased.length, run + route.maxPerRun);
             acc = await route.apply(acc, moeInput, T, leased.slice(run, end), lease.experts.slice(run, end));
           }

@@ -151,8 +151,9 @@ export class MoeModel implements AsyncDisposable {
     const runtime = await Runtime.create({ device: options.device, cpuThreads: options.cpuThreads || autoCpuThreads(spec) });
     const archive = await SafetensorsArchive.open(dir);
     try {
-      const compute = resolveCompute(options.device, options.compute);
       const cache = options.experts ?? {};
+      const budgeted = cache.policy !== 'all' && (cache.budgetMb !== undefined || (cache.budgetFraction ?? 1) < 1);
+      const compute = resolveCompute(options.device, options.compute, budgeted);
       const prefetchDepth = cache.prefetchDepth ?? 1;
       const data = await readResidentWeights(archive, spec, compute, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0), (d, t) =>
         options.onProgress?.('resident weights', d, t),

@@ -266,6 +266,10 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
     const key = this.ids.key(id);
     const c = this.layerCounters(key.layer);
     const weights = await this.o.host.get(key, (bytes) => (c.bytesFromDisk += bytes));
+    // Materializing holds the thread (a widening or a session creation, ~0.3-1 ms each at tiny-moe's
+    // shape, tens of them a step under a small budget): let pending I/O in first, so that a step of
+    // many misses does not hold the event loop for its whole length.
+    await new Promise((resolve) => setImmediate(resolve));
     const expert = await this.o.materialize(weights, id);
     c.bytesToDevice += this.expertBytes;
     return expert;
