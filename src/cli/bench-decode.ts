@@ -6,6 +6,7 @@ import type { RoutingObserver } from '../engine/forward.js';
 import type { RunTally } from '../runtime/onnx-runtime.js';
 import type { Token } from '../tokenizer/token.js';
 import { round } from './bench-format.js';
+import { tokenBreakdown, type TokenBreakdown } from './token-breakdown.js';
 
 /** A compute form to compare: `weights/experts[/attention]` dtypes, e.g. int8/int4/f32 ('default': the provider's). */
 export interface FormPair {
@@ -21,8 +22,8 @@ export interface DecodeTotals {
   readonly decodeSteps: number;
   readonly decodeMs: number;
   readonly samplingMs: number;
-  /** Session runs and their time (prompt and decode steps of the measured runs), by kind of session. */
-  readonly runs: Readonly<Record<string, RunTally>>;
+  /** Where each generated token's time went (prompt steps amortized). */
+  readonly breakdown: TokenBreakdown;
   /** Every prompt's generated tokens, in prompt order (of the last run of each). */
   readonly outputs: readonly (readonly Token[])[];
 }
@@ -37,13 +38,16 @@ export async function greedyDecode(model: MoeModel, prompts: readonly string[], 
   let decodeSteps = 0;
   let decodeMs = 0;
   let samplingMs = 0;
-  const runTotals: Record<string, RunTally> = {};
+  // Session runs and their time during the measured runs, by kind of session.
+  const ran: Record<string, RunTally> = {};
+  let loadWaitMs = 0;
   const outputs: (readonly Token[])[] = [];
   for (const prompt of prompts) {
     const promptIds = model.tokenizer.encode(prompt);
     let last: readonly Token[] = [];
     for (let run = 0; run <= runs; run++) {
-      const before = model.runtime.tallySnapshot();
+      const snapshot = model.runtime.tallySnapshot();
+      const waitedBefore = model.experts.stats().total.waitMs;
       const stream = generate(model, { promptIds, maxTokens: tokens, sampling: { temperature: 0, topP: 1, topK: 0 }, ignoreEos: true, observer: observer?.() });
       let step = await stream.next();
       while (!step.done) step = await stream.next();
@@ -55,17 +59,19 @@ export async function greedyDecode(model: MoeModel, prompts: readonly string[], 
       decodeSteps += t.decodeSteps;
       decodeMs += t.decodeMs;
       samplingMs += t.samplingMs;
+      loadWaitMs += model.experts.stats().total.waitMs - waitedBefore;
       // Runs of the prompt step are counted too: the breakdown is per generated token, prompt amortized.
-      for (const [kind, after] of Object.entries(model.runtime.tallySnapshot())) {
-        const b = before[kind] ?? { runs: 0, ms: 0 };
-        const total = (runTotals[kind] ??= { runs: 0, ms: 0 });
-        total.runs += after.runs - b.runs;
-        total.ms += after.ms - b.ms;
+      for (const [kind, a] of Object.entries(model.runtime.tallySnapshot())) {
+        const b = snapshot[kind] ?? { runs: 0, ms: 0 };
+        const total = (ran[kind] ??= { runs: 0, ms: 0 });
+        total.runs += a.runs - b.runs;
+        total.ms += a.ms - b.ms;
       }
     }
     outputs.push(last);
   }
-  return { promptTokens, promptMs, decodeSteps, decodeMs, samplingMs, runs: runTotals, outputs };
+  const generated = decodeSteps + prompts.length * Math.max(1, runs);
+  return { promptTokens, promptMs, decodeSteps, decodeMs, samplingMs, breakdown: tokenBreakdown({}, ran, promptMs + decodeMs, samplingMs, loadWaitMs, generated), outputs };
 }
 
 export interface DecodeRow {
@@ -89,18 +95,6 @@ export interface DecodeRow {
 export async function benchDecodeRow(modelDir: string, load: ModelLoadOptions, threads: number, prompts: readonly string[], tokens: number, runs: number): Promise<DecodeRow> {
   await using model = await MoeModel.load(modelDir, load);
   const t = await greedyDecode(model, prompts, tokens, runs);
-  const generated = t.decodeSteps + prompts.length * runs;
-  const perToken = (ms: number) => round(ms / generated, 3);
-  const breakdown: Record<string, number> = {};
-  let inRuns = 0;
-  let runCount = 0;
-  for (const [kind, tally] of Object.entries(t.runs)) {
-    breakdown[kind] = perToken(tally.ms);
-    inRuns += tally.ms;
-    runCount += tally.runs;
-  }
-  breakdown.sampling = perToken(t.samplingMs);
-  breakdown.js_between_runs = perToken(Math.max(0, t.promptMs + t.decodeMs - inRuns));
   return {
     bench: 'decode',
     device: load.device,
@@ -113,8 +107,8 @@ export async function benchDecodeRow(modelDir: string, load: ModelLoadOptions, t
     decode_tokens: t.decodeSteps,
     decode_tokens_per_s: round((t.decodeSteps * 1000) / t.decodeMs),
     ms_per_token: round(t.decodeMs / t.decodeSteps, 3),
-    runs_per_token: round(runCount / generated, 1),
-    breakdown_ms: breakdown,
+    runs_per_token: t.breakdown.runs_per_token,
+    breakdown_ms: t.breakdown.ms,
   };
 }
 

@@ -5,6 +5,7 @@ import { generate, type GenerateResult } from '../engine/generate.js';
 import { MoeModel } from '../engine/moe-model.js';
 import { UsageError } from './cli-error.js';
 import { loadProgressBar } from './load-progress.js';
+import { tokenBreakdown } from './token-breakdown.js';
 import { intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag } from './model-options.js';
 
 export const GENERATE_HELP = `Usage: moe-serve generate --prompt TEXT [options]
@@ -20,7 +21,9 @@ Generates a continuation of TEXT and streams it to stdout, then prints prompt an
   --stop TEXT          stop before TEXT; repeatable
   --json               print one JSON object {prompt_ids, completion_ids, text, finish_reason} instead
   --trace FILE         write the routing trace (JSON Lines: experts per token and layer, lookahead)
-  --stats              print the expert cache statistics as JSON to stderr at the end
+  --stats              print as JSON to stderr at the end: the expert cache statistics, the compute forms,
+                       and per generated token the session runs and where the time went (per kind of
+                       session run, sampling, JavaScript between runs)
 ${MODEL_OPTIONS_HELP}
 `;
 
@@ -74,6 +77,8 @@ export async function generateCommand(argv: readonly string[]): Promise<void> {
     topK: topK ?? model.samplingDefaults.topK,
   };
   const promptIds = model.tokenizer.encode(prompt);
+  const before = model.runtime.tallySnapshot();
+  const waitedBefore = model.experts.stats().total.waitMs;
   const stream = generate(model, { promptIds, maxTokens, sampling, seed, stop: values.stop, observer: trace?.request() });
   let step = await stream.next();
   while (!step.done) {
@@ -82,7 +87,13 @@ export async function generateCommand(argv: readonly string[]): Promise<void> {
   }
   const result = step.value;
   process.stdout.write(values.json ? `${JSON.stringify(toJson(result))}\n` : `\n${speedLine(result)}\n`);
-  if (values.stats) process.stderr.write(`${JSON.stringify(model.experts.stats(), null, 2)}\n`);
+  if (values.stats) {
+    const t = result.timings;
+    const generated = Math.max(1, result.completionIds.length);
+    const loadWaitMs = model.experts.stats().total.waitMs - waitedBefore;
+    const perToken = tokenBreakdown(before, model.runtime.tallySnapshot(), t.promptMs + t.decodeMs, t.samplingMs, loadWaitMs, generated);
+    process.stderr.write(`${JSON.stringify({ ...model.experts.stats(), compute_forms: model.computeForms, per_token: perToken }, null, 2)}\n`);
+  }
 }
 
 function toJson(r: GenerateResult) {

@@ -148,9 +148,12 @@ describe('moe-serve generate: expert cache', { concurrency: true }, () => {
   });
 
   test(
-    '--stats counts only the expert uses of the request (as many as its --trace records)',
+    '--stats counts only the expert uses of the request (as many as its --trace records), and breaks each token down',
     async () => {
       const s = parseStats(await lfuQuarter());
+      const perToken = (s as unknown as { per_token: { runs_per_token: number; ms: Record<string, number> } }).per_token;
+      assert.ok(perToken.runs_per_token >= 1 + NUM_LAYERS, `runs per token ${perToken.runs_per_token}`);
+      for (const k of ['attention', 'lm_head', 'expert_loads', 'sampling', 'js_between_runs']) assert.ok((perToken.ms[k] ?? -1) >= 0, `per-token ${k}`);
       const trace = await readTraceFile(join(dir, 'lfu.jsonl'));
       assert.equal(s.total.accesses, traceAccesses(trace.lines));
     },

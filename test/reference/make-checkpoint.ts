@@ -9,6 +9,7 @@ import type { ModelFamily } from '../../src/model/hf-config.js';
 import { FIXTURES_DIR } from '../helpers/paths.js';
 import { HF_EMBED, HF_FINAL_NORM, HF_LM_HEAD, hfLayerNames, type MlpNames } from './reference-forward.js';
 import { buildSafetensors } from '../helpers/safetensors-bytes.js';
+import { seededRandom as uniformSource } from '../helpers/seeded-random.js';
 
 export type CheckpointDType = 'F32' | 'BF16';
 
@@ -124,17 +125,6 @@ const TINY_CONFIGS: Readonly<Record<ModelFamily, Record<string, unknown>>> = {
   },
 };
 
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
-function uniformSource(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Standard normal samples by Box-Muller. */
 function normalSource(seed: number): () => number {

@@ -4,18 +4,8 @@ import { describe, it } from 'node:test';
 import { PackedWeightError, decodePacked, encodePacked, packedNames, type PackedHints, type PackedParts } from '../../src/model/compressed-tensors.js';
 import { float32ToFloat16Bits } from '../../src/model/dtype.js';
 import { dequantizeMatrix, quantizedValue, quantizeMatrix, zeroPointOf, type QuantBits } from '../../src/model/quantization.js';
+import { seededRandom } from '../helpers/seeded-random.js';
 
-/** mulberry32: a small seeded generator, uniform in [0, 1), so the randomized tests are repeatable. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // ---- compressed-tensors' pack_to_int32 / unpack_from_int32, written here from their description ----
 

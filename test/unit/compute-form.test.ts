@@ -15,18 +15,8 @@ import {
 } from '../../src/model/compute-form.js';
 import { float32ToFloat16Bits, toFloat32, type WeightDType } from '../../src/model/dtype.js';
 import { dequantizeMatrix, quantizeMatrix, type QuantizedMatrix } from '../../src/model/quantization.js';
+import { seededRandom } from '../helpers/seeded-random.js';
 
-/** mulberry32: a small seeded generator, uniform in [0, 1), so the randomized tests are repeatable. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomMatrix(random: () => number, rows: number, cols: number): Float32Array {
   return Float32Array.from({ length: rows * cols }, () => (random() < 0.05 ? 0 : (random() * 2 - 1) * 3));

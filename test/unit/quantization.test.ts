@@ -12,18 +12,8 @@ import {
   type QuantizedMatrix,
   type QuantScheme,
 } from '../../src/model/quantization.js';
+import { seededRandom } from '../helpers/seeded-random.js';
 
-/** mulberry32: a small seeded generator, uniform in [0, 1), so the randomized tests are repeatable. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A (rows, cols) matrix of values in (-1, 1), with a few exact zeros and a few larger outliers. */
 function randomMatrix(random: () => number, rows: number, cols: number): Float32Array {

@@ -7,18 +7,8 @@ import { describe, it } from 'node:test';
 import { WeightsNotFoundError } from '../../src/model/errors.js';
 import { INDEX_FILE_NAME, SINGLE_FILE_NAME, SafetensorsArchive } from '../../src/model/safetensors.js';
 import { WrongTensorBytesError, writeSafetensors, type PlannedTensor } from '../../src/model/safetensors-writer.js';
+import { seededRandom } from '../helpers/seeded-random.js';
 
-/** mulberry32: a small seeded generator, uniform in [0, 1), so the tensor bytes are repeatable. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const ELEMENT_BYTES: Readonly<Record<string, number>> = { F32: 4, I32: 4, F16: 2, BF16: 2, U8: 1 };
 
