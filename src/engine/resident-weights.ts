@@ -75,7 +75,7 @@ export async function readResidentWeights(
           // Routers are (E, H) matrices that a quantized checkpoint may store packed; they compute in float32.
           parts.push(cols !== undefined && rows !== undefined ? await readFloat32Matrix(archive, name, rows, cols, spec.quantization) : await archive.readFloat32(name, shape));
         }
-        const data = parts.length === 1 ? (parts[0] as Float32Array) : Float32Array.from(parts.flatMap((p) => [...p]));
+        const data = parts.length === 1 ? (parts[0] as Float32Array) : concatFloat32(parts);
         const dims = r.parts.length === 1 ? (r.parts[0]?.shape ?? []) : [data.length];
         tensors.set(r.feed, { type: 'float32', dims, bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
         bytes += data.byteLength;
@@ -190,6 +190,16 @@ export class ResidentWeights implements Disposable {
 function tensorsOf(feeds: Readonly<Record<string, DeviceTensor>>): Record<string, RtTensor> {
   const out: Record<string, RtTensor> = {};
   for (const [k, t] of Object.entries(feeds)) out[k] = t.tensor;
+  return out;
+}
+
+function concatFloat32(parts: readonly Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 }
 
