@@ -210,7 +210,8 @@ export interface SessionCreation {
   readonly kind?: string;
   /**
    * For small graphs made often (an expert per cache miss): no graph optimizations (the graph is built
-   * minimal), no memory pattern or arena, which make creation and the first run slower than they save.
+   * minimal), no memory pattern or arena, which make creation and the first run slower than they save,
+   * and one intra-op thread (no pool of threads per session).
    */
   readonly quick?: boolean;
 }
@@ -286,8 +287,10 @@ export class Runtime {
       options.enableMemPattern = false;
       options.enableCpuMemArena = false;
     }
-    if (this.options.device === 'cpu' && this.options.cpuThreads > 0) {
-      options.intraOpNumThreads = this.options.cpuThreads;
+    if (this.options.device === 'cpu' && (this.options.cpuThreads > 0 || o.quick)) {
+      // Every session owns its thread pool in onnxruntime-node (no shared pool, PLATFORM.md): a cache of
+      // thousands of expert sessions must not each start threads, so quick sessions run on this one.
+      options.intraOpNumThreads = o.quick ? 1 : this.options.cpuThreads;
       options.interOpNumThreads = 1;
     }
     // Spinning worker threads keep cores busy between the many short runs of a decode step; measured
