@@ -5,12 +5,12 @@ import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { UsageError } from './cli-error.js';
 import { benchBatch } from './bench-batch.js';
-import { benchDecodeRow, decodeTable, parseFormPairs, type DecodeRow } from './bench-decode.js';
+import { benchDecodeRow, decodeTable, parseFormPairs, type DecodeRow, type FormPair } from './bench-decode.js';
 import { benchKernelRoute, benchKernels, KERNEL_SHAPES } from './bench-kernels.js';
 import { benchOffload } from './bench-offload.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 import { benchQuant } from './bench-quant.js';
-import { DEFAULT_MODEL_DIR, intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
+import { computeOptions, DEFAULT_MODEL_DIR, intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
 
 export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels [options]
 
@@ -98,7 +98,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       await benchQuant({
         modelDir: opts.modelDir,
         load: loadOptions(opts),
-        forms: parseFormPairs(values.forms ?? 'f32/f32,f16/f16,int8/int8,int8/int4,f32/int4,int4/int4'),
+        forms: parseFormPairs(values.forms ?? 'f32/f32,f16/f16,int8/int8,int8/int4,f32/int4,int4/int4').map((form) => computeOptions({ ...values, ...formFlags(form, values) })),
         tokens: tokens(64),
         budget: budget(),
         pplTokens: parseFlag('ppl-tokens', intFlag(2), values['ppl-tokens']),
@@ -124,15 +124,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
   const rows: DecodeRow[] = [];
   for (const threads of threadList) {
     for (const form of forms) {
-      const o = modelOptions({
-        ...values,
-        threads: String(threads),
-        ...(form && {
-          'weight-dtype': dflt(form.weights, values['weight-dtype']),
-          'expert-dtype': dflt(form.experts, values['expert-dtype']),
-          'attention-dtype': form.attention === undefined ? values['attention-dtype'] : dflt(form.attention, values['attention-dtype']),
-        }),
-      });
+      const o = modelOptions({ ...values, threads: String(threads), ...(form && formFlags(form, values)) });
       rows.push(await benchDecodeRow(o.modelDir, loadOptions(o), threads, BENCH_PROMPTS.slice(0, 4), tokens(128), runs));
       process.stdout.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
     }
@@ -140,7 +132,12 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
   process.stdout.write(`\n${decodeTable(rows)}\n`);
 }
 
-/** A --forms entry, where 'default' leaves the class to the flags or the provider. */
-function dflt(v: string, flag: string | undefined): string | undefined {
-  return v === 'default' ? flag : v;
+/** The dtype flags of a --forms entry, where 'default' leaves a class to its flag or the provider. */
+function formFlags(form: FormPair, flags: { 'weight-dtype'?: string; 'expert-dtype'?: string; 'attention-dtype'?: string }) {
+  const pick = (v: string | undefined, flag: string | undefined) => (v === undefined || v === 'default' ? flag : v);
+  return {
+    'weight-dtype': pick(form.weights, flags['weight-dtype']),
+    'expert-dtype': pick(form.experts, flags['expert-dtype']),
+    'attention-dtype': pick(form.attention, flags['attention-dtype']),
+  };
 }

@@ -8,20 +8,19 @@ import { existsSync, readFileSync } from 'node:fs';
 import { z } from 'zod';
 import type { ComputeOptions } from '../engine/compute-options.js';
 import { MoeModel, type ModelLoadOptions } from '../engine/moe-model.js';
-import { computeDType } from '../model/compute-form.js';
 import type { Token } from '../tokenizer/token.js';
 import { asToken } from '../tokenizer/token.js';
 import { batchThroughput } from './bench-batch.js';
-import { greedyDecode, type FormPair } from './bench-decode.js';
+import { greedyDecode } from './bench-decode.js';
 import { round } from './bench-format.js';
 import { HELD_OUT_TEXT } from './bench-heldout.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
-import { UsageError } from './cli-error.js';
 
 export interface QuantBenchOptions {
   readonly modelDir: string;
   readonly load: ModelLoadOptions;
-  readonly forms: readonly FormPair[];
+  /** The compute forms to compare, the first being the reference for agreement. */
+  readonly forms: readonly ComputeOptions[];
   /** Greedy tokens per prompt for the agreement columns. */
   readonly tokens: number;
   /** Expert budget of the offloaded speed columns, as a fraction of all expert bytes. */
@@ -57,27 +56,13 @@ interface QuantRow {
 
 const referenceSchema = z.object({ prompts: z.array(z.object({ input_ids: z.array(z.number().int()), greedy_ids: z.array(z.number().int()) })) });
 
-function computeOf(pair: FormPair): ComputeOptions {
-  const dtype = (v: string, what: string) => {
-    if (v === 'default') return undefined;
-    const r = computeDType.safeParse(v);
-    if (!r.success) throw new UsageError(`--forms: ${what} dtype '${v}': ${r.error.issues[0]?.message ?? 'invalid'}`);
-    return r.data;
-  };
-  return {
-    weightDtype: dtype(pair.weights, 'weight'),
-    expertDtype: dtype(pair.experts, 'expert'),
-    ...(pair.attention !== undefined && { attentionDtype: dtype(pair.attention, 'attention') }),
-  };
-}
-
 export async function benchQuant(o: QuantBenchOptions): Promise<void> {
   const prompts = BENCH_PROMPTS.slice(0, 20);
   const reference = o.referencePath !== null && existsSync(o.referencePath) ? referenceSchema.parse(JSON.parse(readFileSync(o.referencePath, 'utf8'))) : null;
   let baseline: { outputs: readonly (readonly Token[])[]; lastLogits: Float32Array[] } | null = null;
   const rows: QuantRow[] = [];
-  for (const pair of o.forms) {
-    const compute = { ...o.load.compute, ...computeOf(pair) };
+  for (const forms of o.forms) {
+    const compute = { ...o.load.compute, ...forms };
     const full = await MoeModel.load(o.modelDir, { ...o.load, compute, experts: { policy: 'all' } });
     let row: QuantRow;
     try {

@@ -11,8 +11,6 @@ import { DEFAULT_BLOCK_SIZE } from '../model/quantization.js';
 import type { QuantOptions } from '../model/compute-form.js';
 import type { DeviceKind } from '../runtime/onnx-runtime.js';
 
-export type { WeightClass };
-
 export interface ComputeOptions {
   /** LM head, dense and shared-expert MLPs, and attention unless attentionDtype says otherwise. */
   readonly weightDtype?: ComputeDType;

@@ -1,15 +1,15 @@
 // How routed experts are computed: what a resident expert is (the device tier's entry), how a cache miss
 // makes one from the host tier's form, and how a layer's routed experts are applied to the residual stream.
 //
-//   session (CPU provider, int8/int4): each resident expert is a session of its own whose weights are
-//     initializers, prepacked by onnxruntime (expert-ffn.ts). A miss costs a session creation (~0.7 ms at
-//     tiny-moe's shape); a use is one run over the rows routed to the expert, and the weighted sum is taken
-//     here in JS (T x H floats per expert). The quantized kernels are only fast this way (PLATFORM.md,
-//     `npm run bench -- kernels`).
-//   graph (GPU providers; f32/f16 on the CPU provider): each resident expert is a set of tensors fed as
-//     inputs to one routed-experts graph that applies several experts per run (moe-block.ts). On GPUs the
-//     hidden states never leave the device; on the CPU float weights gain nothing from prepacking
-//     (measured the same speed as inputs) and a miss is only a widening of bf16 to float32.
+//   session (CPU provider): each resident expert is a session of its own whose weights are initializers,
+//     prepacked by onnxruntime (expert-ffn.ts). A miss costs a session creation and its first run (~0.9 ms
+//     at tiny-moe's shape); a use is one run over the rows routed to the expert, and the weighted sum is
+//     taken here in JS (T x H floats per expert). The quantized kernels are only fast this way
+//     (PLATFORM.md, `npm run bench -- kernels`).
+//   graph (GPU providers; float experts on the CPU provider when misses are expected): each resident
+//     expert is a set of tensors fed as inputs to one routed-experts graph that applies several experts
+//     per run (moe-block.ts). On GPUs the hidden states never leave the device; on the CPU a miss is then
+//     only a widening of bf16 to float32. chooseExpertRoute says which, and why.
 import { EXPERT_FFN, buildExpertFfn } from '../graphs/expert-ffn.js';
 import { matrixForm, matrixTensors } from '../graphs/matrix.js';
 import { MOE, type ExpertForms } from '../graphs/moe-block.js';

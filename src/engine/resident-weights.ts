@@ -9,13 +9,13 @@ import { ATTN, type AttentionBlockVariant } from '../graphs/attention-block.js';
 import { LM_HEAD_IO, type LmHeadVariant } from '../graphs/lm-head.js';
 import { matrixForm, matrixTensors, type MatrixForm } from '../graphs/matrix.js';
 import type { ConstTensor } from '../graphs/onnx-builder.js';
-import { computeBytes, concatRows, type ComputeMatrix } from '../model/compute-form.js';
+import { computeBytes, concatArrays, concatRows, type ComputeMatrix, type WeightClass } from '../model/compute-form.js';
 import type { ModelSpec } from '../model/hf-config.js';
 import type { SafetensorsArchive } from '../model/safetensors.js';
 import { EMBED_TOKENS, FINAL_NORM, LM_HEAD, layerTensorNames, type ExpertTensorNames } from '../model/tensor-names.js';
 import { readFloat32Matrix, readStoredMatrix } from '../model/weight-reader.js';
 import type { DeviceTensor, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
-import { computeMatrix, type ResolvedCompute, type WeightClass } from './compute-options.js';
+import { computeMatrix, type ResolvedCompute } from './compute-options.js';
 import { EmbeddingTable } from './embedding-table.js';
 import { RopeTable } from './rope.js';
 
@@ -75,7 +75,7 @@ export async function readResidentWeights(
           // Routers are (E, H) matrices that a quantized checkpoint may store packed; they compute in float32.
           parts.push(cols !== undefined && rows !== undefined ? await readFloat32Matrix(archive, name, rows, cols, spec.quantization) : await archive.readFloat32(name, shape));
         }
-        const data = parts.length === 1 ? (parts[0] as Float32Array) : concatFloat32(parts);
+        const data = parts.length === 1 ? (parts[0] as Float32Array) : concatArrays(parts, (n) => new Float32Array(n));
         const dims = r.parts.length === 1 ? (r.parts[0]?.shape ?? []) : [data.length];
         tensors.set(r.feed, { type: 'float32', dims, bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
         bytes += data.byteLength;
@@ -190,16 +190,6 @@ export class ResidentWeights implements Disposable {
 function tensorsOf(feeds: Readonly<Record<string, DeviceTensor>>): Record<string, RtTensor> {
   const out: Record<string, RtTensor> = {};
   for (const [k, t] of Object.entries(feeds)) out[k] = t.tensor;
-  return out;
-}
-
-function concatFloat32(parts: readonly Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
   return out;
 }
 

@@ -6,6 +6,7 @@
 // quantize` writes such a checkpoint).
 import { LRUCache } from 'lru-cache';
 import type { StoredMatrix } from '../model/compute-form.js';
+import { heldBytes } from '../model/quantization.js';
 import type { CheckpointQuantization, ModelFamily } from '../model/hf-config.js';
 import type { SafetensorsArchive } from '../model/safetensors.js';
 import { expertTensorNames } from '../model/tensor-names.js';
@@ -92,8 +93,6 @@ export class HostExpertCache {
 }
 
 /** Bytes a stored matrix holds in memory. */
-export function storedBytes(s: StoredMatrix): number {
-  if (s.kind === 'float') return s.bytes.byteLength;
-  const q = s.quantized;
-  return q.packed.byteLength + q.scales.byteLength + (q.zeroPointBytes?.byteLength ?? 0);
+function storedBytes(s: StoredMatrix): number {
+  return s.kind === 'float' ? s.bytes.byteLength : heldBytes(s.quantized);
 }

@@ -3,7 +3,7 @@
 // handed over as they are (no copy, no conversion).
 import { z } from 'zod';
 import { float32ToFloat16Bits, toFloat32, type WeightDType } from './dtype.js';
-import { dequantizeMatrix, quantizedBytes, quantizeMatrix, type QuantBits, type QuantizedMatrix } from './quantization.js';
+import { dequantizeMatrix, heldBytes, quantizedBytes, quantizeMatrix, type QuantBits, type QuantizedMatrix } from './quantization.js';
 
 export const COMPUTE_DTYPES = ['f32', 'f16', 'int8', 'int4'] as const;
 export type ComputeDType = (typeof COMPUTE_DTYPES)[number];
@@ -43,7 +43,7 @@ export function computeBytes(m: ComputeMatrix): number {
     case 'f16':
       return m.data.byteLength;
     default:
-      return m.quantized.packed.byteLength + m.quantized.scales.byteLength + (m.quantized.zeroPointBytes?.byteLength ?? 0);
+      return heldBytes(m.quantized);
   }
 }
 
@@ -115,6 +115,17 @@ export function computeToFloat32(m: ComputeMatrix): Float32Array {
   }
 }
 
+/** Typed arrays of one kind one after another, in a new array made by `make`. */
+export function concatArrays<T extends Float32Array | Uint16Array | Uint8Array>(arrays: readonly T[], make: (length: number) => T): T {
+  const out = make(arrays.reduce((n, a) => n + a.length, 0));
+  let at = 0;
+  for (const a of arrays) {
+    out.set(a, at);
+    at += a.length;
+  }
+  return out;
+}
+
 /** The rows of several matrices of one form and width stacked into one (q, k and v into qkv, say). */
 export function concatRows(parts: readonly ComputeMatrix[]): ComputeMatrix {
   const first = parts[0];
@@ -125,15 +136,7 @@ export function concatRows(parts: readonly ComputeMatrix[]): ComputeMatrix {
   for (const m of parts) {
     if (m.dtype !== first.dtype || m.cols !== cols) throw new RangeError(`cannot stack a ${m.dtype} (${m.rows}, ${m.cols}) matrix onto ${first.dtype} (${first.rows}, ${cols})`);
   }
-  const join = <T extends Float32Array | Uint16Array | Uint8Array>(arrays: readonly T[], make: (n: number) => T): T => {
-    const out = make(arrays.reduce((n, a) => n + a.length, 0));
-    let at = 0;
-    for (const a of arrays) {
-      out.set(a, at);
-      at += a.length;
-    }
-    return out;
-  };
+  const join = concatArrays;
   switch (first.dtype) {
     case 'f32':
       return { dtype: 'f32', rows, cols, data: join(parts.map((m) => (m as typeof first).data), (n) => new Float32Array(n)) };

@@ -72,6 +72,11 @@ export function quantizedBytes(rows: number, cols: number, s: QuantScheme): numb
   return values + rows * blocks * 4 + (s.zeroPoints ? rows * zeroPointBytesPerRow(blocks, s.bits) : 0);
 }
 
+/** Bytes a quantized matrix holds: packed values, scales and zero points. */
+export function heldBytes(m: QuantizedMatrix): number {
+  return m.packed.byteLength + m.scales.byteLength + (m.zeroPointBytes?.byteLength ?? 0);
+}
+
 /** Quantizes a row-major (rows, cols) float matrix. */
 export function quantizeMatrix(w: Float32Array, rows: number, cols: number, s: QuantScheme): QuantizedMatrix {
   checkScheme(s);
