@@ -7,7 +7,7 @@ import type { ModelSpec } from '../model/hf-config.js';
 import type { ExpertStore } from '../experts/expert-store.js';
 import type { RtTensor, Runtime } from '../runtime/onnx-runtime.js';
 import type { ExpertRoute } from './expert-routes.js';
-import type { SequenceKvCache } from './kv-cache.js';
+import { appendRowsFeed, type SequenceKvCache } from './kv-cache.js';
 import type { ModelSessions } from './model-sessions.js';
 import type { ResidentWeights } from './resident-weights.js';
 import { groupByExpert, routeTokens, type ExpertAssignment, type Routing } from './routing.js';
@@ -100,7 +100,7 @@ export class ForwardPass {
       const start = starts[i] as number;
       return {
         [ATTN.positions]: runtime.int64(BigInt64Array.from({ length: T }, (_, t) => BigInt(start + t)), [1, T]),
-        [ATTN.batchShape]: runtime.int64(BigInt64Array.of(1n, BigInt(T)), [2]),
+        [ATTN.batchShape]: runtime.int64(BigInt64Array.of(1n, BigInt(T), -1n), [3]),
       };
     });
     // Sequences decoding one token each share one attention run per layer where the provider allows
@@ -182,9 +182,9 @@ export class ForwardPass {
   /**
    * Attention for B sequences with one new token each, in one GroupQueryAttention run of batch B. The
    * sequences' caches are separate buffers, so their rows are packed into a (B, kvHeads, P, D) past
-   * (P = longest past + 1), which the kernel appends to in place; each new row is then copied back to
-   * its sequence. The copy is O(context) per step, as reading the cache is anyway; it replaces B - 1
-   * session runs. CPU provider only (GPU tensors cannot be packed from JS).
+   * (P = longest past + 1); the run's appended rows go back to each sequence's cache. The packing is
+   * O(context) per step, as reading the cache is anyway; it replaces B - 1 session runs. CPU provider
+   * only (GPU tensors cannot be packed from JS).
    * Returns each sequence's outputs as row views of the batched ones.
    */
   private async decodeBatchAttention(
@@ -204,12 +204,9 @@ export class ForwardPass {
     // (B, nKv, P, D) packed past keys and values
     const pastKey = new Float32Array(B * nKv * P * D);
     const pastValue = new Float32Array(B * nKv * P * D);
-    const caches = items.map((item) => {
-      const rows = item.kv.hostRows(layer);
-      if (!rows) throw new Error('batched decode needs host KV caches');
-      return rows;
-    });
-    caches.forEach((c, b) => {
+    items.forEach((item, b) => {
+      const c = item.kv.hostRows(layer);
+      if (!c) throw new Error('batched decode needs host KV caches');
       const len = positions[b] as number;
       for (let h = 0; h < nKv; h++) {
         const from = h * c.capacity * D;
@@ -217,29 +214,18 @@ export class ForwardPass {
         pastValue.set(c.value.subarray(from, from + len * D), (b * nKv + h) * P * D);
       }
     });
-    const keyT = runtime.float32(pastKey, [B, nKv, P, D]);
-    const valueT = runtime.float32(pastValue, [B, nKv, P, D]);
-    const out = await sessions.attentionFor(layer).run(
-      {
-        ...weights.layerInputs(layer),
-        [ATTN.hidden]: runtime.float32(x, [B, H]),
-        [ATTN.batchShape]: runtime.int64(BigInt64Array.of(BigInt(B), 1n), [2]),
-        [ATTN.positions]: runtime.int64(BigInt64Array.from(positions, BigInt), [B, 1]),
-        [ATTN.pastKey]: keyT,
-        [ATTN.pastValue]: valueT,
-        [ATTN.seqlensK]: runtime.int32(Int32Array.from(positions), [B]),
-        [ATTN.totalSeqLen]: runtime.int32(Int32Array.of(P), []),
-      },
-      { [ATTN.presentKey]: keyT, [ATTN.presentValue]: valueT },
-    );
-    caches.forEach((c, b) => {
-      const len = positions[b] as number;
-      for (let h = 0; h < nKv; h++) {
-        const row = ((b * nKv + h) * P + len) * D;
-        c.key.set(pastKey.subarray(row, row + D), h * c.capacity * D + len * D);
-        c.value.set(pastValue.subarray(row, row + D), h * c.capacity * D + len * D);
-      }
+    const out = await sessions.attentionFor(layer).run({
+      ...weights.layerInputs(layer),
+      [ATTN.hidden]: runtime.float32(x, [B, H]),
+      [ATTN.batchShape]: runtime.int64(BigInt64Array.of(BigInt(B), 1n, -1n), [3]),
+      [ATTN.appendRows]: appendRowsFeed(runtime, (items[0] as BatchItem).kv.shape, positions, 1),
+      [ATTN.positions]: runtime.int64(BigInt64Array.from(positions, BigInt), [B, 1]),
+      [ATTN.pastKey]: runtime.float32(pastKey, [B, nKv, P, D]),
+      [ATTN.pastValue]: runtime.float32(pastValue, [B, nKv, P, D]),
+      [ATTN.seqlensK]: runtime.int32(Int32Array.from(positions), [B]),
+      [ATTN.totalSeqLen]: runtime.int32(Int32Array.of(P), []),
     });
+    items.forEach((item, b) => item.kv.accept(layer, out, b));
     return items.map((_, b) => {
       const views: Record<string, RtTensor> = {};
       for (const name of [ATTN.residual, ATTN.moeInput, ATTN.routerLogits, ATTN.lookaheadLogits]) {

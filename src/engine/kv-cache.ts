@@ -1,12 +1,12 @@
 // Per-sequence key/value cache for GroupQueryAttention, one (1, kvHeads, length, headDim) pair per layer.
 //
 // Two strategies, because the providers differ (PLATFORM.md):
-// - cpu: a fixed-capacity buffer passed both as `past_key` and as the preallocated `present_key`
-//   fetch, so GroupQueryAttention appends in place. onnxruntime-node copies every fetched output into a
-//   new array, the whole capacity included (measured: GroupQueryAttention at past 250 took 77 us with a
-//   256-row buffer, 190 us with a 1024-row one), so capacity grows in steps of CAPACITY_STEP rows rather
-//   than by doubling: the copy stays within CAPACITY_STEP of the length, and regrowing (a copy of the
-//   rows) happens once per step.
+// - cpu: a host buffer of some capacity, fed as `past_key` (inputs are not copied); the attention block
+//   returns only the rows it appended ('new_rows', attention-block.ts), which are written in here.
+//   Fetching the updated cache instead would cost a copy of the whole buffer into a new array on every
+//   run (onnxruntime-node copies every fetched output, a preallocated one too). onnxruntime still copies
+//   the past into its own present buffer inside the kernel, O(capacity), so capacity grows in steps of
+//   CAPACITY_STEP rows rather than by doubling, and regrowing (a copy of the rows) happens once per step.
 // - gpu: a preallocated gpu output in fetches is ignored, so each run returns a new present tensor of
 //   (past + new) rows; it becomes the next past and the old one is disposed.
 import type { RtTensor, Runtime } from '../runtime/onnx-runtime.js';
@@ -38,12 +38,28 @@ interface LayerKv {
   feeds(): Record<string, RtTensor>;
   /** Preallocated outputs, where the provider honours them. */
   fetches(): Record<string, RtTensor | null> | undefined;
-  /** Takes the run's present tensors. */
-  accept(outputs: Record<string, RtTensor>): void;
+  /** Takes the run's present tensors, or (host caches) batch item `b`'s appended rows. */
+  accept(outputs: Record<string, RtTensor>, b: number): void;
   dispose(): void;
 }
 
 const CAPACITY_STEP = 64;
+
+/**
+ * The append_rows feed of a 'new_rows' attention block: (B, kvHeads, T, headDim) holding, for sequence b,
+ * cache row firstRows[b] + t at every (head, t, d), the index GatherElements takes the appended rows by.
+ */
+export function appendRowsFeed(runtime: Runtime, shape: KvShape, firstRows: readonly number[], T: number): RtTensor {
+  const { numKvHeads: nKv, headDim: D } = shape;
+  const rows = new BigInt64Array(firstRows.length * nKv * T * D);
+  firstRows.forEach((first, b) => {
+    for (let t = 0; t < T; t++) {
+      const row = BigInt(first + t);
+      for (let h = 0; h < nKv; h++) rows.fill(row, ((b * nKv + h) * T + t) * D, ((b * nKv + h) * T + t + 1) * D);
+    }
+  });
+  return runtime.int64(rows, [firstRows.length, nKv, T, D]);
+}
 
 export class SequenceKvCache implements Disposable {
   private static live = 0;
@@ -51,6 +67,8 @@ export class SequenceKvCache implements Disposable {
   private disposed = false;
   private pending = 0;
   private readonly layers: LayerKv[];
+  /** The step's append_rows feed (host caches), the same for every layer; made on first use. */
+  private appendRows: RtTensor | null = null;
 
   constructor(
     private readonly runtime: Runtime,
@@ -77,17 +95,21 @@ export class SequenceKvCache implements Disposable {
     const total = this.tokens + count;
     if (total > this.shape.maxPositions) throw new ContextLengthError(total, this.shape.maxPositions);
     this.pending = count;
+    this.appendRows = null;
     for (const l of this.layers) if (l instanceof InPlaceLayerKv) l.reserve(total);
   }
 
   /** GroupQueryAttention's view of the step: seqlens_k = total - 1 and total_sequence_length. */
   layerFeeds(layer: number): Record<string, RtTensor> {
     const total = this.tokens + this.pending;
-    return {
-      ...this.layer(layer).feeds(),
+    const l = this.layer(layer);
+    const feeds: Record<string, RtTensor> = {
+      ...l.feeds(),
       [ATTN.seqlensK]: this.runtime.int32(Int32Array.of(total - 1), [1]),
       [ATTN.totalSeqLen]: this.runtime.int32(Int32Array.of(total), []),
     };
+    if (l instanceof InPlaceLayerKv) feeds[ATTN.appendRows] = this.appendRows ??= appendRowsFeed(this.runtime, this.shape, [this.tokens], this.pending);
+    return feeds;
   }
 
   /**
@@ -103,8 +125,9 @@ export class SequenceKvCache implements Disposable {
     return this.layer(layer).fetches();
   }
 
-  accept(layer: number, outputs: Record<string, RtTensor>): void {
-    this.layer(layer).accept(outputs);
+  /** Takes a layer's run outputs; `b`: this sequence's item in a batched run (host caches only). */
+  accept(layer: number, outputs: Record<string, RtTensor>, b = 0): void {
+    this.layer(layer).accept(outputs, b);
   }
 
   /** Marks the step's tokens as cached; call after every layer has run. */
@@ -172,12 +195,25 @@ class InPlaceLayerKv implements LayerKv {
     return { [ATTN.pastKey]: this.key, [ATTN.pastValue]: this.value };
   }
 
-  fetches(): Record<string, RtTensor | null> {
-    return { [ATTN.presentKey]: this.key, [ATTN.presentValue]: this.value };
+  fetches(): undefined {
+    return undefined;
   }
 
-  accept(): void {
-    // Written in place.
+  /** Writes batch item b's appended rows, of new_key/new_value (B, kvHeads, T, headDim), at the end of the cache. */
+  accept(outputs: Record<string, RtTensor>, b: number): void {
+    const key = outputs[ATTN.newKey];
+    const value = outputs[ATTN.newValue];
+    if (!key || !value || !this.key || !this.value) throw new Error('attention block returned no new key/value rows');
+    const { numKvHeads: nKv, headDim: D } = this.shape;
+    const T = key.dims[2] as number;
+    const [newKeys, newValues] = [key.data as Float32Array, value.data as Float32Array];
+    const [keys, values] = [this.key.data as Float32Array, this.value.data as Float32Array];
+    for (let h = 0; h < nKv; h++) {
+      const from = (b * nKv + h) * T * D;
+      const to = (h * this.capacity + this.used - T) * D;
+      keys.set(newKeys.subarray(from, from + T * D), to);
+      values.set(newValues.subarray(from, from + T * D), to);
+    }
   }
 
   dispose(): void {

@@ -9,7 +9,10 @@
 // Weights are inputs (one session serves every layer of the same variant, the GPU path) or initializers
 // (one session per layer, prepacked by onnxruntime: the CPU path); see matrix.ts.
 // One graph serves a prompt chunk of one sequence and one decode token each of several sequences:
-// `batch_shape` says which, (1, tokens) or (sequences, 1).
+// `batch_shape` says which, (1, tokens, -1) or (sequences, 1, -1).
+// onnxruntime pays ~4 us per node even for a reshape of two numbers, so what JS knows anyway (shapes, the
+// rows a run appends to the cache) comes in as inputs rather than being computed from others in the graph,
+// and outputs are named where they are made (no Identity nodes).
 import type { QkNorm } from '../model/hf-config.js';
 import { reshape, rmsNorm } from './layers.js';
 import { linear, swiGlu, type MatrixForm } from './matrix.js';
@@ -49,6 +52,8 @@ export const ATTN = {
   pastValue: 'past_value',
   seqlensK: 'seqlens_k',
   batchShape: 'batch_shape',
+  /** 'new_rows' blocks: (batch, nKv, T, D) the cache row each appended row lands in, repeated along D */
+  appendRows: 'append_rows',
   totalSeqLen: 'total_sequence_length',
   inputNorm: 'w_input_norm',
   /** q, k and v projections stacked by rows: (nH*D + 2*nKv*D, H) */
@@ -73,14 +78,26 @@ export const ATTN = {
   lookaheadLogits: 'lookahead_logits',
   presentKey: 'present_key',
   presentValue: 'present_value',
+  /** (batch, nKv, tokens, D): the rows this run appended to the cache, keys after the rotary embedding */
+  newKey: 'new_key',
+  newValue: 'new_value',
 } as const;
+
+/**
+ * What the block returns of the KV cache. 'present': the whole updated cache, which becomes the next
+ * run's past (GPU providers: it stays in device memory). 'new_rows': only the rows this run appended, which
+ * the caller writes into its own host buffer (CPU provider: onnxruntime-node copies every fetched output
+ * into a new array, so fetching a capacity-sized present costs an O(capacity) copy and allocation per
+ * layer and token; measured 100 vs 60 us per run at 250 of 320 rows).
+ */
+export type KvOutput = 'present' | 'new_rows';
 
 export function attentionBlockKey(v: AttentionBlockVariant): string {
   return JSON.stringify(v);
 }
 
 /** `constants`: the layer's weights, when they are baked into the session (CPU); absent: all inputs. */
-export function buildAttentionBlock(v: AttentionBlockVariant, constants?: ReadonlyMap<string, ConstTensor>): GraphModel {
+export function buildAttentionBlock(v: AttentionBlockVariant, kvOutput: KvOutput, constants?: ReadonlyMap<string, ConstTensor>): GraphModel {
   const g = new GraphBuilder('attention_block', constants);
   const { hiddenSize: H, numHeads: nH, numKvHeads: nKv, headDim: D } = v;
   const form = (name: string): MatrixForm => {
@@ -97,8 +114,8 @@ export function buildAttentionBlock(v: AttentionBlockVariant, constants?: Readon
   const pastValue = g.input(ATTN.pastValue, 'float32', ['batch', nKv, 'past', D]);
   const seqlensK = g.input(ATTN.seqlensK, 'int32', ['batch']);
   const totalSeqLen = g.input(ATTN.totalSeqLen, 'int32', []);
-  // (2,): (1, T) for T tokens of one sequence, (B, 1) for one token each of B sequences
-  const batchShape = g.input(ATTN.batchShape, 'int64', [2]);
+  // (3,): (1, T, -1) for T tokens of one sequence, (B, 1, -1) for one token each of B sequences
+  const batchShape = g.input(ATTN.batchShape, 'int64', [3]);
   const wInputNorm = g.tensor(ATTN.inputNorm, 'float32', [H]);
   const qW = nH * D;
   const kvW = nKv * D;
@@ -110,11 +127,11 @@ export function buildAttentionBlock(v: AttentionBlockVariant, constants?: Readon
   const x = rmsNorm(g, hidden, wInputNorm, v.rmsNormEps);
   const qkv = linear(g, x, ATTN.qkv, form(ATTN.qkv), bqkv);
   // GroupQueryAttention takes (batch, tokens, width) and keeps the cache as (batch, nKv, capacity, D).
-  const toBatch = (t: Value, width: number) => g.op('Reshape', [t, g.op('Concat', [batchShape, g.constInt64([width])], { axis: attr.int(0) })]);
+  const toBatch = (t: Value) => g.op('Reshape', [t, batchShape]);
   const clip = (t: Value): Value => (v.clipQkv === null ? t : g.op('Clip', [t, g.constFloat([-v.clipQkv], []), g.constFloat([v.clipQkv], [])]));
   let qkvInputs: (Value | null)[];
   if (v.qkNorm === 'none') {
-    qkvInputs = [toBatch(clip(qkv), qW + 2 * kvW), null, null];
+    qkvInputs = [toBatch(clip(qkv)), null, null];
   } else {
     let [q, k, val] = g.opN('Split', [qkv, g.constInt64([qW, kvW, kvW])], 3, { axis: attr.int(-1) }) as [Value, Value, Value];
     if (v.qkNorm === 'projection') {
@@ -127,7 +144,7 @@ export function buildAttentionBlock(v: AttentionBlockVariant, constants?: Readon
       k = reshape(g, rmsNorm(g, reshape(g, k, [0, nKv, D]), g.tensor(ATTN.kNorm, 'float32', [D]), v.rmsNormEps), [0, kvW]);
     }
     // OLMoE clamps after its projection norms (transformers: q_norm(q_proj(x)).clamp_).
-    qkvInputs = [toBatch(clip(q), qW), toBatch(clip(k), kvW), toBatch(clip(val), kvW)];
+    qkvInputs = [toBatch(clip(q)), toBatch(clip(k)), toBatch(clip(val))];
   }
   const [attn, presentKey, presentValue] = g.opN(
     'GroupQueryAttention',
@@ -138,34 +155,44 @@ export function buildAttentionBlock(v: AttentionBlockVariant, constants?: Readon
   ) as [Value, Value, Value];
   const attnOut = linear(g, reshape(g, attn, [-1, qW]), ATTN.o, form(ATTN.o), bo);
   // mlpIn = post_attention_norm(hidden + attnOut), and that sum (the residual stream), in one kernel
-  const [mlpIn, , , sum] = g.opN('SkipSimplifiedLayerNormalization', [attnOut, hidden, postNorm], 4, { epsilon: attr.float(v.rmsNormEps) }, { domain: 'com.microsoft' }) as [Value, Value, Value, Value];
+  const sumIsResidual = v.mlp === 'sparse' && !v.sharedExpert;
+  const [mlpIn, , , sum] = g.opN('SkipSimplifiedLayerNormalization', [attnOut, hidden, postNorm], 4, { epsilon: attr.float(v.rmsNormEps) }, {
+    domain: 'com.microsoft',
+    outputNames: [ATTN.moeInput, 'skip_mean', 'skip_inv_std', sumIsResidual ? ATTN.residual : 'skip_sum'],
+  }) as [Value, Value, Value, Value];
   let residual = sum;
 
   const mlpNames = { gate: ATTN.mlpGate, up: ATTN.mlpUp, down: ATTN.mlpDown };
   const mlpForms = () => ({ gate: form(ATTN.mlpGate), up: form(ATTN.mlpUp), down: form(ATTN.mlpDown) });
   if (v.mlp === 'dense') {
-    residual = g.op('Add', [residual, swiGlu(g, mlpIn, mlpNames, mlpForms())]);
+    residual = g.op('Add', [residual, swiGlu(g, mlpIn, mlpNames, mlpForms())], {}, { name: ATTN.residual });
   } else {
     const router = g.tensor(ATTN.router, 'float32', [v.numExperts, H]);
-    g.output(g.op('Gemm', [mlpIn, router], { transB: attr.int(1) }), ATTN.routerLogits, 'float32', [T, v.numExperts]);
+    g.output(g.op('Gemm', [mlpIn, router], { transB: attr.int(1) }, { name: ATTN.routerLogits }), ATTN.routerLogits, 'float32', [T, v.numExperts]);
     g.output(mlpIn, ATTN.moeInput, 'float32', [T, H]);
     if (v.lookaheadRows > 0) {
       // A later layer normalizes its own residual with its own norm weight (folded into w_lookahead), so
       // the prediction uses this residual normalized without a weight.
       const unitNorm = rmsNorm(g, residual, g.constFloat(new Array<number>(H).fill(1), [H]), v.rmsNormEps);
       const lookahead = g.tensor(ATTN.lookahead, 'float32', [v.lookaheadRows, H]);
-      g.output(g.op('Gemm', [unitNorm, lookahead], { transB: attr.int(1) }), ATTN.lookaheadLogits, 'float32', [T, v.lookaheadRows]);
+      g.output(g.op('Gemm', [unitNorm, lookahead], { transB: attr.int(1) }, { name: ATTN.lookaheadLogits }), ATTN.lookaheadLogits, 'float32', [T, v.lookaheadRows]);
     }
     if (v.sharedExpert) {
       // Qwen2-MoE: shared_expert(x) * sigmoid(shared_expert_gate(x)), added to the routed experts' sum.
       const shared = swiGlu(g, mlpIn, mlpNames, mlpForms());
       const gateW = g.tensor(ATTN.sharedGate, 'float32', [1, H]);
       const gate = g.op('Sigmoid', [g.op('Gemm', [mlpIn, gateW], { transB: attr.int(1) })]);
-      residual = g.op('Add', [residual, g.op('Mul', [shared, gate])]);
+      residual = g.op('Add', [residual, g.op('Mul', [shared, gate])], {}, { name: ATTN.residual });
     }
   }
   g.output(residual, ATTN.residual, 'float32', [T, H]);
-  g.output(presentKey, ATTN.presentKey, 'float32', ['batch', nKv, 'present', D]);
-  g.output(presentValue, ATTN.presentValue, 'float32', ['batch', nKv, 'present', D]);
+  if (kvOutput === 'present') {
+    g.output(presentKey, ATTN.presentKey, 'float32', ['batch', nKv, 'present', D]);
+    g.output(presentValue, ATTN.presentValue, 'float32', ['batch', nKv, 'present', D]);
+  } else {
+    const rows = g.input(ATTN.appendRows, 'int64', ['batch', nKv, 'new', D]);
+    g.output(g.op('GatherElements', [presentKey, rows], { axis: attr.int(2) }, { name: ATTN.newKey }), ATTN.newKey, 'float32', ['batch', nKv, 'new', D]);
+    g.output(g.op('GatherElements', [presentValue, rows], { axis: attr.int(2) }, { name: ATTN.newValue }), ATTN.newValue, 'float32', ['batch', nKv, 'new', D]);
+  }
   return g.toModel();
 }

@@ -24,8 +24,9 @@ export function buildExpertFfn(hiddenSize: number, forms: ExpertFfnForms, consta
   const I = forms.down.cols;
   const gateUp = linear(g, x, EXPERT_FFN.gateUp, forms.gateUp);
   const [gate, up] = g.opN('Split', [gateUp, g.constInt64([I, I])], 2, { axis: attr.int(-1) }) as [Value, Value];
-  const silu = g.op('Mul', [gate, g.op('Sigmoid', [gate])]);
-  const y = linear(g, g.op('Mul', [silu, up]), EXPERT_FFN.down, forms.down);
+  // silu(x) = x * sigmoid(1 * x): one QuickGelu node instead of Sigmoid and Mul (each node costs ~4 us)
+  const silu = g.op('QuickGelu', [gate], { alpha: attr.float(1) }, { domain: 'com.microsoft' });
+  const y = linear(g, g.op('Mul', [silu, up]), EXPERT_FFN.down, forms.down, null, EXPERT_FFN.y);
   g.output(y, EXPERT_FFN.y, 'float32', ['rows', hiddenSize]);
   return g.toModel();
 }

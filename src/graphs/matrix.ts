@@ -67,15 +67,16 @@ export function matrixTensors(name: string, m: ComputeMatrix): [string, ConstTen
   }
 }
 
-/** y = x @ W^T (+ b) for matrix `name` of form `f`; x: [rows, K] -> [rows, N]. */
-export function linear(g: GraphBuilder, x: Value, name: string, f: MatrixForm, b: Value | null = null): Value {
+/** y = x @ W^T (+ b) for matrix `name` of form `f`; x: [rows, K] -> [rows, N]. `out`: the name of y. */
+export function linear(g: GraphBuilder, x: Value, name: string, f: MatrixForm, b: Value | null = null, out?: string): Value {
+  const named = { name: out };
   let y: Value;
   switch (f.dtype) {
     case 'f32':
     case 'f16': {
       const w = g.tensor(name, f.dtype === 'f32' ? 'float32' : 'float16', [f.rows, f.cols]);
       const w32 = f.dtype === 'f32' ? w : g.op('Cast', [w], { to: attr.int(1) });
-      return g.op('Gemm', b ? [x, w32, b] : [x, w32], { transB: attr.int(1) });
+      return g.op('Gemm', b ? [x, w32, b] : [x, w32], { transB: attr.int(1) }, named);
     }
     default: {
       const bits = f.dtype === 'int8' ? 8 : 4;
@@ -89,8 +90,8 @@ export function linear(g: GraphBuilder, x: Value, name: string, f: MatrixForm, b
         bits: attr.int(bits),
         block_size: attr.int(f.blockSize),
         accuracy_level: attr.int(f.accuracyLevel),
-      }, { domain: 'com.microsoft' });
-      return b ? g.op('Add', [y, b]) : y;
+      }, { domain: 'com.microsoft', name: b ? undefined : out });
+      return b ? g.op('Add', [y, b], {}, named) : y;
     }
   }
 }
