@@ -94,3 +94,32 @@ for (const device of testDevices()) {
     });
   }
 }
+
+// The CPU KV cache grows in steps of 64 rows and takes back only the rows each run appends; decoding
+// across those steps, alone and batched with a sequence of another length, must give the logits of one
+// prefill of the same tokens.
+for (const device of testDevices()) {
+  test(`decoding across KV-cache growth steps on ${device} gives the logits of one prefill of the same tokens`, async () => {
+    await using model = await MoeModel.load(TINY_MOE_DIR, { device, compute: F32 });
+    const tolerance = logitTolerance(device, 1e-3);
+    const text = model.tokenizer.encode('The Python interpreter reads a program and runs it line by line. '.repeat(12)) as number[];
+    const total = Math.min(text.length, 140);
+    assert.ok(total > 128, `need more than two growth steps of text, got ${total} tokens`);
+    using whole = model.newSequence();
+    const V = model.spec.vocabSize;
+    const all = await model.forward.step(whole, text.slice(0, total), 'all');
+    const at = (position: number) => all.subarray(position * V, (position + 1) * V);
+    using alone = model.newSequence();
+    using other = model.newSequence();
+    await model.forward.stepBatch([{ kv: alone, tokens: text.slice(0, 5), logits: 'none' }]);
+    await model.forward.step(other, text.slice(0, 40), 'last');
+    for (let p = 5; p < total; p++) {
+      // `other` runs 35 positions ahead, so the two caches cross growth steps at different steps
+      const items: BatchItem[] = [{ kv: alone, tokens: [text[p] as number], logits: 'last' }];
+      if (40 + p - 5 < total) items.push({ kv: other, tokens: [text[40 + p - 5] as number], logits: 'last' });
+      const [row, otherRow] = await model.forward.stepBatch(items);
+      assert.ok(row && maxDiff(row, at(p)) <= tolerance, `position ${p}: max |logit diff| ${row ? maxDiff(row, at(p)) : 'none'}`);
+      if (otherRow) assert.ok(maxDiff(otherRow, at(40 + p - 5)) <= tolerance, `other sequence, position ${40 + p - 5}`);
+    }
+  });
+}
