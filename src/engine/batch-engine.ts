@@ -136,7 +136,6 @@ export class BatchEngine implements AsyncDisposable {
     const id = `seq-${this.nextId++}`;
     // The completion must fit the context window; it ends with 'length' where the window does.
     const maxTokens = Math.min(req.maxTokens, maxPositions - req.promptIds.length);
-    this.scheduler.add({ id, promptTokens: req.promptIds.length, maxTokens });
     const stream = new CompletionStream(id);
     const seq: Sequence = {
       id,
@@ -149,6 +148,9 @@ export class BatchEngine implements AsyncDisposable {
       kv: null,
       detachAbort: () => undefined,
     };
+    // Everything that can throw for a bad request has run: the scheduler never holds a request the
+    // engine does not know (a throw after add() would leave a slot no step could fill).
+    this.scheduler.add({ id, promptTokens: req.promptIds.length, maxTokens });
     this.sequences.set(id, seq);
     if (req.signal) {
       const onAbort = () => {
@@ -165,7 +167,11 @@ export class BatchEngine implements AsyncDisposable {
 
   /** Starts the loop if it is not running; it stops by itself when there is no work. */
   private kick(): void {
-    this.loop ??= this.run().finally(() => (this.loop = null));
+    // run() handles its own failures; this catch is the last line: the loop's promise never rejects
+    // unhandled (that would end the process and every other request with it).
+    this.loop ??= this.run()
+      .catch((err: unknown) => this.failAll(err))
+      .finally(() => (this.loop = null));
   }
 
   private async run(): Promise<void> {
@@ -176,9 +182,25 @@ export class BatchEngine implements AsyncDisposable {
       for (const r of plan.removed) this.end(r.id, 'abort');
       for (const id of plan.admitted) {
         const seq = this.sequences.get(id);
-        if (seq) seq.kv = this.model.newSequence();
+        if (!seq) continue;
+        try {
+          seq.kv = this.model.newSequence();
+        } catch (err) {
+          this.failOne(seq, err);
+        }
       }
-      if (plan.steps.length > 0) await this.step(plan);
+      if (plan.steps.length > 0) {
+        try {
+          await this.step(plan);
+        } catch (err) {
+          // A bug in the bookkeeping after sampling (the scheduler's update, say): the step's requests
+          // cannot be trusted to go on; the loop and every other request can.
+          for (const c of plan.steps) {
+            const seq = this.sequences.get(c.id);
+            if (seq) this.failOne(seq, err);
+          }
+        }
+      }
       // Between steps the event loop serves I/O: each step blocks it (session.run is synchronous).
       await yieldToEventLoop();
     }
@@ -189,42 +211,77 @@ export class BatchEngine implements AsyncDisposable {
       const seq = this.sequences.get(c.id);
       return seq?.kv ? [{ chunk: c, seq, kv: seq.kv }] : [];
     });
-    const items: BatchItem[] = chunks.map(({ chunk, seq, kv }) => ({
+    const itemOf = ({ chunk, seq, kv }: (typeof chunks)[number]): BatchItem => ({
       kv,
       tokens: seq.tokens.slice(chunk.start, chunk.start + chunk.count),
       logits: chunk.samples ? 'last' : 'none',
       observer: seq.observer,
-    }));
-    let logits: (Float32Array | null)[];
-    try {
-      logits = await this.model.forward.stepBatch(items);
-    } catch (err) {
-      // The step's KV caches are half-written: these sequences cannot go on. Others are unaffected.
-      for (const { seq } of chunks) {
-        this.scheduler.finish(seq.id, RequestStatus.FINISHED_ABORTED);
-        this.fail(seq, err);
-      }
-      return;
-    }
+    });
+    const logits = await this.forwardIsolated(chunks.map(itemOf), chunks.map((c) => c.seq));
     this.steps++;
     const sampled = new Map<string, number>();
     const stopped: Sequence[] = [];
     chunks.forEach(({ chunk, seq }, i) => {
-      this.tokensComputed += chunk.count;
       const row = logits[i];
+      if (row === undefined) return; // its forward pass failed: already failed
+      this.tokensComputed += chunk.count;
       if (!chunk.samples || !row) return;
-      const { token, logprob } = seq.sampler.next(row);
-      sampled.set(seq.id, token);
-      seq.tokens.push(token);
-      this.tokensGenerated++;
-      const out = seq.state.accept(token, logprob);
-      if (out.text || out.tokenId !== null) seq.stream.push(out);
-      if (seq.state.finishReason === 'stop') stopped.push(seq);
+      try {
+        const { token, logprob } = seq.sampler.next(row);
+        const out = seq.state.accept(token, logprob);
+        seq.tokens.push(token);
+        this.tokensGenerated++;
+        sampled.set(seq.id, token);
+        if (out.text || out.tokenId !== null) seq.stream.push(out);
+        if (seq.state.finishReason === 'stop') stopped.push(seq);
+      } catch (err) {
+        // One sequence's sampling or text accounting failed (non-finite logits, say): it ends with the
+        // error, the others sample on.
+        this.failOne(seq, err);
+      }
     });
     const finished = this.scheduler.update(plan, sampled);
     for (const seq of stopped) this.scheduler.finish(seq.id, RequestStatus.FINISHED_STOPPED);
     for (const f of finished) this.end(f.id, reasonOf(f.status));
     for (const seq of stopped) this.end(seq.id, 'stop');
+  }
+
+  /**
+   * The batched forward pass; when it fails, each sequence again alone, so that one sequence's failure
+   * (a session run, an expert load) fails that sequence only. A failed pass commits nothing to the KV
+   * caches (forward.ts), so the retry starts from the same state. Returns each item's logits, null for
+   * 'none', undefined where the sequence failed (and has been failed).
+   */
+  private async forwardIsolated(items: readonly BatchItem[], seqs: readonly Sequence[]): Promise<(Float32Array | null | undefined)[]> {
+    try {
+      return await this.model.forward.stepBatch(items);
+    } catch (err) {
+      if (items.length === 1) {
+        this.failOne(seqs[0] as Sequence, err);
+        return [undefined];
+      }
+    }
+    const out: (Float32Array | null | undefined)[] = [];
+    for (const [i, item] of items.entries()) {
+      try {
+        const [row] = await this.model.forward.stepBatch([item]);
+        out.push(row ?? null);
+      } catch (err) {
+        this.failOne(seqs[i] as Sequence, err);
+        out.push(undefined);
+      }
+    }
+    return out;
+  }
+
+  /** Ends one request with `err` and takes it out of the scheduler, whatever state it is in. */
+  private failOne(seq: Sequence, err: unknown): void {
+    this.scheduler.finish(seq.id, RequestStatus.FINISHED_ABORTED);
+    this.fail(seq, err);
+  }
+
+  private failAll(err: unknown): void {
+    for (const seq of [...this.sequences.values()]) this.failOne(seq, err);
   }
 
   /** Frees the sequence's KV cache and ends its stream. */

@@ -75,7 +75,7 @@ export class ForwardPass {
   }
 
   /**
-   * One forward step over several sequences. Attention runs per sequence over its own KV cache; the
+   * One forward step over several sequences. A step that throws leaves every KV cache as it was. Attention runs per sequence over its own KV cache; the
    * routed experts run once for the tokens of all of them, so each expert the step needs is loaded
    * once and applied to every token routed to it; the LM head runs once for every row asked for.
    * Returns each item's logits ((rows, V), or null for 'none').
@@ -161,12 +161,17 @@ export class ForwardPass {
           }
         }
       }
-      items.forEach((item) => item.kv.commit());
       if (!joined) {
         joined = await this.join(hidden as RtTensor[]);
         hidden = [];
       }
-      return await this.logits(joined, items, offsets);
+      const logits = await this.logits(joined, items, offsets);
+      items.forEach((item) => item.kv.commit());
+      return logits;
+    } catch (err) {
+      // Nothing of a failed step stays in the caches, so the engine can run its sequences again.
+      items.forEach((item) => item.kv.rollback());
+      throw err;
     } finally {
       hidden.forEach((t) => runtime.release(t));
       runtime.release(joined);

@@ -40,6 +40,9 @@ interface LayerKv {
   fetches(): Record<string, RtTensor | null> | undefined;
   /** Takes the run's present tensors, or (host caches) batch item `b`'s appended rows. */
   accept(outputs: Record<string, RtTensor>, b: number): void;
+  /** The step's rows become the cache's, or are dropped. */
+  commit(): void;
+  rollback(): void;
   dispose(): void;
 }
 
@@ -134,6 +137,13 @@ export class SequenceKvCache implements Disposable {
   commit(): void {
     this.tokens += this.pending;
     this.pending = 0;
+    for (const l of this.layers) l.commit();
+  }
+
+  /** Forgets a step that failed: the cache is as before begin(). */
+  rollback(): void {
+    this.pending = 0;
+    for (const l of this.layers) l.rollback();
   }
 
   private layer(i: number): LayerKv {
@@ -199,6 +209,14 @@ class InPlaceLayerKv implements LayerKv {
     return undefined;
   }
 
+  commit(): void {
+    // Rows are written in place; the sequence's length says which are valid.
+  }
+
+  rollback(): void {
+    // Rows past the sequence's length are overwritten by the next step.
+  }
+
   /** Writes batch item b's appended rows, of new_key/new_value (B, kvHeads, T, headDim), at the end of the cache. */
   accept(outputs: Record<string, RtTensor>, b: number): void {
     const key = outputs[ATTN.newKey];
@@ -224,6 +242,8 @@ class InPlaceLayerKv implements LayerKv {
 class RollingLayerKv implements LayerKv {
   private key: RtTensor;
   private value: RtTensor;
+  /** This step's present tensors, until commit() makes them the past (or rollback() drops them). */
+  private next: { key: RtTensor; value: RtTensor } | null = null;
 
   constructor(
     private readonly runtime: Runtime,
@@ -246,9 +266,22 @@ class RollingLayerKv implements LayerKv {
     const key = outputs[ATTN.presentKey];
     const value = outputs[ATTN.presentValue];
     if (!key || !value) throw new Error('attention block returned no present key/value');
+    this.rollback();
+    this.next = { key, value };
+  }
+
+  commit(): void {
+    if (!this.next) return;
     this.release();
-    this.key = key;
-    this.value = value;
+    ({ key: this.key, value: this.value } = this.next);
+    this.next = null;
+  }
+
+  rollback(): void {
+    if (!this.next) return;
+    this.runtime.release(this.next.key);
+    this.runtime.release(this.next.value);
+    this.next = null;
   }
 
   private release(): void {
@@ -257,6 +290,7 @@ class RollingLayerKv implements LayerKv {
   }
 
   dispose(): void {
+    this.rollback();
     this.release();
     this.key = this.value = this.runtime.float32(new Float32Array(0), [1, 1, 0, 1]);
   }
