@@ -277,7 +277,8 @@ export class BatchEngine implements AsyncDisposable {
   /** Ends one request with `err` and takes it out of the scheduler, whatever state it is in. */
   private failOne(seq: Sequence, err: unknown): void {
     this.scheduler.finish(seq.id, RequestStatus.FINISHED_ABORTED);
-    this.fail(seq, err);
+    this.release(seq);
+    seq.stream.fail(err);
   }
 
   private failAll(err: unknown): void {
@@ -295,10 +296,6 @@ export class BatchEngine implements AsyncDisposable {
     seq.stream.end({ ...output, id, promptTokens: output.promptIds.length, completionTokens: output.completionIds.length });
   }
 
-  private fail(seq: Sequence, err: unknown): void {
-    this.release(seq);
-    seq.stream.fail(err);
-  }
 
   private release(seq: Sequence): void {
     this.sequences.delete(seq.id);

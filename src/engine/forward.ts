@@ -75,10 +75,11 @@ export class ForwardPass {
   }
 
   /**
-   * One forward step over several sequences. A step that throws leaves every KV cache as it was. Attention runs per sequence over its own KV cache; the
+   * One forward step over several sequences. Attention runs per sequence over its own KV cache; the
    * routed experts run once for the tokens of all of them, so each expert the step needs is loaded
    * once and applied to every token routed to it; the LM head runs once for every row asked for.
-   * Returns each item's logits ((rows, V), or null for 'none').
+   * Returns each item's logits ((rows, V), or null for 'none'). A step that throws leaves every KV cache
+   * as it was.
    */
   async stepBatch(items: readonly BatchItem[]): Promise<(Float32Array | null)[]> {
     const { spec, runtime, weights, sessions } = this.m;
@@ -124,7 +125,6 @@ export class ForwardPass {
             await this.letIoIn();
             const out = await sessions.attentionFor(layer).run(
               { ...weights.layerInputs(layer), ...seqFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: hidden[i] as RtTensor },
-              item.kv.layerFetches(layer),
             );
             item.kv.accept(layer, out);
             outs[i] = out;

@@ -36,8 +36,6 @@ export class ContextLengthError extends Error {
 interface LayerKv {
   /** past_key and past_value feeds, plus the seqlens inputs that describe them. */
   feeds(): Record<string, RtTensor>;
-  /** Preallocated outputs, where the provider honours them. */
-  fetches(): Record<string, RtTensor | null> | undefined;
   /** Takes the run's present tensors, or (host caches) batch item `b`'s appended rows. */
   accept(outputs: Record<string, RtTensor>, b: number): void;
   /** The step's rows become the cache's, or are dropped. */
@@ -124,10 +122,6 @@ export class SequenceKvCache implements Disposable {
     return l instanceof InPlaceLayerKv ? l.rows() : null;
   }
 
-  layerFetches(layer: number): Record<string, RtTensor | null> | undefined {
-    return this.layer(layer).fetches();
-  }
-
   /** Takes a layer's run outputs; `b`: this sequence's item in a batched run (host caches only). */
   accept(layer: number, outputs: Record<string, RtTensor>, b = 0): void {
     this.layer(layer).accept(outputs, b);
@@ -205,10 +199,6 @@ class InPlaceLayerKv implements LayerKv {
     return { [ATTN.pastKey]: this.key, [ATTN.pastValue]: this.value };
   }
 
-  fetches(): undefined {
-    return undefined;
-  }
-
   commit(): void {
     // Rows are written in place; the sequence's length says which are valid.
   }
@@ -256,10 +246,6 @@ class RollingLayerKv implements LayerKv {
 
   feeds(): Record<string, RtTensor> {
     return { [ATTN.pastKey]: this.key, [ATTN.pastValue]: this.value };
-  }
-
-  fetches(): undefined {
-    return undefined;
   }
 
   accept(outputs: Record<string, RtTensor>): void {
