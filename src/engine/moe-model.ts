@@ -7,9 +7,10 @@ import { HostExpertCache } from '../experts/host-expert-cache.js';
 import { planCache, type CachePlan } from '../experts/cache-plan.js';
 import { createPolicy, type PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
-import { TraceWriter } from '../experts/trace-writer.js';
+import { TraceWriter, type TraceWriterOptions } from '../experts/trace-writer.js';
 import { loadGenerationDefaults, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
 import { SafetensorsArchive } from '../model/safetensors.js';
+import { checkCheckpointTensors } from '../model/checkpoint-tensors.js';
 import { ExpertIds } from '../experts/expert-id.js';
 import { computeBytes, type ComputeDType, type StoredMatrix } from '../model/compute-form.js';
 import { Runtime, type DeviceKind } from '../runtime/onnx-runtime.js';
@@ -148,9 +149,12 @@ export class MoeModel implements AsyncDisposable {
     const generation = await loadGenerationDefaults(dir);
     const eosTokenIds = generation.eosTokenIds ?? spec.eosTokenIds;
     const samplingDefaults = { temperature: generation.temperature, topP: generation.topP, topK: generation.topK };
-    const runtime = await Runtime.create({ device: options.device, cpuThreads: options.cpuThreads || autoCpuThreads(spec) });
     const archive = await SafetensorsArchive.open(dir);
     try {
+      // From the headers alone, before anything is read or built: experts are read on demand, so a
+      // missing or misshapen one would otherwise fail only the requests routed to it, and much later.
+      checkCheckpointTensors(archive, spec, dir);
+      const runtime = await Runtime.create({ device: options.device, cpuThreads: options.cpuThreads || autoCpuThreads(spec) });
       const cache = options.experts ?? {};
       const budgeted = cache.policy !== 'all' && (cache.budgetMb !== undefined || (cache.budgetFraction ?? 1) < 1);
       const compute = resolveCompute(options.device, options.compute, budgeted);
@@ -222,8 +226,8 @@ export class MoeModel implements AsyncDisposable {
     }
   }
 
-  /** Starts a routing trace file for this model (`--trace`). */
-  openTrace(path: string): Promise<TraceWriter> {
+  /** Starts a routing trace file for this model (`--trace`); a write error turns it off (see TraceWriter). */
+  openTrace(path: string, options?: TraceWriterOptions): Promise<TraceWriter> {
     return TraceWriter.open(path, {
       model: this.dir,
       num_layers: this.spec.numLayers,
@@ -231,7 +235,7 @@ export class MoeModel implements AsyncDisposable {
       top_k: this.spec.topK,
       expert_bytes: this.experts.expertBytes,
       sparse_layers: this.spec.sparseLayers.flatMap((sparse, l) => (sparse ? [l] : [])),
-    });
+    }, options);
   }
 
   /** A fresh KV cache for one sequence. */

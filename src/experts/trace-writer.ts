@@ -1,27 +1,70 @@
 // Writes the routing trace (`--trace FILE`): a header line, then one line per (request, step, sparse
 // layer) with the experts each token was routed to and the router lookahead's predictions.
+//
+// A trace is a diagnostic: when writing it fails (a full disk, say) the writer reports the error once
+// and turns itself off, and requests go on. The observer runs inside the forward pass, so an error
+// thrown there would fail every request while /health still said 200.
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { once } from 'node:events';
+import { finished } from 'node:stream/promises';
 import type { RoutingEvent, RoutingObserver } from '../engine/forward.js';
 import type { TraceHeader, TraceLine } from './trace-format.js';
 
+/** Writing the routing trace failed; the trace stops there and serving goes on. */
+export class TraceWriteError extends Error {
+  readonly code = 'trace_write_failed';
+
+  constructor(
+    readonly path: string,
+    override readonly cause: Error,
+  ) {
+    super(`routing trace ${path}: writing failed (${cause.message}); tracing is off from here on, requests go on. Free space or give --trace another path, and restart to trace again.`, { cause });
+    this.name = 'TraceWriteError';
+  }
+}
+
+export interface TraceWriterOptions {
+  /** Called once, with the first write error; default: one line on stderr. */
+  readonly onError?: (error: TraceWriteError) => void;
+}
+
+const writeToStderr = (error: TraceWriteError) => void process.stderr.write(`moe-serve: ${error.message}\n`);
+
 export class TraceWriter implements AsyncDisposable {
   private requests = 0;
-  private failure: Error | null = null;
+  private failure: TraceWriteError | null = null;
+  private closing: Promise<TraceWriteError | null> | null = null;
 
-  private constructor(private readonly out: WriteStream) {
-    out.on('error', (err) => (this.failure = err));
+  private constructor(
+    readonly path: string,
+    private readonly out: WriteStream,
+    private readonly onError: (error: TraceWriteError) => void,
+  ) {
+    // Stream errors arrive here, after the write that caused them; this listener also keeps them from
+    // being thrown as unhandled 'error' events.
+    out.on('error', (err) => this.fail(err));
   }
 
-  static async open(path: string, header: Omit<TraceHeader, 'trace' | 'version'>): Promise<TraceWriter> {
+  /** Opens `path` for writing (a failure to open it throws) and writes the header line. */
+  static async open(path: string, header: Omit<TraceHeader, 'trace' | 'version'>, options: TraceWriterOptions = {}): Promise<TraceWriter> {
     const out = createWriteStream(path, { flags: 'w' });
     await once(out, 'open');
-    const writer = new TraceWriter(out);
+    const writer = new TraceWriter(path, out, options.onError ?? writeToStderr);
     writer.write({ trace: 'moe-serve routing trace', version: 1, ...header });
     return writer;
   }
 
-  /** An observer for one request: its own request number, steps counted as its positions advance. */
+  /** Whether writing failed, so that the trace is off (health reports it). */
+  get failed(): boolean {
+    return this.failure !== null;
+  }
+
+  /** The write error that turned the trace off, or null. */
+  get error(): TraceWriteError | null {
+    return this.failure;
+  }
+
+  /** An observer for one request: its own request number, steps counted as its positions advance. Never throws. */
   request(): RoutingObserver {
     const request = this.requests++;
     let step = -1;
@@ -32,6 +75,7 @@ export class TraceWriter implements AsyncDisposable {
           position = e.position;
           step++;
         }
+        if (this.failure) return;
         const r = e.routing;
         const line: TraceLine = {
           request,
@@ -46,17 +90,37 @@ export class TraceWriter implements AsyncDisposable {
   }
 
   private write(value: object): void {
-    if (this.failure) throw this.failure;
+    if (this.failure || this.closing) return;
     this.out.write(`${JSON.stringify(value)}\n`);
   }
 
-  async close(): Promise<void> {
-    this.out.end();
-    await once(this.out, 'finish');
-    if (this.failure) throw this.failure;
+  /** Turns the trace off and reports the error, the first time only. */
+  private fail(err: unknown): void {
+    if (this.failure) return;
+    this.failure = new TraceWriteError(this.path, err instanceof Error ? err : new Error(String(err)));
+    this.out.destroy();
+    this.onError(this.failure);
+  }
+
+  /**
+   * Flushes and closes the file. Resolves with the write error that turned the trace off (already
+   * reported through onError), or null; it does not throw for it.
+   */
+  close(): Promise<TraceWriteError | null> {
+    this.closing ??= (async () => {
+      if (!this.out.destroyed) this.out.end();
+      try {
+        await finished(this.out);
+      } catch (err) {
+        // A failed final flush, or the stream already destroyed by the error reported earlier.
+        this.fail(err);
+      }
+      return this.failure;
+    })();
+    return this.closing;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
-    if (!this.out.writableFinished) await this.close();
+    await this.close();
   }
 }

@@ -10,7 +10,7 @@
 // pack_to_int32 / unpack_from_int32 and its dequantize). Little-endian words with the first value in the
 // low bits put the values in row order in memory, which is MatMulNBits' layout (quantization.ts): the
 // packed bytes are shared as they are whenever K is a whole number of groups.
-import { toFloat32, isWeightDType } from './dtype.js';
+import { toFloat32, isWeightDType, type WeightDType } from './dtype.js';
 import { blocksPerRow, checkScheme, setZeroPoint, zeroPointBytesPerRow, zeroPointOf, type QuantBits, type QuantizedMatrix } from './quantization.js';
 
 export const PACKED_SUFFIXES = { packed: 'weight_packed', scale: 'weight_scale', zeroPoint: 'weight_zero_point', shape: 'weight_shape' } as const;
@@ -31,7 +31,8 @@ export class PackedWeightError extends Error {
 
   constructor(
     readonly tensor: string,
-    reason: string,
+    /** What is wrong, without the tensor's name (load-time validation lists it beside the name). */
+    readonly reason: string,
   ) {
     super(`quantized weight "${tensor}" cannot be read: ${reason}`);
     this.name = 'PackedWeightError';
@@ -59,12 +60,17 @@ export interface PackedHints {
   readonly groupSizes: readonly number[];
 }
 
+/** What a packed weight's safetensors headers tell: enough to know its scheme before any byte is read. */
+export type PackedHeaders = Pick<PackedParts, 'name' | 'packedShape' | 'scaleShape' | 'scaleDType' | 'shape'>;
+
 /**
- * Decodes a pack-quantized weight into MatMulNBits' layout. The bit width follows from the words per row
- * and the group size from the scales per row; where a shape fits two (rows so short that both widths
- * fit, or input features not a whole number of groups), the checkpoint's own values settle it.
+ * The bit width and group size of a pack-quantized weight, from its tensors' shapes alone (so that a
+ * checkpoint is checked at load time from its headers: checkpoint-tensors.ts). The bit width follows
+ * from the words per row and the group size from the scales per row; where a shape fits two (rows so
+ * short that both widths fit, or input features not a whole number of groups), the checkpoint's own
+ * values settle it. Throws PackedWeightError saying which shape does not fit.
  */
-export function decodePacked(p: PackedParts, hints: PackedHints): QuantizedMatrix {
+export function packedScheme(p: PackedHeaders, hints: PackedHints): { bits: QuantBits; blockSize: number; scaleDType: WeightDType } {
   const [N, K] = p.shape;
   const words = p.packedShape[1];
   if (p.packedShape.length !== 2 || p.packedShape[0] !== N || words === undefined || words === 0) {
@@ -73,7 +79,6 @@ export function decodePacked(p: PackedParts, hints: PackedHints): QuantizedMatri
   const fits = ([4, 8] as const).filter((b) => Math.ceil((K * b) / 32) === words);
   const bits = fits.length === 1 ? fits[0] : fits.find((b) => hints.bits.length === 1 && hints.bits[0] === b);
   if (bits === undefined) throw new PackedWeightError(p.name, `${words} int32 words per row do not tell 4 from 8 bits for ${K} values`);
-  const perWord = 32 / bits;
   const groups = p.scaleShape[1];
   if (p.scaleShape.length !== 2 || p.scaleShape[0] !== N || groups === undefined || groups === 0) {
     throw new PackedWeightError(p.name, `weight_scale has shape [${p.scaleShape.join(', ')}] for a [${N}, ${K}] weight`);
@@ -84,12 +89,22 @@ export function decodePacked(p: PackedParts, hints: PackedHints): QuantizedMatri
   const blockSize = sizes.find((bs) => hints.groupSizes.includes(bs)) ?? (sizes.length === 1 || groups === 1 ? sizes[0] : undefined);
   if (blockSize === undefined) throw new PackedWeightError(p.name, `${groups} scale groups per row of ${K} input features fit no power-of-two group size of at least 16${sizes.length > 1 ? ` unambiguously (${sizes.join(', ')})` : ''}`);
   try {
-    checkScheme({ bits, blockSize, zeroPoints: p.zeroPoint !== null });
+    checkScheme({ bits, blockSize, zeroPoints: false }); // checks bits and block size; zero points fit either
   } catch (err) {
     throw new PackedWeightError(p.name, (err as Error).message);
   }
   if (!isWeightDType(p.scaleDType)) throw new PackedWeightError(p.name, `weight_scale is ${p.scaleDType}; expected F32, F16 or BF16`);
-  const scales = toFloat32(p.scale, p.scaleDType);
+  return { bits, blockSize, scaleDType: p.scaleDType };
+}
+
+/** Decodes a pack-quantized weight into MatMulNBits' layout (its scheme as packedScheme finds it). */
+export function decodePacked(p: PackedParts, hints: PackedHints): QuantizedMatrix {
+  const [N, K] = p.shape;
+  const { bits, blockSize, scaleDType } = packedScheme(p, hints);
+  const perWord = 32 / bits;
+  const words = p.packedShape[1] as number;
+  const groups = p.scaleShape[1] as number;
+  const scales = toFloat32(p.scale, scaleDType);
   let zeroPointBytes: Uint8Array | null = null;
   const zpRow = zeroPointBytesPerRow(groups, bits);
   if (p.zeroPoint) {

@@ -4,6 +4,7 @@
 export type ModelLoadErrorCode =
   | 'weights_not_found'
   | 'missing_tensor'
+  | 'checkpoint_tensors'
   | 'unsupported_dtype'
   | 'tensor_shape'
   | 'bad_safetensors_header'
@@ -53,6 +54,54 @@ export class MissingTensorError extends ModelLoadError {
         'The checkpoint may use another naming scheme or have fewer layers/experts than its config says.',
     );
   }
+}
+
+/** One tensor that a model needs and its checkpoint lacks or holds in another dtype or shape. */
+export interface TensorProblem {
+  readonly tensor: string;
+  readonly kind: 'missing' | 'dtype' | 'shape' | 'packed';
+  /** The file holding the tensor, or null when none does. */
+  readonly file: string | null;
+  /** What the model needs, e.g. "F32, F16 or BF16 [96, 64]". */
+  readonly expected: string;
+  /** What the file holds, e.g. "I8 [96, 64]"; null when missing. */
+  readonly found: string | null;
+}
+
+/**
+ * Every tensor a model needs that its checkpoint lacks or holds wrongly, found from the safetensors
+ * headers when it loads: one error for all of them, so that a broken checkpoint fails before it serves
+ * (and not later, at the first request routed to a broken expert) and is fixed in one go.
+ */
+export class CheckpointTensorsError extends ModelLoadError {
+  readonly code = 'checkpoint_tensors';
+  /** Problems listed in the message; the rest are counted. */
+  static readonly maxListed = 20;
+
+  constructor(
+    readonly directory: string,
+    readonly files: readonly string[],
+    readonly problems: readonly TensorProblem[],
+  ) {
+    const listed = problems.slice(0, CheckpointTensorsError.maxListed).map((p) => `  ${describeProblem(p)}`);
+    if (problems.length > listed.length) listed.push(`  ... and ${problems.length - listed.length} more`);
+    const missing = problems.filter((p) => p.kind === 'missing').length;
+    // A large model has tens of shards; the lines name the one holding each tensor found.
+    const checked = files.length <= 3 ? files.join(', ') : `its ${files.length} files ${files[0]} ... ${files[files.length - 1]}`;
+    super(
+      `The weights in ${directory} do not match its config.json: ${missing} tensor${missing === 1 ? '' : 's'} missing, ` +
+        `${problems.length - missing} with the wrong dtype or shape (checked against the headers of ${checked}):\n` +
+        `${listed.join('\n')}\n` +
+        'The checkpoint is incomplete or its config.json belongs to other weights: download the model again, or fix config.json.',
+    );
+  }
+}
+
+function describeProblem(p: TensorProblem): string {
+  if (p.kind === 'missing') return `"${p.tensor}": missing; expected ${p.expected}`;
+  const where = p.file === null ? '' : ` in ${p.file}`;
+  if (p.kind === 'packed') return `"${p.tensor}"${where}: ${p.found ?? 'unreadable packed weight'}; expected ${p.expected}`;
+  return `"${p.tensor}"${where}: ${p.found ?? '?'}; expected ${p.expected}`;
 }
 
 export class UnsupportedDTypeError extends ModelLoadError {

@@ -6,6 +6,7 @@
 // one tensor in memory at a time.
 import { copyFile, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { checkCheckpointTensors } from './checkpoint-tensors.js';
 import { encodePacked, packedNames } from './compressed-tensors.js';
 import { computeToFloat32, toComputeForm, storedComputeDType, type ComputeDType, type QuantOptions, type StoredMatrix, type WeightClass } from './compute-form.js';
 import { loadModelConfig, quantizationConfigJson, type ModelSpec } from './hf-config.js';
@@ -172,6 +173,8 @@ export async function quantizeCheckpoint(o: QuantizeOptions): Promise<string[]> 
   const spec = await loadModelConfig(o.modelDir);
   const q: QuantOptions = { blockSize: o.blockSize ?? DEFAULT_BLOCK_SIZE, zeroPoints: o.zeroPoints ?? false };
   await using archive = await SafetensorsArchive.open(o.modelDir);
+  // Every tensor is checked before the first is written, so that a broken source fails at once, naming them all.
+  checkCheckpointTensors(archive, spec, o.modelDir);
   const jobs = matrixJobs(spec);
   const consumed = new Set<string>();
   const planned: PlannedTensor[] = [];

@@ -228,10 +228,13 @@ export class SafetensorsArchive implements AsyncDisposable {
   private readonly entries = new Map<string, TensorEntry>();
   private readonly readers = new Map<string, ByteRangeReader>();
   private tensorBytesRead = 0;
+  /** The files it reads, by label (their paths, for files on disk), in the order given. */
+  readonly fileLabels: readonly string[];
 
   private constructor(sources: readonly SafetensorsSource[], entries: readonly TensorEntry[]) {
     for (const { fileLabel, reader } of sources) this.readers.set(fileLabel, reader);
     for (const entry of entries) this.entries.set(entry.name, entry);
+    this.fileLabels = sources.map((s) => s.fileLabel);
   }
 
   /**
@@ -299,6 +302,11 @@ export class SafetensorsArchive implements AsyncDisposable {
 
   names(): string[] {
     return [...this.entries.keys()];
+  }
+
+  /** The tensor's header entry, or undefined when no file holds it. */
+  find(name: string): TensorEntry | undefined {
+    return this.entries.get(name);
   }
 
   entry(name: string): TensorEntry {
