@@ -1,10 +1,12 @@
 // From a validated OpenAI body to an engine request: the prompt (rendered with the model's chat template
 // for chat), limits and sampling. The HTTP routes and the WebSocket share it, so both accept the same.
-import { Template } from '@huggingface/jinja';
 import type { CompletionRequest } from '../engine/completion-state.js';
 import type { MoeModel } from '../engine/moe-model.js';
+import { ChatTemplateRenderError, renderChatTemplate, UntraceableUserTextError } from '../tokenizer/chat-template.js';
 import type { Token } from '../tokenizer/token.js';
-import { ApiError, badRequest } from './api-errors.js';
+import { UnsplittableSpecialTokenError } from '../tokenizer/user-span-encoder.js';
+import { badRequest } from './api-errors.js';
+import { modelNotFound } from './input-limits.js';
 import type { ChatCompletionRequestBody, CompletionRequestBody } from './request-schemas.js';
 
 type CompletionFields = Omit<CompletionRequestBody, 'stream' | 'stream_options'>;
@@ -19,6 +21,8 @@ const DEFAULT_COMPLETION_TOKENS = 16;
 export function prepareCompletion(model: MoeModel, modelName: string, body: CompletionFields): PreparedRequest {
   checkModel(body.model, modelName);
   const prompt = Array.isArray(body.prompt) ? (body.prompt[0] ?? '') : body.prompt;
+  // Special-token text in a raw prompt is the special token (transformers' default): the whole prompt is the
+  // client's, so there is no turn of someone else's to forge, and clients rely on writing e.g. <|im_start|>.
   const promptIds = checkedPrompt(model, model.tokenizer.encode(prompt), 'prompt');
   return engineRequest(promptIds, body.max_tokens ?? DEFAULT_COMPLETION_TOKENS, body, body.logprobs ?? undefined);
 }
@@ -28,13 +32,18 @@ export function prepareChat(model: MoeModel, modelName: string, body: ChatFields
   const template = model.tokenizer.chatTemplate;
   if (!template) throw badRequest(`model '${modelName}' has no chat_template in tokenizer_config.json; use /v1/completions`, 'messages', 'no_chat_template');
   if (body.top_logprobs != null && body.logprobs !== true) throw badRequest('top_logprobs needs logprobs: true', 'top_logprobs', 'invalid_request');
-  let text: string;
+  let encoded: Token[];
   try {
-    text = new Template(template).render({ messages: body.messages, add_generation_prompt: true, bos_token: '', eos_token: '' });
+    // Message text that spells a special token is encoded as that text, so that a message cannot forge a turn.
+    const rendered = renderChatTemplate(template, body.messages, { add_generation_prompt: true, bos_token: '', eos_token: '' },
+      (s) => model.tokenizer.findSpecialTokenText(s));
+    encoded = model.tokenizer.encodeWithUserSpans(rendered.text, rendered.userSpans);
   } catch (err) {
-    throw badRequest(`the chat template failed on these messages: ${(err as Error).message}`, 'messages', 'chat_template_error');
+    if (err instanceof ChatTemplateRenderError) throw badRequest(err.message, 'messages', 'chat_template_error');
+    if (err instanceof UntraceableUserTextError || err instanceof UnsplittableSpecialTokenError) throw badRequest(err.message, 'messages', 'special_token_text');
+    throw err;
   }
-  const promptIds = checkedPrompt(model, model.tokenizer.encode(text), 'messages');
+  const promptIds = checkedPrompt(model, encoded, 'messages');
   // A chat answer may use the rest of the context unless the client limits it.
   const room = model.spec.maxPositions - promptIds.length;
   const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? room;
@@ -42,7 +51,7 @@ export function prepareChat(model: MoeModel, modelName: string, body: ChatFields
 }
 
 function checkModel(name: string, served: string): void {
-  if (name !== served) throw new ApiError(404, 'not_found_error', `model '${name}' does not exist; this server serves '${served}'`, 'model', 'model_not_found');
+  if (name !== served) throw modelNotFound(name, served);
 }
 
 function checkedPrompt(model: MoeModel, promptIds: Token[], param: string): Token[] {

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { StreamDecoder } from './stream-decoder.js';
 import { asToken, asTokens, type Token } from './token.js';
+import { UserSpanEncoder, type TextSpan } from './user-span-encoder.js';
 
 export class TokenizerLoadError extends Error {
   constructor(
@@ -26,19 +27,30 @@ type TokenizerConfig = Record<string, unknown>;
 export class TextTokenizer {
   /** Every id the tokenizer knows, added tokens included: transformers' `len(tokenizer)`. */
   readonly vocabSize: number;
+  /**
+   * The longest token's spelling in the vocabulary, in UTF-16 units: byte-level BPE spells each byte as
+   * one character and SentencePiece each character as one, so no token covers more input than this.
+   */
+  readonly longestTokenChars: number;
   readonly chatTemplate: string | undefined;
   // transformers defaults this to false since v4.45; the library defaults it to true, which would turn
   // "a ." into "a." and make decode() disagree with both transformers and the streamed text.
   private readonly cleanUpTokenizationSpaces: boolean;
+  private readonly userSpanEncoder: UserSpanEncoder;
 
   private constructor(
     private readonly tokenizer: Tokenizer,
     config: TokenizerConfig,
   ) {
-    this.vocabSize = tokenizer.get_vocab(true).size;
+    const vocab = tokenizer.get_vocab(true);
+    this.vocabSize = vocab.size;
+    let longest = 1;
+    for (const spelling of vocab.keys()) longest = Math.max(longest, spelling.length);
+    this.longestTokenChars = longest;
     // Some configs hold a list of named templates instead of one string; those are not supported.
     this.chatTemplate = typeof config['chat_template'] === 'string' ? config['chat_template'] : undefined;
     this.cleanUpTokenizationSpaces = config['clean_up_tokenization_spaces'] === true;
+    this.userSpanEncoder = new UserSpanEncoder(tokenizer, config);
   }
 
   /** Reads `tokenizer.json` and, when present, `tokenizer_config.json` from a Hugging Face model directory. */
@@ -69,6 +81,24 @@ export class TextTokenizer {
   /** Adds special tokens exactly where the tokenizer.json post-processor says (e.g. a BOS for Llama-style). */
   encode(text: string): Token[] {
     return asTokens(this.tokenizer.encode(text).ids);
+  }
+
+  /**
+   * Encodes text in which `userSpans` hold a user's text (a chat message's content): special-token text there
+   * is encoded as plain text, as transformers' `split_special_tokens=True` does, so that a message cannot
+   * forge a turn; special tokens elsewhere (the chat template's markup) stay special tokens. When no special
+   * token is touched this is exactly encode(text).
+   */
+  encodeWithUserSpans(text: string, userSpans: readonly TextSpan[]): Token[] {
+    if (userSpans.length === 0) return this.encode(text);
+    const { ids, changed } = this.userSpanEncoder.encode(text, userSpans);
+    // The library's own encode() where the result is the same, so that ordinary chats keep exactly its ids.
+    return changed ? asTokens(ids) : this.encode(text);
+  }
+
+  /** Where special-token text (a special added token's content) occurs in `text`. */
+  findSpecialTokenText(text: string): TextSpan[] {
+    return this.userSpanEncoder.specialTokenText(text);
   }
 
   /** Ids the tokenizer does not know (e.g. padding rows of the lm_head) decode to nothing, as in transformers. */
