@@ -9,7 +9,7 @@ import { CompletionState, EmptyPromptError, type CompletionOutput, type Completi
 
 export type { CompletionRequest } from './completion-state.js';
 import type { BatchItem, RoutingObserver } from './forward.js';
-import { ContextLengthError, type SequenceKvCache } from './kv-cache.js';
+import { ContextLengthError, kvRowsFor, type SequenceKvCache } from './kv-cache.js';
 import type { MoeModel } from './moe-model.js';
 import { SequenceSampler } from './sequence-sampler.js';
 
@@ -95,6 +95,21 @@ export interface EngineStats {
   readonly tokensGenerated: number;
   readonly running: number;
   readonly waiting: number;
+  readonly kvTokensReserved: number;
+}
+
+/**
+ * How many requests must fail in a row, with no token sampled for any request in between, before the
+ * engine calls itself failing. One poisoned request (non-finite logits, say) fails alone and the next
+ * token sampled clears the count; five in a row means every request fails (a missing weight, a broken
+ * session, out of memory), and /health should take the server out of rotation.
+ */
+export const FAILING_AFTER = 5;
+
+export interface EngineHealth {
+  readonly failing: boolean;
+  /** Why, when failing: the count and the latest error's message. */
+  readonly reason?: string;
 }
 
 export class BatchEngine implements AsyncDisposable {
@@ -105,6 +120,8 @@ export class BatchEngine implements AsyncDisposable {
   private steps = 0;
   private tokensComputed = 0;
   private tokensGenerated = 0;
+  private failuresInARow = 0;
+  private lastFailure = '';
 
   constructor(
     private readonly model: MoeModel,
@@ -120,7 +137,13 @@ export class BatchEngine implements AsyncDisposable {
       tokensGenerated: this.tokensGenerated,
       running: this.scheduler.numRunning,
       waiting: this.scheduler.numWaiting,
+      kvTokensReserved: this.scheduler.kvTokensReserved,
     };
+  }
+
+  get health(): EngineHealth {
+    if (this.failuresInARow < FAILING_AFTER) return { failing: false };
+    return { failing: true, reason: `the last ${this.failuresInARow} requests failed with no token generated in between; latest: ${this.lastFailure} (details in the log)` };
   }
 
   /**
@@ -150,7 +173,8 @@ export class BatchEngine implements AsyncDisposable {
     };
     // Everything that can throw for a bad request has run: the scheduler never holds a request the
     // engine does not know (a throw after add() would leave a slot no step could fill).
-    this.scheduler.add({ id, promptTokens: req.promptIds.length, maxTokens });
+    const kvTokens = kvRowsFor(req.promptIds.length + maxTokens, maxPositions);
+    this.scheduler.add({ id, promptTokens: req.promptIds.length, maxTokens, kvTokens, client: req.client });
     this.sequences.set(id, seq);
     if (req.signal) {
       const onAbort = () => {
@@ -231,6 +255,7 @@ export class BatchEngine implements AsyncDisposable {
         const out = seq.state.accept(token, logprob);
         seq.tokens.push(token);
         this.tokensGenerated++;
+        this.failuresInARow = 0;
         sampled.set(seq.id, token);
         if (out.text || out.tokenId !== null) seq.stream.push(out);
         if (seq.state.finishReason === 'stop') stopped.push(seq);
@@ -276,6 +301,9 @@ export class BatchEngine implements AsyncDisposable {
 
   /** Ends one request with `err` and takes it out of the scheduler, whatever state it is in. */
   private failOne(seq: Sequence, err: unknown): void {
+    this.failuresInARow++;
+    // /health is open to anyone: the error's kind only, its message (paths, tensor names) goes to the log.
+    this.lastFailure = err instanceof Error ? err.name : typeof err;
     this.scheduler.finish(seq.id, RequestStatus.FINISHED_ABORTED);
     this.release(seq);
     seq.stream.fail(err);

@@ -26,6 +26,8 @@ export interface CompletionRequest {
   /** Aborting removes the request at the next step and frees its KV cache. */
   readonly signal?: AbortSignal;
   readonly observer?: RoutingObserver;
+  /** Who sent it (a peer address, say), for the scheduler's per-client limits. */
+  readonly client?: string;
 }
 
 /** A request whose prompt has no tokens: there is nothing to condition the first token on. */

@@ -46,6 +46,16 @@ interface LayerKv {
 
 const CAPACITY_STEP = 64;
 
+/** The cache rows a sequence of `tokens` tokens holds at most (capacity grows in whole steps). */
+export function kvRowsFor(tokens: number, maxPositions: number): number {
+  return Math.min(Math.ceil(tokens / CAPACITY_STEP) * CAPACITY_STEP, maxPositions);
+}
+
+/** Bytes of one cache row over every layer: keys and values, fp32. */
+export function kvBytesPerRow(shape: Omit<KvShape, 'maxPositions'>): number {
+  return 2 * shape.numLayers * shape.numKvHeads * shape.headDim * Float32Array.BYTES_PER_ELEMENT;
+}
+
 /**
  * The append_rows feed of a 'new_rows' attention block: (B, kvHeads, T, headDim) holding, for sequence b,
  * cache row firstRows[b] + t at every (head, t, d), the index GatherElements takes the appended rows by.
@@ -170,7 +180,7 @@ class InPlaceLayerKv implements LayerKv {
       this.used = total;
       return;
     }
-    const capacity = Math.min(Math.ceil(total / CAPACITY_STEP) * CAPACITY_STEP, this.shape.maxPositions);
+    const capacity = kvRowsFor(total, this.shape.maxPositions);
     this.key = this.grow(this.key, capacity);
     this.value = this.grow(this.value, capacity);
     this.capacity = capacity;

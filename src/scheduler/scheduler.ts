@@ -11,7 +11,9 @@
 //   1. aborts requested since the last step are applied and reported in `removed`;
 //   2. running requests, in admission order, each get as many of their uncomputed tokens as the budget allows
 //      (so decodes and unfinished prompts go before new prompts, and the oldest request is never starved);
-//   3. waiting requests are admitted strictly FIFO while fewer than `maxSeqs` run and budget remains.
+//   3. waiting requests are admitted while fewer than `maxSeqs` run, budget remains and their KV reservation
+//      fits `maxKvTokens`: the oldest request of the client with the fewest running requests first (FIFO when
+//      one client sends everything), so a client with many requests queued cannot starve another's.
 // Nothing is ever preempted. A running request left without budget would wait for the next step, but admission
 // makes that impossible: a request is admitted only with budget left after every running request's demand, and
 // once its prompt is computed it needs one token per step, so only the newest request can get less than it needs,
@@ -25,6 +27,16 @@ export interface SchedulerConfig {
   readonly maxSeqs: number;
   /** Most requests waiting for admission; `add` beyond it throws QueueFullError. */
   readonly maxQueue: number;
+  /** Most requests one client may have waiting; `add` beyond it throws ClientQueueFullError. Default maxQueue. */
+  readonly maxQueuePerClient?: number;
+  /** Most requests one client may have running; its others wait. Default maxSeqs. */
+  readonly maxSeqsPerClient?: number;
+  /**
+   * KV-cache rows (tokens) all running requests may reserve together; each reserves its prompt plus its
+   * max_tokens when admitted, since nothing is preempted: a request admitted can always run to its end.
+   * Default: unbounded.
+   */
+  readonly maxKvTokens?: number;
 }
 
 export interface NewRequest {
@@ -33,6 +45,10 @@ export interface NewRequest {
   readonly promptTokens: number;
   /** Tokens to generate at most, at least 1; reaching it finishes the request with FINISHED_LENGTH. */
   readonly maxTokens: number;
+  /** Who sent it (an API key's or a peer address's label), for the per-client limits. */
+  readonly client?: string;
+  /** KV-cache rows to reserve while it runs; default promptTokens + maxTokens. */
+  readonly kvTokens?: number;
 }
 
 /** Tokens [start, start + count) of one request, computed this step. */
@@ -77,7 +93,7 @@ export interface RequestState {
 export const QUEUE_FULL_RETRY_AFTER_SECONDS = 1;
 
 export class QueueFullError extends Error {
-  readonly code = 'queue_full';
+  readonly code: string = 'queue_full';
   readonly retryAfterSeconds = QUEUE_FULL_RETRY_AFTER_SECONDS;
 
   constructor(
@@ -92,11 +108,39 @@ export class QueueFullError extends Error {
   }
 }
 
-export function validateSchedulerConfig(config: SchedulerConfig): SchedulerConfig {
+/** One client has as many requests waiting as it may. */
+export class ClientQueueFullError extends QueueFullError {
+  override readonly code = 'client_queue_full';
+
+  constructor(queued: number, maxQueue: number) {
+    super(queued, maxQueue);
+    this.message = `This client already has ${queued} requests waiting, its most (of ${maxQueue} per client); retry after ${QUEUE_FULL_RETRY_AFTER_SECONDS} s.`;
+  }
+}
+
+/** The request's prompt plus max_tokens would need more KV cache than the whole server has. */
+export class KvBudgetError extends Error {
+  readonly code = 'kv_budget_exceeded';
+
+  constructor(
+    readonly kvTokens: number,
+    readonly maxKvTokens: number,
+  ) {
+    super(`the prompt plus max_tokens need ${kvTokens} tokens of KV cache; this server's KV budget holds ${maxKvTokens}: lower max_tokens or shorten the prompt`);
+    this.name = 'KvBudgetError';
+  }
+}
+
+export function validateSchedulerConfig(config: SchedulerConfig): Required<SchedulerConfig> {
+  const maxSeqs = requirePositiveInteger('SchedulerConfig.maxSeqs', config.maxSeqs);
+  const maxQueue = requirePositiveInteger('SchedulerConfig.maxQueue', config.maxQueue);
   return Object.freeze({
     maxBatchTokens: requirePositiveInteger('SchedulerConfig.maxBatchTokens', config.maxBatchTokens),
-    maxSeqs: requirePositiveInteger('SchedulerConfig.maxSeqs', config.maxSeqs),
-    maxQueue: requirePositiveInteger('SchedulerConfig.maxQueue', config.maxQueue),
+    maxSeqs,
+    maxQueue,
+    maxQueuePerClient: requirePositiveInteger('SchedulerConfig.maxQueuePerClient', config.maxQueuePerClient ?? maxQueue),
+    maxSeqsPerClient: requirePositiveInteger('SchedulerConfig.maxSeqsPerClient', config.maxSeqsPerClient ?? maxSeqs),
+    maxKvTokens: config.maxKvTokens === undefined ? Number.MAX_SAFE_INTEGER : requirePositiveInteger('SchedulerConfig.maxKvTokens', config.maxKvTokens),
   });
 }
 
@@ -111,6 +155,8 @@ interface TrackedRequest {
   readonly id: string;
   readonly promptTokens: number;
   readonly maxTokens: number;
+  readonly client: string;
+  readonly kvTokens: number;
   status: RequestStatus;
   computedTokens: number;
   generatedTokens: number;
@@ -143,13 +189,15 @@ class StepPlan {
 }
 
 export class Scheduler {
-  readonly config: SchedulerConfig;
+  readonly config: Required<SchedulerConfig>;
   /** Waiting and running requests by id; a request leaves when it finishes. */
   private readonly requests = new Map<string, TrackedRequest>();
   private readonly waiting: TrackedRequest[] = [];
   /** In admission order, which is the order they are served in. */
   private running: TrackedRequest[] = [];
   private readonly pendingAborts = new Set<string>();
+  /** KV rows reserved by running requests. */
+  private kvReserved = 0;
   /** The latest schedule()'s output until update() consumes it, with the request behind each chunk. */
   private inFlight: { readonly output: SchedulerOutput; readonly chunks: readonly PlannedChunk[] } | undefined;
 
@@ -163,6 +211,11 @@ export class Scheduler {
 
   get numRunning(): number {
     return this.running.length;
+  }
+
+  /** KV-cache rows the running requests have reserved. */
+  get kvTokensReserved(): number {
+    return this.kvReserved;
   }
 
   /** True while a schedule() call has something to do: requests to run or admit, or aborts to report. */
@@ -181,18 +234,26 @@ export class Scheduler {
   /**
    * Queues a request at the back of the FIFO.
    * @throws RangeError for a bad token count or an id already waiting or running; QueueFullError when
-   *   `maxQueue` requests are waiting.
+   *   `maxQueue` requests are waiting, ClientQueueFullError when `maxQueuePerClient` of its client's are;
+   *   KvBudgetError when its KV reservation alone exceeds `maxKvTokens`.
    */
   add(request: NewRequest): void {
     const { id } = request;
     requirePositiveInteger(`request '${id}' promptTokens`, request.promptTokens);
     requirePositiveInteger(`request '${id}' maxTokens`, request.maxTokens);
+    const kvTokens = requirePositiveInteger(`request '${id}' kvTokens`, request.kvTokens ?? request.promptTokens + request.maxTokens);
     if (this.requests.has(id)) throw new RangeError(`A request with id '${id}' is already waiting or running.`);
+    if (kvTokens > this.config.maxKvTokens) throw new KvBudgetError(kvTokens, this.config.maxKvTokens);
     if (this.waiting.length >= this.config.maxQueue) throw new QueueFullError(this.waiting.length, this.config.maxQueue);
+    const client = request.client ?? '';
+    const queuedByClient = this.waiting.reduce((n, r) => n + (r.client === client ? 1 : 0), 0);
+    if (queuedByClient >= this.config.maxQueuePerClient) throw new ClientQueueFullError(queuedByClient, this.config.maxQueuePerClient);
     const tracked: TrackedRequest = {
       id,
       promptTokens: request.promptTokens,
       maxTokens: request.maxTokens,
+      client,
+      kvTokens,
       status: RequestStatus.WAITING,
       computedTokens: 0,
       generatedTokens: 0,
@@ -293,21 +354,43 @@ export class Scheduler {
   }
 
   /**
-   * Admits from the head of the queue while a sequence slot and budget remain; a prompt larger than the budget
-   * gets a first chunk now and the rest in later steps, as a running request. Strict FIFO: nothing overtakes
-   * the head.
+   * Admits while a sequence slot, step budget and KV budget remain; a prompt larger than the step budget gets
+   * a first chunk now and the rest in later steps, as a running request. The next admitted is nextAdmission()'s;
+   * when its KV reservation does not fit, nothing overtakes it (a long request would starve otherwise).
    */
   private scheduleWaiting(plan: StepPlan): string[] {
     const admitted: string[] = [];
     while (this.running.length < this.config.maxSeqs && plan.budgetTokens > 0) {
-      const request = this.waiting.shift();
-      if (request === undefined) break;
+      const i = this.nextAdmission();
+      const request = this.waiting[i];
+      if (request === undefined || this.kvReserved + request.kvTokens > this.config.maxKvTokens) break;
+      this.waiting.splice(i, 1);
       request.status = RequestStatus.RUNNING;
       this.running.push(request);
+      this.kvReserved += request.kvTokens;
       plan.take(request);
       admitted.push(request.id);
     }
     return admitted;
+  }
+
+  /**
+   * The waiting request to admit next: the oldest of the client with the fewest running requests, among
+   * clients under maxSeqsPerClient; -1 when none may run.
+   */
+  private nextAdmission(): number {
+    const runningBy = new Map<string, number>();
+    for (const r of this.running) runningBy.set(r.client, (runningBy.get(r.client) ?? 0) + 1);
+    let best = -1;
+    let fewest = this.config.maxSeqsPerClient;
+    this.waiting.forEach((r, i) => {
+      const n = runningBy.get(r.client) ?? 0;
+      if (n < fewest) {
+        fewest = n;
+        best = i;
+      }
+    });
+    return best;
   }
 
   /** Removes a request from wherever it is; it can no longer be scheduled, aborted or updated. */
@@ -320,6 +403,7 @@ export class Scheduler {
       this.waiting.splice(this.waiting.indexOf(request), 1);
     } else {
       this.running = this.running.filter((r) => r !== request);
+      this.kvReserved -= request.kvTokens;
     }
   }
 }

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { RequestStatus, isFinished } from '../../src/scheduler/request-status.js';
 import {
+  ClientQueueFullError,
+  KvBudgetError,
   QueueFullError,
   Scheduler,
   type FinishedRequest,
@@ -502,3 +504,56 @@ function runRandomized(seed: number): void {
     if (m.finalStatus === RequestStatus.FINISHED_LENGTH) assert.equal(m.generated, m.maxTokens, where);
   }
 }
+
+describe('Scheduler: per-client shares and the KV budget', () => {
+  test("another client's request is admitted at the next free slot, ahead of a busy client's queue", () => {
+    const s = makeScheduler({ maxSeqs: 2, maxBatchTokens: 64, maxQueue: 64 });
+    for (let i = 0; i < 10; i++) s.add({ id: `a${i}`, promptTokens: 2, maxTokens: 2, client: 'A' });
+    s.add({ id: 'b0', promptTokens: 2, maxTokens: 2, client: 'B' });
+    const first = s.schedule();
+    // Slots were free for two: A's oldest, then B (its client runs nothing, A runs one).
+    assert.deepEqual(first.admitted, ['a0', 'b0']);
+  });
+
+  test('with one client, admission is FIFO as before', () => {
+    const s = makeScheduler({ maxSeqs: 3, maxBatchTokens: 64 });
+    for (const id of ['x', 'y', 'z', 'w']) s.add({ id, promptTokens: 2, maxTokens: 2, client: 'A' });
+    assert.deepEqual(s.schedule().admitted, ['x', 'y', 'z']);
+  });
+
+  test('a client at maxSeqsPerClient waits while other clients run', () => {
+    const s = makeScheduler({ maxSeqs: 4, maxBatchTokens: 64, maxSeqsPerClient: 1 });
+    for (const id of ['a0', 'a1']) s.add({ id, promptTokens: 2, maxTokens: 2, client: 'A' });
+    s.add({ id: 'b0', promptTokens: 2, maxTokens: 2, client: 'B' });
+    assert.deepEqual(s.schedule().admitted, ['a0', 'b0']);
+    assert.equal(s.numWaiting, 1);
+  });
+
+  test('one client may queue maxQueuePerClient requests; more are refused with ClientQueueFullError, others still queue', () => {
+    const s = makeScheduler({ maxSeqs: 1, maxQueue: 10, maxQueuePerClient: 3 });
+    for (let i = 0; i < 3; i++) s.add({ id: `a${i}`, promptTokens: 2, maxTokens: 2, client: 'A' });
+    assert.throws(() => s.add({ id: 'a3', promptTokens: 2, maxTokens: 2, client: 'A' }), (e: unknown) => e instanceof ClientQueueFullError && e.code === 'client_queue_full');
+    s.add({ id: 'b0', promptTokens: 2, maxTokens: 2, client: 'B' });
+    assert.equal(s.numWaiting, 4);
+  });
+
+  test('admission reserves prompt + max_tokens of KV; a request that does not fit waits, and nothing overtakes it', () => {
+    const s = makeScheduler({ maxSeqs: 8, maxBatchTokens: 64, maxKvTokens: 100 });
+    s.add({ id: 'a', promptTokens: 10, maxTokens: 50 });
+    s.add({ id: 'b', promptTokens: 10, maxTokens: 50 });
+    s.add({ id: 'c', promptTokens: 2, maxTokens: 2 });
+    const out = s.schedule();
+    assert.deepEqual(out.admitted, ['a']);
+    assert.equal(s.kvTokensReserved, 60);
+    s.finish('a', RequestStatus.FINISHED_STOPPED);
+    assert.equal(s.kvTokensReserved, 0);
+    assert.deepEqual(s.schedule().admitted, ['b', 'c']);
+    assert.equal(s.kvTokensReserved, 64);
+  });
+
+  test('a request whose reservation alone exceeds the KV budget is refused with KvBudgetError', () => {
+    const s = makeScheduler({ maxKvTokens: 100 });
+    assert.throws(() => s.add({ id: 'big', promptTokens: 50, maxTokens: 51 }), (e: unknown) => e instanceof KvBudgetError && e.kvTokens === 101);
+    s.add({ id: 'fits', promptTokens: 50, maxTokens: 50 });
+  });
+});
