@@ -2,15 +2,17 @@
 // OpenAI streams them (chunks sharing one id, finish_reason on the last choice chunk, an optional usage
 // chunk with no choices, then [DONE]).
 import { randomUUID } from 'node:crypto';
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import type { CompletionResult } from '../engine/batch-engine.js';
 import type { FinishReason, GeneratedChunk } from '../engine/completion-state.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
-import { badRequest, toApiError } from './api-errors.js';
+import { badRequest } from './api-errors.js';
 import type { RouteContext } from './build-app.js';
 import { prepareChat, prepareCompletion, type PreparedRequest } from './completion-request.js';
 import { chatLogprobs, legacyLogprobs } from './logprob-format.js';
+import { checkInputSizes } from './input-limits.js';
+import { OutputWatch, stallReason } from './output-watch.js';
 import { chatCompletionRequest, completionRequest } from './request-schemas.js';
 import { startGeneration } from './start-generation.js';
 
@@ -29,6 +31,7 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
   app.post('/v1/completions', async (req, reply) => {
     const { model } = ctx.ready();
     const body = parseBody(completionRequest, req.body);
+    checkInputSizes(model, modelName, body);
     const prepared = prepareCompletion(model, modelName, body);
     const tokenizer = model.tokenizer;
     const id = `cmpl-${randomUUID()}`;
@@ -55,6 +58,7 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
   app.post('/v1/chat/completions', async (req, reply) => {
     const { model } = ctx.ready();
     const body = parseBody(chatCompletionRequest, req.body);
+    checkInputSizes(model, modelName, body);
     const prepared = prepareChat(model, modelName, body);
     const tokenizer: TextTokenizer = model.tokenizer;
     const id = `chatcmpl-${randomUUID()}`;
@@ -92,8 +96,17 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
     prepared: PreparedRequest,
     frames: Frames,
   ): Promise<unknown> {
+    return ctx.inFlight.track(answer(reply, body, prepared, frames));
+  }
+
+  async function answer(
+    reply: FastifyReply,
+    body: { stream?: boolean | null; stream_options?: { include_usage?: boolean } | null },
+    prepared: PreparedRequest,
+    frames: Frames,
+  ): Promise<unknown> {
     const abort = new AbortController();
-    const gen = startGeneration(ctx, prepared, abort.signal);
+    const gen = startGeneration(ctx, { ...prepared, client: clientOf(reply.request) }, abort.signal);
     // A client that closes its connection before the answer is complete cancels the generation.
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) abort.abort();
@@ -104,7 +117,17 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
     }
     reply.hijack();
     reply.raw.writeHead(200, { ...sseCorsHeaders(reply), 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
-    const send = (data: object | string) => reply.raw.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
+    const limits = ctx.clientLimits;
+    using watch = new OutputWatch(limits, () => reply.raw.writableLength, () => {
+      reply.log.warn({ reqId: reply.request.id }, stallReason(limits));
+      abort.abort();
+      reply.raw.destroy();
+    });
+    const send = (data: object | string) => {
+      if (reply.raw.destroyed) return;
+      reply.raw.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
+      watch.wrote();
+    };
     try {
       // A token whose text is held back (an incomplete UTF-8 sequence, a possible stop string) sends
       // nothing, unless logprobs were asked for: then every token gets its chunk.
@@ -115,11 +138,20 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
       send('[DONE]');
     } catch (err) {
       // The status line has gone; the error travels as an event, as OpenAI sends it.
-      send(toApiError(err).body());
+      send(ctx.errorFor(err, reply.request.id).body());
     }
     reply.raw.end();
     return reply;
   }
+}
+
+/**
+ * The client a request counts against for the per-client limits: its peer address (the server has one API
+ * key, so the key tells no one apart). Behind a reverse proxy every request has the proxy's address: set
+ * --client-max-running and --client-max-queued to the server-wide limits there.
+ */
+export function clientOf(req: FastifyRequest): string {
+  return req.ip;
 }
 
 /** A hijacked reply skips fastify's onSend hooks, where @fastify/cors adds its headers: carry them over. */

@@ -40,6 +40,7 @@ export class ServerMetrics {
       new Counter({ name, help, registers, collect() { setCounter(this, read(source.engine() ?? ZERO_ENGINE)); } });
     engineGauge('moe_serve_requests_running', 'Requests being generated', (s) => s.running);
     engineGauge('moe_serve_requests_waiting', 'Requests queued for admission', (s) => s.waiting);
+    engineGauge('moe_serve_kv_tokens_reserved', 'KV-cache rows reserved by running requests (of the --kv-cache-mb budget)', (s) => s.kvTokensReserved);
     engineCounter('moe_serve_generation_tokens_total', 'Tokens generated', (s) => s.tokensGenerated);
     engineCounter('moe_serve_engine_steps_total', 'Engine steps (one forward pass over the batch)', (s) => s.steps);
 
@@ -83,7 +84,7 @@ export class ServerMetrics {
   }
 }
 
-const ZERO_ENGINE: EngineStats = { steps: 0, tokensComputed: 0, tokensGenerated: 0, running: 0, waiting: 0 };
+const ZERO_ENGINE: EngineStats = { steps: 0, tokensComputed: 0, tokensGenerated: 0, running: 0, waiting: 0, kvTokensReserved: 0 };
 
 /** Counters mirrored from another component's running totals: set to the total at scrape time. */
 function setCounter(counter: Counter, total: number): void {

@@ -1,15 +1,19 @@
 // WebSocket GET /v1/stream: completion and chat requests as JSON messages, tokens streamed back as they
 // are generated. Several requests share a socket, told apart by the client's `id`; `cancel` or closing
 // the socket stops them at the next engine step. Every failure is an `error` message in the OpenAI error
-// shape and leaves the socket open.
+// shape and leaves the socket open, but for a client that stops reading (output-watch.ts): its socket is
+// closed with 1008 and its requests cancelled.
+import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { FinishReason } from '../engine/completion-state.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
-import { ApiError, badRequest, toApiError } from './api-errors.js';
+import { ApiError, badRequest } from './api-errors.js';
 import type { RouteContext } from './build-app.js';
-import { parseBody, usage } from './completion-routes.js';
+import { clientOf, parseBody, usage } from './completion-routes.js';
 import { prepareChat, prepareCompletion, type PreparedRequest } from './completion-request.js';
 import { chatLogprobs } from './logprob-format.js';
+import { checkInputSizes } from './input-limits.js';
+import { OutputWatch, stallReason } from './output-watch.js';
 import { socketMessage } from './request-schemas.js';
 import { startGeneration } from './start-generation.js';
 
@@ -21,13 +25,24 @@ type ServerMessage =
   | { type: 'error'; id: string | null; error: ReturnType<ApiError['body']>['error'] };
 
 export function registerStreamSocket(app: FastifyInstance, ctx: RouteContext): void {
-  app.get(ROUTE, { websocket: true }, (socket) => {
+  app.get(ROUTE, { websocket: true }, (socket, req) => {
     const running = new Map<string, AbortController>();
+    const limits = ctx.clientLimits;
+    const watch = new OutputWatch(limits, () => socket.bufferedAmount, () => {
+      req.log.warn({ reqId: req.id }, stallReason(limits));
+      for (const abort of running.values()) abort.abort();
+      socket.close(1008, 'client not reading');
+      // The close frame waits behind the unread output; a client that reads nothing never gets it.
+      setTimeout(() => socket.terminate(), 1000).unref();
+    });
     const send = (m: ServerMessage) => {
-      if (socket.readyState === socket.OPEN) socket.send(JSON.stringify(m));
+      if (socket.readyState !== socket.OPEN) return;
+      socket.send(JSON.stringify(m));
+      watch.wrote();
     };
     const fail = (id: string | null, err: unknown) => {
-      const e = toApiError(err);
+      // Each message is its own request: its own id in the log, tied to the socket's.
+      const e = ctx.errorFor(err, `${req.id}/${randomUUID()}`);
       ctx.metrics.countRequest(ROUTE, e.status);
       send({ type: 'error', id, error: e.body().error });
     };
@@ -46,14 +61,19 @@ export function registerStreamSocket(app: FastifyInstance, ctx: RouteContext): v
           return;
         }
         if (running.has(msg.id)) throw badRequest(`a request with id '${msg.id}' is already running on this socket`, 'id', 'duplicate_id');
+        if (running.size >= limits.maxSocketRequests) {
+          throw new ApiError(429, 'rate_limit_error', `this socket already has ${running.size} requests running, its most; wait for one to finish`, 'id', 'too_many_socket_requests');
+        }
         const { model } = ctx.ready();
+        checkInputSizes(model, ctx.deps.modelName, msg);
         const prepared = msg.type === 'chat' ? prepareChat(model, ctx.deps.modelName, msg) : prepareCompletion(model, ctx.deps.modelName, msg);
-        void stream(msg.id, prepared, model.tokenizer);
+        void ctx.inFlight.track(stream(msg.id, { ...prepared, client: clientOf(req) }, model.tokenizer));
       } catch (err) {
         fail(id, err);
       }
     });
     socket.on('close', () => {
+      watch[Symbol.dispose]();
       for (const abort of running.values()) abort.abort();
     });
 

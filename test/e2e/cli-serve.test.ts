@@ -1,11 +1,11 @@
 // `moe-serve serve` as a user runs it: settings from flags and environment variables, a clean shutdown.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { cli } from '../helpers/cli.js';
+import { cli, waitFor } from '../helpers/cli.js';
 import { CLI_PATH } from '../helpers/paths.js';
 
 test('a bad value from the environment is a usage error naming the variable', async () => {
@@ -46,15 +46,6 @@ test('serve takes its settings from the environment, writes a routing trace and 
   }
 });
 
-async function waitFor<T>(read: () => T | undefined, log: () => string, timeoutMs = 60_000): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const v = read();
-    if (v !== undefined) return v;
-    if (Date.now() > until) throw new Error(`timed out; stderr so far:\n${log()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 function cliWithEnv(env: Record<string, string>, ...args: string[]): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve) => {
@@ -64,3 +55,35 @@ function cliWithEnv(env: Record<string, string>, ...args: string[]): Promise<{ c
     child.once('exit', (code) => resolve({ code, stderr }));
   });
 }
+
+test('an empty --api-key is a usage error, not a server without authentication', async () => {
+  for (const key of ['', '  ']) {
+    const r = await cli('serve', '--api-key', key, '--port', '0');
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--api-key: the key is empty/);
+  }
+});
+
+test('serve with --trace to a full disk serves every request and says so on /health', { skip: !existsSync('/dev/full') && 'no /dev/full here' }, async () => {
+  const child = spawn(process.execPath, [CLI_PATH, 'serve', '--port', '0', '--trace', '/dev/full'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  try {
+    const origin = await waitFor(() => /model loaded: serving '(\S+)' on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr)?.slice(1), () => stderr);
+    const [model, url] = origin as [string, string];
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, prompt: 'The Python interpreter', max_tokens: 5 }) });
+      assert.equal(res.status, 200, await res.text());
+    }
+    const health = await fetch(`${url}/health`);
+    assert.equal(health.status, 200);
+    const body = (await health.json()) as { status: string; warnings?: string[] };
+    assert.equal(body.status, 'ok');
+    assert.match(body.warnings?.[0] ?? '', /routing trace is off after a write error \(ENOSPC\)/);
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, stderr);
+  } finally {
+    child.kill('SIGKILL');
+  }
+});

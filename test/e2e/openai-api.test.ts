@@ -4,7 +4,7 @@ import { F32 } from '../helpers/devices.js';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { buildApp } from '../../src/api/build-app.js';
+import { buildApp, EmptyApiKeyError } from '../../src/api/build-app.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { engineIdle, MODEL_NAME as MODEL, startServer as start, type TestServer as Server } from '../helpers/api-server.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
@@ -238,6 +238,22 @@ describe('OpenAI-compatible API with the official client', () => {
       assert.equal(e.type, 'authentication_error');
       assert.equal((await guarded.client.models.list()).data.length, 1);
       assert.equal((await fetch(guarded.baseURL.replace('/v1', '/health'))).status, 200);
+    } finally {
+      await guarded.close();
+    }
+  });
+
+  test('an empty API key is refused when the app is built, rather than serving without authentication', () => {
+    for (const apiKey of ['', ' ']) assert.throws(() => buildApp({ serving: () => undefined, modelName: MODEL, apiKey }), EmptyApiKeyError);
+  });
+
+  test('a key that differs in length or in its last character is a 401 alike', async () => {
+    const guarded = await start(model, { apiKey: 'secret' });
+    try {
+      for (const key of ['secres', 'secret-longer', 's']) {
+        const e = await statusOf(new OpenAI({ baseURL: guarded.baseURL, apiKey: key, maxRetries: 0 }).models.list());
+        assert.equal(e.status, 401, key);
+      }
     } finally {
       await guarded.close();
     }

@@ -20,3 +20,14 @@ export async function cli(...args: string[]): Promise<CliResult> {
     return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
   }
 }
+
+/** Polls `read` until it gives a value (a line in a child's stderr, say); the error shows `log()`. */
+export async function waitFor<T>(read: () => T | undefined, log: () => string, timeoutMs = 60_000): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const v = read();
+    if (v !== undefined) return v;
+    if (Date.now() > until) throw new Error(`timed out; stderr so far:\n${log()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
