@@ -53,6 +53,9 @@ export async function benchOffload(modelDir: string, load: ModelLoadOptions, bud
       await using model = await MoeModel.load(modelDir, { ...load, experts });
       await using trace = i === 0 ? await model.openTrace(tracePath) : null;
       const { decodeMs, steps } = await decodeAll(model, tokens, () => trace?.request());
+      // A trace that turned itself off is partial: replaying it would give a wrong hit ratio.
+      const traceError = await trace?.close();
+      if (traceError) throw traceError;
       measured.push({ cfg, decodeMs, steps, stats: model.experts.stats() });
     }
     const replay = await readTrace(tracePath);

@@ -110,6 +110,9 @@ export class ForwardPass {
     if (decodeGroup.length < 2) decodeGroup.length = 0;
     // (sum T_i, H): the batch's rows joined, when the last layer leaves them that way
     let joined: RtTensor | undefined;
+    // Routing reaches the observers only once the step commits: a failed step is run again (per sequence,
+    // by the engine), and its routing must not be traced twice.
+    const observed: { observer: RoutingObserver; event: RoutingEvent }[] = [];
     try {
       for (let layer = 0; layer < spec.numLayers; layer++) {
         await this.letIoIn();
@@ -137,7 +140,9 @@ export class ForwardPass {
         // (sum T_i, E) router logits of the whole batch, always on the host
         const routing = routeTokens(concatData(outs.map((o) => required(o, ATTN.routerLogits))), spec.numExperts, spec.topK, spec.normTopKProb);
         const lookaheads = outs.map((o) => this.predictLookahead([o[ATTN.lookaheadLogits]]));
-        items.forEach((item, i) => item.observer?.onRouting({ layer, position: starts[i] as number, routing: sliceRouting(routing, offsets[i] as number, item.tokens.length), lookahead: lookaheads[i] ?? [] }));
+        items.forEach((item, i) => {
+          if (item.observer) observed.push({ observer: item.observer, event: { layer, position: starts[i] as number, routing: sliceRouting(routing, offsets[i] as number, item.tokens.length), lookahead: lookaheads[i] ?? [] } });
+        });
         const moeInputs = outs.map((o) => required(o, ATTN.moeInput));
         const residual = await this.join(hidden as RtTensor[]);
         hidden = [];
@@ -167,6 +172,7 @@ export class ForwardPass {
       }
       const logits = await this.logits(joined, items, offsets);
       items.forEach((item) => item.kv.commit());
+      for (const { observer, event } of observed) observer.onRouting(event);
       return logits;
     } catch (err) {
       // Nothing of a failed step stays in the caches, so the engine can run its sequences again.

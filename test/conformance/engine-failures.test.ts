@@ -47,6 +47,11 @@ function collect(into: Set<string>): RoutingObserver {
   return { onRouting: (e) => e.routing.experts.forEach((x) => into.add(`${e.layer}:${x}`)) };
 }
 
+/** An observer counting its events per "layer:position" in `into`. */
+function count(into: Map<string, number>): RoutingObserver {
+  return { onRouting: (e) => into.set(`${e.layer}:${e.position}`, (into.get(`${e.layer}:${e.position}`) ?? 0) + 1) };
+}
+
 for (const device of testDevices()) {
   describe(`engine failures on ${device}`, () => {
     let model: MoeModel;
@@ -86,10 +91,15 @@ for (const device of testDevices()) {
       const kvBefore = SequenceKvCache.liveCount;
       await using engine = new BatchEngine(on, { maxBatchTokens: 256, maxSeqs: 8, maxQueue: 16 });
       const badReq: CompletionRequest = { promptIds: model.tokenizer.encode(badPrompt), maxTokens: 10, sampling: { temperature: 1, topP: 1, topK: 0 }, seed: 7, ...bad };
-      const streams = [engine.submit(good[0] as CompletionRequest), engine.submit(badReq), ...good.slice(1).map((r) => engine.submit(r))];
+      // Each good request's routing, counted per (layer, step position): a step that failed and ran again
+      // must reach the observer (the routing trace) once.
+      const routed = good.map(() => new Map<string, number>());
+      const traced = good.map((r, i) => ({ ...r, observer: count(routed[i] as Map<string, number>) }));
+      const streams = [engine.submit(traced[0] as CompletionRequest), engine.submit(badReq), ...traced.slice(1).map((r) => engine.submit(r))];
       const [first, badOutcome, ...rest] = await Promise.all(streams.map(outcome));
       assert.ok(badOutcome && 'error' in badOutcome, 'the broken request ends with its error');
       [first, ...rest].forEach((o, i) => assert.deepEqual(o, { ids: expected[i] }, `request ${i} got its solo tokens`));
+      routed.forEach((m, i) => assert.deepEqual([...m].filter(([, n]) => n !== 1), [], `request ${i}'s routing was observed once per layer and step`));
       assert.equal(engine.stats.running, 0);
       assert.equal(SequenceKvCache.liveCount, kvBefore, 'every KV cache freed, the failed one included');
       // and the engine goes on serving
