@@ -1,6 +1,6 @@
-// A small hand-written SVG line chart: x = expert-cache budget (%), one polyline per series (a policy,
-// or Belady's bound drawn dashed). A pure function of its input with fixed formatting, so reports diff
-// cleanly; no plotting dependency.
+// A small hand-written SVG line chart: by default x = expert-cache budget (%), one polyline per series (a
+// policy, or Belady's bound drawn dashed); the soak's charts put time on x. A pure function of its input
+// with fixed formatting, so reports diff cleanly; no plotting dependency.
 
 export interface Series {
   readonly name: string;
@@ -19,7 +19,14 @@ export interface LineChart {
   readonly yFormat?: (y: number) => string;
   /** Fixed y range, e.g. [0, 1] for ratios; default from 0 to a rounded maximum. */
   readonly yRange?: readonly [number, number];
+  /** Formats tick labels on the x axis; default a percentage (the budget). */
+  readonly xFormat?: (x: number) => string;
+  /** Where the x axis has ticks; default at every x of a point. */
+  readonly xTicks?: readonly number[];
 }
+
+/** Series with more points than this are drawn as lines alone, without a dot per point. */
+const MAX_MARKED_POINTS = 40;
 
 const WIDTH = 640;
 const HEIGHT = 360;
@@ -44,9 +51,10 @@ export function lineChartSvg(chart: LineChart): string {
     out.push(`<line x1="${PLOT.left}" y1="${n(y(v))}" x2="${PLOT.right}" y2="${n(y(v))}" stroke="#e5e5e5"/>`);
     out.push(`<text x="${PLOT.left - 6}" y="${n(y(v) + 4)}" text-anchor="end">${escapeXml(fmt(v))}</text>`);
   }
-  for (const v of [...new Set(xs)].sort((a, b) => a - b)) {
+  const xFmt = chart.xFormat ?? ((v: number) => `${v}%`);
+  for (const v of chart.xTicks ?? [...new Set(xs)].sort((a, b) => a - b)) {
     out.push(`<line x1="${n(x(v))}" y1="${PLOT.top}" x2="${n(x(v))}" y2="${PLOT.bottom}" stroke="#e5e5e5"/>`);
-    out.push(`<text x="${n(x(v))}" y="${PLOT.bottom + 16}" text-anchor="middle">${v}%</text>`);
+    out.push(`<text x="${n(x(v))}" y="${PLOT.bottom + 16}" text-anchor="middle">${escapeXml(xFmt(v))}</text>`);
   }
   out.push(
     `<line x1="${PLOT.left}" y1="${PLOT.bottom}" x2="${PLOT.right}" y2="${PLOT.bottom}" stroke="black"/>`,
@@ -58,7 +66,7 @@ export function lineChartSvg(chart: LineChart): string {
     const points = s.points.filter((p): p is { x: number; y: number } => p.y !== null && Number.isFinite(p.y)).sort((a, b) => a.x - b.x);
     const dash = s.dashed ? ' stroke-dasharray="6 4"' : '';
     out.push(`<polyline data-series="${escapeXml(s.name)}" points="${points.map((p) => `${n(x(p.x))},${n(y(p.y))}`).join(' ')}" fill="none" stroke="${s.color}" stroke-width="2"${dash}/>`);
-    for (const p of points) out.push(`<circle cx="${n(x(p.x))}" cy="${n(y(p.y))}" r="3" fill="${s.color}"/>`);
+    if (points.length <= MAX_MARKED_POINTS) for (const p of points) out.push(`<circle cx="${n(x(p.x))}" cy="${n(y(p.y))}" r="3" fill="${s.color}"/>`);
     const rowY = PLOT.top + 8 + i * 18;
     out.push(`<line x1="${PLOT.right + 16}" y1="${rowY}" x2="${PLOT.right + 44}" y2="${rowY}" stroke="${s.color}" stroke-width="2"${dash}/>`);
     out.push(`<text x="${PLOT.right + 50}" y="${rowY + 4}">${escapeXml(s.name)}</text>`);

@@ -1,25 +1,22 @@
 #!/usr/bin/env node
 // `npm run loadtest`: one moe-serve server per (policy, budget), the same workload against each, then
 // report.md, report.html and results.json. Exits 1 when a run had errors other than 429, 2 for bad flags.
+// With --soak, one server saturated for a long time instead (soak-command.ts).
 import { mkdir, rm, writeFile } from 'node:fs/promises';
-import { basename, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
+import { join, relative, resolve } from 'node:path';
 import { DEFAULT_MODEL_DIR } from '../src/cli/model-options.js';
 import { beladyHitRatio, settledTraceBytes, type TraceRange } from './belady-bound.js';
 import { runLoad, type RunResult } from './load-run.js';
-import { OK } from './request-record.js';
-import { sseCompletion } from './stream-client.js';
 import { UsageError } from '../src/cli/cli-error.js';
 import { LOADTEST_HELP, parseLoadtestArgs, type LoadtestOptions } from './options.js';
 import { LOAD_PROMPTS } from './prompts.js';
-import { commandLine, gitCommit, machineDescription, type ReportContext } from './report-context.js';
+import { REPO_ROOT, reportContext } from './report-context.js';
 import { reportHtml } from './report-html.js';
 import { reportMarkdown } from './report-md.js';
 import { percent } from './report-table.js';
 import { launchServer } from './server-launcher.js';
-
-const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+import { soakCommand } from './soak-command.js';
+import { modelId, warmUp } from './warm-up.js';
 
 async function main(argv: readonly string[]): Promise<number> {
   let opts: LoadtestOptions;
@@ -34,6 +31,7 @@ async function main(argv: readonly string[]): Promise<number> {
     process.stdout.write(LOADTEST_HELP);
     return 0;
   }
+  if (opts.soak) return soakCommand(argv, opts, opts.soak);
   const started = new Date();
   const outDir = resolve(opts.outDir ?? join(REPO_ROOT, 'load-tests', 'results', started.toISOString().replace(/[:.]/g, '-')));
   const serversDir = join(outDir, 'servers');
@@ -84,20 +82,16 @@ async function main(argv: readonly string[]): Promise<number> {
 
   const hasMetrics = results.some((r) => r.server.metrics !== null);
   if (!hasMetrics) notes.push('The server had no `GET /metrics`: tokens/s and latencies are the client\'s own measurements only.');
-  const ctx: ReportContext = {
-    command: commandLine(argv),
-    date: started.toISOString(),
-    machine: machineDescription(),
-    node: process.version,
-    commit: gitCommit(REPO_ROOT),
-    model: basename(modelDir),
-    device: opts.device,
+  const ctx = reportContext(
+    argv,
+    started,
+    modelDir,
+    opts.device,
     notes,
-    workload:
-      `${LOAD_PROMPTS.length} prompts (load-tests/prompts.ts: Python 3.11 docs and fortunes) in turn, max_tokens ${opts.maxTokens}, temperature 0; ` +
+    `${LOAD_PROMPTS.length} prompts (load-tests/prompts.ts: Python 3.11 docs and fortunes) in turn, max_tokens ${opts.maxTokens}, temperature 0; ` +
       `each run bounded by ${opts.durationMs / 1000} s and ${opts.maxRequests} requests; clients ${opts.clients.join(', ')}; ` +
       `streaming arrivals ${opts.mode === 'closed' ? 'closed loop' : `Poisson at ${opts.ratePerSecond} requests/s`}; one warm-up request per server before its runs`,
-  };
+  );
   await writeFile(join(outDir, 'results.json'), `${JSON.stringify({ context: ctx, results }, null, 2)}\n`);
   await writeFile(join(outDir, 'report.md'), reportMarkdown(ctx, results));
   await writeFile(join(outDir, 'report.html'), reportHtml(ctx, results));
@@ -108,22 +102,6 @@ async function main(argv: readonly string[]): Promise<number> {
     return 1;
   }
   return 0;
-}
-
-const modelList = z.object({ data: z.array(z.object({ id: z.string() })).min(1) });
-
-async function modelId(baseUrl: string): Promise<string> {
-  const res = await fetch(new URL('/v1/models', baseUrl));
-  return modelList.parse(await res.json()).data[0]!.id;
-}
-
-/**
- * One streamed request before measuring, so that neither the server's first-use costs nor the client's
- * (the first fetch of a process loads undici and compiles its stream code) land in the first run.
- */
-async function warmUp(baseUrl: string, model: string, maxTokens: number): Promise<void> {
-  const r = await sseCompletion(baseUrl, { model, prompt: LOAD_PROMPTS[0]!.text, maxTokens, temperature: 0, seed: 0 }, AbortSignal.timeout(120_000));
-  if (r.outcome !== OK) throw new Error(`the warm-up request to ${baseUrl} failed: ${r.outcome}`);
 }
 
 process.exitCode = await main(process.argv.slice(2));

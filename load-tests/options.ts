@@ -7,9 +7,16 @@ import { UsageError } from '../src/cli/cli-error.js';
 import { deviceKind, parseFlag } from '../src/cli/model-options.js';
 import { DEVICE_KINDS, type DeviceKind } from '../src/runtime/onnx-runtime.js';
 import type { ArrivalMode } from './arrivals.js';
+import { SOAK_CLIENT_KINDS } from './soak-clients.js';
 
 export const CLIENT_KINDS = ['http', 'sse', 'ws'] as const;
 export type ClientKind = (typeof CLIENT_KINDS)[number];
+
+/** The soak's client count beyond the server's --max-seqs, so that some requests always wait. */
+export const SOAK_EXTRA_CLIENTS = 8;
+/** One client of each kind. */
+export const SOAK_MIN_CLIENTS = SOAK_CLIENT_KINDS.length;
+const SOAK_MAX_TOKENS = 256;
 
 export const LOADTEST_HELP = `Usage: npm run loadtest -- [options]
 
@@ -34,7 +41,34 @@ results.json.
   --out DIR           where to write the report (default load-tests/results/<timestamp>)
   --keep-traces       keep the servers' routing traces beside the report (default: deleted after use)
   --smoke             a few seconds: lru, 25%, concurrency 2, 3s, http and sse (other flags still apply)
+
+Soak test (one server, saturated for a long time; writes report.md, rss.svg and results.json):
+  --soak TIME         run for TIME, e.g. 90s, 30m, 2h (5s to 24h), with a fixed mix of clients: http,
+                      sse, ws, cancelling (sse and ws), slow readers (sse and ws) and readers that stop
+                      reading (sse and ws). Exits 0 only if no request got a 5xx or another error
+                      (429s are allowed), none was lost (every request ended complete, 429, cancelled
+                      by us, or cut by the server for not reading), RSS grew less than 10% after the
+                      warm-up (the first 10% of the run, at most 2 minutes), and the server had nothing
+                      left running after the last answer. Default --out load-tests/results/soak-<time>.
+  With --soak:        --concurrency N   clients at once, at least ${SOAK_MIN_CLIENTS} (default: the server's max-seqs + ${SOAK_EXTRA_CLIENTS})
+                      --max-tokens N    largest max_tokens of a request; each draws 1..N (default ${SOAK_MAX_TOKENS})
+                      --policies P, --budgets B   one each (default: the server's: lru, every expert fits)
+                      --seed, --model, --device, --max-seqs, --max-queue, --out as above
 `;
+
+/** Flags of the policy comparison that mean nothing to a soak. */
+const NOT_WITH_SOAK = ['duration', 'requests', 'client', 'mode', 'rate', 'smoke', 'keep-traces'] as const;
+
+export interface SoakOptions {
+  readonly durationMs: number;
+  /** Clients at once; undefined: the server's --max-seqs plus SOAK_EXTRA_CLIENTS. */
+  readonly clients?: number;
+  /** The server's defaults when undefined. */
+  readonly policy?: PolicyName;
+  readonly budgetPercent?: number;
+  /** Largest max_tokens of an ordinary request. */
+  readonly maxTokens: number;
+}
 
 export interface LoadtestOptions {
   readonly policies: readonly PolicyName[];
@@ -55,6 +89,8 @@ export interface LoadtestOptions {
   readonly outDir?: string;
   readonly keepTraces: boolean;
   readonly smoke: boolean;
+  /** Set by --soak: one server, saturated for a long time (the other run flags do not apply). */
+  readonly soak: SoakOptions | null;
   readonly help: boolean;
 }
 
@@ -68,11 +104,22 @@ const budget = z
   .transform((s) => Number.parseFloat(s))
   .refine((p) => p > 0 && p <= 100, 'a budget must be more than 0% and at most 100%');
 const positiveInt = z.coerce.number().int().min(1);
+const TIME_SPAN = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/;
+const UNIT_MS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const toMs = (s: string) => {
+  const [, n, unit] = TIME_SPAN.exec(s)!;
+  return Number.parseFloat(n!) * UNIT_MS[unit!]!;
+};
 const duration = z
   .string()
-  .regex(/^\d+(\.\d+)?(ms|s|m)$/, 'expected a time like 500ms, 30s or 2m')
-  .transform((s) => Number.parseFloat(s) * (s.endsWith('ms') ? 1 : s.endsWith('m') ? 60_000 : 1000))
+  .regex(TIME_SPAN, 'expected a time like 500ms, 30s or 2m')
+  .transform(toMs)
   .refine((ms) => ms >= 100 && ms <= MAX_DURATION_MS, 'a run must last from 100ms to 10m');
+const soakDuration = z
+  .string()
+  .regex(TIME_SPAN, 'expected a time like 90s, 30m or 2h')
+  .transform(toMs)
+  .refine((ms) => ms >= 5000 && ms <= 24 * 3_600_000, 'a soak must last from 5s to 24h');
 const policy = z.enum(POLICY_NAMES, { message: `expected one of ${POLICY_NAMES.join(', ')}` });
 const client = z.enum(CLIENT_KINDS, { message: `expected one of ${CLIENT_KINDS.join(', ')}` });
 
@@ -97,7 +144,7 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
         requests: { type: 'string' },
         'max-tokens': { type: 'string' },
         client: { type: 'string' },
-        mode: { type: 'string', default: 'closed' },
+        mode: { type: 'string' },
         rate: { type: 'string' },
         seed: { type: 'string', default: '0' },
         model: { type: 'string' },
@@ -107,6 +154,7 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
         out: { type: 'string' },
         'keep-traces': { type: 'boolean', default: false },
         smoke: { type: 'boolean', default: false },
+        soak: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
       strict: true,
@@ -117,7 +165,7 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
   }
   const base = values.smoke ? SMOKE : DEFAULTS;
   const flag = <K extends keyof typeof DEFAULTS>(k: K): string => values[k] ?? base[k];
-  const mode = parseFlag('mode', z.enum(['closed', 'poisson'], { message: 'expected closed or poisson' }), values.mode);
+  const mode = parseFlag('mode', z.enum(['closed', 'poisson'], { message: 'expected closed or poisson' }), values.mode ?? 'closed');
   const rate = values.rate === undefined ? undefined : parseFlag('rate', z.coerce.number().positive().max(10_000), values.rate);
   if (mode === 'poisson' && rate === undefined) throw new UsageError('--mode poisson needs --rate R (mean requests per second)');
   if (mode === 'closed' && rate !== undefined) throw new UsageError('--rate applies to --mode poisson only');
@@ -140,6 +188,30 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
     outDir: values.out,
     keepTraces: values['keep-traces'],
     smoke: values.smoke,
+    soak: values.soak === undefined ? null : soakOptions(values.soak, values),
     help: values.help,
+  };
+}
+
+function soakOptions(soak: string, values: Readonly<Record<string, string | boolean | undefined>>): SoakOptions {
+  for (const name of NOT_WITH_SOAK) if (values[name] !== undefined && values[name] !== false) throw new UsageError(`--${name} does not apply to --soak`);
+  const single = <T>(name: string, list: readonly T[]): T => {
+    if (list.length !== 1) throw new UsageError(`--${name}: a soak runs one server; give one value (got ${list.length})`);
+    return list[0]!;
+  };
+  const given = (name: string) => {
+    const v = values[name];
+    return typeof v === 'string' ? v : undefined;
+  };
+  const clients = given('concurrency');
+  const policies = given('policies');
+  const budgets = given('budgets');
+  const maxTokens = given('max-tokens');
+  return {
+    durationMs: parseFlag('soak', soakDuration, soak),
+    ...(clients !== undefined && { clients: single('concurrency', parseList('concurrency', positiveInt.min(SOAK_MIN_CLIENTS, `a soak needs at least ${SOAK_MIN_CLIENTS} clients, one of each kind`).max(1024), clients)) }),
+    ...(policies !== undefined && { policy: single('policies', parseList('policies', policy, policies)) }),
+    ...(budgets !== undefined && { budgetPercent: single('budgets', parseList('budgets', budget, budgets)) }),
+    maxTokens: maxTokens === undefined ? SOAK_MAX_TOKENS : parseFlag('max-tokens', positiveInt.max(4096), maxTokens),
   };
 }

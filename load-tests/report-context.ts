@@ -1,6 +1,11 @@
 // What a report says about how it was made: the command, the date, the machine, the workload.
 import { execFileSync } from 'node:child_process';
 import { cpus, release, totalmem, type } from 'node:os';
+import { basename } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The repository, from this file's place in dist/load-tests/. */
+export const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 export interface ReportContext {
   readonly command: string;
@@ -13,6 +18,11 @@ export interface ReportContext {
   /** One line each: what the servers had (GET /metrics, --trace, ...). */
   readonly notes: readonly string[];
   readonly workload: string;
+}
+
+/** The parts every report shares: the command as typed, when, on what machine and commit, with which model. */
+export function reportContext(argv: readonly string[], started: Date, modelDir: string, device: string, notes: readonly string[], workload: string): ReportContext {
+  return { command: commandLine(argv), date: started.toISOString(), machine: machineDescription(), node: process.version, commit: gitCommit(REPO_ROOT), model: basename(modelDir), device, notes, workload };
 }
 
 export function machineDescription(): string {

@@ -16,10 +16,9 @@ export const METRIC_DEFINITIONS = [
   '**429s**: requests refused by the server\'s full queue (deliberate overload), counted apart; **errors**: every other failure (another status, a connection error or timeout, a stream that broke off). A run with errors fails the command.',
 ];
 
-export function reportMarkdown(ctx: ReportContext, results: readonly RunResult[]): string {
-  const out: string[] = [
-    `# moe-serve load test: ${ctx.model} on ${ctx.device}`,
-    '',
+/** How a report was made, under its title: the command in a code block, then date, machine, commit, workload and notes. */
+export function contextMarkdown(ctx: ReportContext): string[] {
+  return [
     '```sh',
     ctx.command,
     '```',
@@ -29,6 +28,14 @@ export function reportMarkdown(ctx: ReportContext, results: readonly RunResult[]
     `- moe-serve commit: ${ctx.commit ?? 'unknown'}`,
     `- Workload: ${ctx.workload}`,
     ...ctx.notes.map((n) => `- ${n}`),
+  ];
+}
+
+export function reportMarkdown(ctx: ReportContext, results: readonly RunResult[]): string {
+  const out: string[] = [
+    `# moe-serve load test: ${ctx.model} on ${ctx.device}`,
+    '',
+    ...contextMarkdown(ctx),
     '',
     '## Metric definitions',
     '',

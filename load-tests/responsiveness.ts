@@ -2,7 +2,7 @@
 // 20 ms, and the server's own event-loop delay (prom-client's histogram in GET /metrics, which restarts
 // at each scrape: the scrape just before the run starts it, the one right after the run reads it).
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseExposition, sumOf } from './metric-samples.js';
+import { parseExposition, sumOf, type Sample } from './metric-samples.js';
 import { assertLoopback } from './loopback.js';
 import { summarize, type Summary } from './percentiles.js';
 
@@ -43,7 +43,11 @@ export async function eventLoopDelaySinceLastScrape(baseUrl: string): Promise<Re
     await res.body?.cancel();
     return null;
   }
-  const samples = parseExposition(await res.text());
+  return eventLoopDelayOf(parseExposition(await res.text()));
+}
+
+/** The event-loop delay in one scrape of GET /metrics: since the scrape before it, ms. */
+export function eventLoopDelayOf(samples: readonly Sample[]): NonNullable<Responsiveness['eventLoopDelayMs']> {
   const ms = (name: string) => sumOf(samples, name) * 1000;
   return { p50: ms('nodejs_eventloop_lag_p50_seconds'), p99: ms('nodejs_eventloop_lag_p99_seconds'), max: ms('nodejs_eventloop_lag_max_seconds') };
 }

@@ -2,10 +2,11 @@
 // from the line it prints), waits for GET /health to say the model is loaded, and stops it with
 // SIGTERM. The server's stderr goes to a log file beside the report.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { assertLoopback } from './loopback.js';
 
 /** The moe-serve command line, from this file's place in dist/load-tests/. */
@@ -14,14 +15,30 @@ export const MOE_SERVE_CLI = fileURLToPath(new URL('../src/cli/main.js', import.
 export interface ServerConfig {
   readonly modelDir?: string;
   readonly device?: string;
-  readonly policy: string;
-  /** Expert-cache budget as a fraction of all expert bytes. */
-  readonly budgetFraction: number;
+  /** The expert-cache policy; the server's default when undefined. */
+  readonly policy?: string;
+  /** Expert-cache budget as a fraction of all expert bytes; the server's default (all experts) when undefined. */
+  readonly budgetFraction?: number;
   /** Where the server writes its routing trace (`serve --trace`); none when undefined. */
   readonly tracePath?: string;
   readonly maxSeqs?: number;
   readonly maxQueue?: number;
+  /** Per-client limits; the server's defaults when undefined. */
+  readonly clientLimits?: ClientLimitFlags;
   readonly logPath: string;
+}
+
+/** `serve`'s per-client flags: how much unread output a connection may hold, and one client's share. */
+export interface ClientLimitFlags {
+  readonly bufferKb: number;
+  readonly stallSeconds: number;
+  readonly maxRunning: number;
+  readonly maxQueued: number;
+}
+
+/** `serve`'s flags for ClientLimitFlags (a server older than them refuses them as unknown: see serveHasFlags). */
+export function clientLimitArgs(l: ClientLimitFlags): string[] {
+  return ['--client-buffer-kb', String(l.bufferKb), '--stall-seconds', String(l.stallSeconds), '--client-max-running', String(l.maxRunning), '--client-max-queued', String(l.maxQueued)];
 }
 
 export class ServerStartError extends Error {
@@ -39,6 +56,11 @@ export class LaunchedServer implements AsyncDisposable {
     private readonly child: ChildProcess,
     readonly args: readonly string[],
   ) {}
+
+  /** The server's process id (its memory is read from /proc/<pid>). */
+  get pid(): number {
+    return this.child.pid!;
+  }
 
   /** SIGTERM, then SIGKILL if it has not exited within `graceMs`. */
   async stop(graceMs = 15_000): Promise<void> {
@@ -63,12 +85,19 @@ export function serverArgs(c: ServerConfig): string[] {
     '--port', '0',
     ...(c.modelDir ? ['--model', c.modelDir] : []),
     ...(c.device ? ['--device', c.device] : []),
-    '--expert-policy', c.policy,
-    '--expert-cache-fraction', String(c.budgetFraction),
+    ...(c.policy ? ['--expert-policy', c.policy] : []),
+    ...(c.budgetFraction !== undefined ? ['--expert-cache-fraction', String(c.budgetFraction)] : []),
     ...(c.tracePath ? ['--trace', c.tracePath] : []),
     ...(c.maxSeqs ? ['--max-seqs', String(c.maxSeqs)] : []),
     ...(c.maxQueue ? ['--max-queue', String(c.maxQueue)] : []),
+    ...(c.clientLimits ? clientLimitArgs(c.clientLimits) : []),
   ];
+}
+
+/** Whether `moe-serve serve` knows every one of `flags` (its --help lists them). */
+export async function serveHasFlags(flags: readonly string[]): Promise<boolean> {
+  const { stdout } = await promisify(execFile)(process.execPath, [MOE_SERVE_CLI, 'serve', '--help']);
+  return flags.every((f) => new RegExp(`^\\s*${f}\\b`, 'm').test(stdout));
 }
 
 export async function launchServer(c: ServerConfig, loadTimeoutMs = 120_000): Promise<LaunchedServer> {

@@ -1,5 +1,7 @@
 // What the server says about itself before and after a run (GET /v1/experts, GET /metrics), and the
-// difference: the run's cache hit ratio, bytes moved and server-side token counts.
+// difference: the run's cache hit ratio, bytes moved and server-side token counts; and what the kernel
+// says about its memory (/proc).
+import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { parseExposition, sumOf, type Sample } from './metric-samples.js';
@@ -101,6 +103,21 @@ export async function waitIdle(baseUrl: string, timeoutMs = 30_000): Promise<voi
     await sleep(250);
   }
   throw new Error(`the server at ${baseUrl} was still busy ${timeoutMs} ms after the run ended`);
+}
+
+/**
+ * A process's resident set size in bytes, from VmRSS in /proc/<pid>/status (Linux); null where there is
+ * no /proc or the process has gone.
+ */
+export async function residentSetBytes(pid: number): Promise<number | null> {
+  let status: string;
+  try {
+    status = await readFile(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return null;
+  }
+  const kb = /^VmRSS:\s+(\d+)\s+kB$/m.exec(status);
+  return kb ? Number(kb[1]) * 1024 : null;
 }
 
 async function getJson(url: URL): Promise<unknown> {
