@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import { BENCH_PROMPTS } from '../../src/cli/bench-prompts.js';
 import { BatchEngine, type CompletionRequest, type CompletionStream } from '../../src/engine/batch-engine.js';
 import { generate } from '../../src/engine/generate.js';
-import { SequenceKvCache } from '../../src/engine/kv-cache.js';
+import { kvRowsFor, SequenceKvCache } from '../../src/engine/kv-cache.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { QueueFullError } from '../../src/scheduler/scheduler.js';
 import { testDevices, F32 } from '../helpers/devices.js';
@@ -64,6 +64,29 @@ for (const device of testDevices()) {
       await using engine = new BatchEngine(model, { maxBatchTokens: 5, maxSeqs: 3, maxQueue: 16 });
       const results = await Promise.all(requests.map((r) => drain(engine.submit(r))));
       results.forEach((r, i) => assert.deepEqual(r.ids, expected[i], `request ${i}`));
+    });
+
+    test('a KV budget for two requests queues the rest, and each still gets exactly its solo tokens', async () => {
+      // Each request reserves its prompt + max_tokens rounded up to the cache's growth step (64 rows here).
+      const rows = requests.map((r) => kvRowsFor(r.promptIds.length + r.maxTokens, model.spec.maxPositions));
+      const maxKvTokens = 2 * Math.max(...rows);
+      await using engine = new BatchEngine(model, { maxBatchTokens: 256, maxSeqs: 8, maxQueue: 16, maxKvTokens });
+      let mostRunning = 0;
+      let mostReserved = 0;
+      const watch = async (r: CompletionRequest) => {
+        const stream = engine.submit(r);
+        for await (const chunk of stream) {
+          void chunk;
+          mostRunning = Math.max(mostRunning, engine.stats.running);
+          mostReserved = Math.max(mostReserved, engine.stats.kvTokensReserved);
+        }
+        return [...(await stream.result).completionIds];
+      };
+      const results = await Promise.all(requests.map(watch));
+      results.forEach((ids, i) => assert.deepEqual(ids, expected[i], `request ${i}`));
+      assert.ok(mostRunning <= 2 && mostRunning >= 1, `at most two ran at once (${mostRunning})`);
+      assert.ok(mostReserved <= maxKvTokens, `reserved ${mostReserved} of ${maxKvTokens}`);
+      assert.equal(engine.stats.kvTokensReserved, 0, 'every reservation returned');
     });
 
     test('requests joining mid-flight do not change the tokens of those already running', async () => {
