@@ -45,6 +45,7 @@ describe('graceful shutdown', () => {
     const ws = await Client.open(`${s.origin.replace('http', 'ws')}/v1/stream`);
     ws.send({ type: 'completion', id: 'w', ...LONG });
     await ws.next((m) => m.type === 'token');
+    await busy(s.engine, 2);
     const stopping = s.stop(300);
     const refused = await fetch(`${s.origin}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...LONG, max_tokens: 1 }) });
     assert.equal(refused.status, 503);
@@ -69,13 +70,13 @@ describe('graceful shutdown', () => {
 
   test('requests that finish within the drain finish normally', async () => {
     const s = await serve();
-    const answer = fetch(`${s.origin}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...LONG, max_tokens: 20 }) });
-    await new Promise((r) => setTimeout(r, 50));
+    const answer = fetch(`${s.origin}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...LONG, max_tokens: 100 }) });
+    await busy(s.engine, 1);
     const { cancelled } = await s.stop(30_000);
     assert.equal(cancelled, 0);
     const body = (await (await answer).json()) as { choices: { finish_reason: string }[]; usage: { completion_tokens: number } };
     assert.equal(body.choices[0]?.finish_reason, 'length');
-    assert.equal(body.usage.completion_tokens, 20);
+    assert.equal(body.usage.completion_tokens, 100);
   });
 });
 
@@ -101,3 +102,9 @@ test('`moe-serve serve` on SIGTERM: a WebSocket stream gets done "cancelled" aft
     child.kill('SIGKILL');
   }
 });
+
+/** Waits until `n` requests have reached the engine (running or waiting; or, for one, already generating). */
+async function busy(engine: BatchEngine, n: number): Promise<void> {
+  const arrived = () => engine.stats.running + engine.stats.waiting >= n || (n === 1 && engine.stats.tokensGenerated > 0);
+  await waitFor(() => (arrived() ? true : undefined), () => `engine: ${JSON.stringify(engine.stats)}`, 30_000);
+}
