@@ -6,7 +6,7 @@ import { ChatTemplateRenderError, renderChatTemplate, UntraceableUserTextError }
 import type { Token } from '../tokenizer/token.js';
 import { UnsplittableSpecialTokenError } from '../tokenizer/user-span-encoder.js';
 import { badRequest } from './api-errors.js';
-import { modelNotFound } from './input-limits.js';
+import { checkInputSizes } from './input-limits.js';
 import type { ChatCompletionRequestBody, CompletionRequestBody } from './request-schemas.js';
 
 type CompletionFields = Omit<CompletionRequestBody, 'stream' | 'stream_options'>;
@@ -19,7 +19,7 @@ export type PreparedRequest = Omit<CompletionRequest, 'signal'>;
 const DEFAULT_COMPLETION_TOKENS = 16;
 
 export function prepareCompletion(model: MoeModel, modelName: string, body: CompletionFields): PreparedRequest {
-  checkModel(body.model, modelName);
+  checkInputSizes(model, modelName, body);
   const prompt = Array.isArray(body.prompt) ? (body.prompt[0] ?? '') : body.prompt;
   // Special-token text in a raw prompt is the special token (transformers' default): the whole prompt is the
   // client's, so there is no turn of someone else's to forge, and clients rely on writing e.g. <|im_start|>.
@@ -28,7 +28,7 @@ export function prepareCompletion(model: MoeModel, modelName: string, body: Comp
 }
 
 export function prepareChat(model: MoeModel, modelName: string, body: ChatFields): PreparedRequest {
-  checkModel(body.model, modelName);
+  checkInputSizes(model, modelName, body);
   const template = model.tokenizer.chatTemplate;
   if (!template) throw badRequest(`model '${modelName}' has no chat_template in tokenizer_config.json; use /v1/completions`, 'messages', 'no_chat_template');
   if (body.top_logprobs != null && body.logprobs !== true) throw badRequest('top_logprobs needs logprobs: true', 'top_logprobs', 'invalid_request');
@@ -48,10 +48,6 @@ export function prepareChat(model: MoeModel, modelName: string, body: ChatFields
   const room = model.spec.maxPositions - promptIds.length;
   const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? room;
   return engineRequest(promptIds, maxTokens, body, body.logprobs === true ? (body.top_logprobs ?? 0) : undefined);
-}
-
-function checkModel(name: string, served: string): void {
-  if (name !== served) throw modelNotFound(name, served);
 }
 
 function checkedPrompt(model: MoeModel, promptIds: Token[], param: string): Token[] {

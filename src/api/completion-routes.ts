@@ -11,7 +11,6 @@ import { badRequest } from './api-errors.js';
 import type { RouteContext } from './build-app.js';
 import { prepareChat, prepareCompletion, type PreparedRequest } from './completion-request.js';
 import { chatLogprobs, legacyLogprobs } from './logprob-format.js';
-import { checkInputSizes } from './input-limits.js';
 import { OutputWatch, stallReason } from './output-watch.js';
 import { chatCompletionRequest, completionRequest } from './request-schemas.js';
 import { startGeneration } from './start-generation.js';
@@ -31,7 +30,6 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
   app.post('/v1/completions', async (req, reply) => {
     const { model } = ctx.ready();
     const body = parseBody(completionRequest, req.body);
-    checkInputSizes(model, modelName, body);
     const prepared = prepareCompletion(model, modelName, body);
     const tokenizer = model.tokenizer;
     const id = `cmpl-${randomUUID()}`;
@@ -58,7 +56,6 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
   app.post('/v1/chat/completions', async (req, reply) => {
     const { model } = ctx.ready();
     const body = parseBody(chatCompletionRequest, req.body);
-    checkInputSizes(model, modelName, body);
     const prepared = prepareChat(model, modelName, body);
     const tokenizer: TextTokenizer = model.tokenizer;
     const id = `chatcmpl-${randomUUID()}`;
@@ -89,16 +86,10 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
     });
   });
 
-  /** Submits to the engine and answers with one JSON body or an SSE stream; a client that leaves cancels. */
-  async function respond(
-    reply: FastifyReply,
-    body: { stream?: boolean | null; stream_options?: { include_usage?: boolean } | null },
-    prepared: PreparedRequest,
-    frames: Frames,
-  ): Promise<unknown> {
-    return ctx.inFlight.track(answer(reply, body, prepared, frames));
-  }
+  /** answer(), tracked so that a graceful shutdown waits for it to finish writing. */
+  const respond = (...args: Parameters<typeof answer>) => ctx.inFlight.track(answer(...args));
 
+  /** Submits to the engine and answers with one JSON body or an SSE stream; a client that leaves cancels. */
   async function answer(
     reply: FastifyReply,
     body: { stream?: boolean | null; stream_options?: { include_usage?: boolean } | null },

@@ -50,7 +50,7 @@ export async function shutDown(p: ShutdownParts): Promise<{ readonly cancelled: 
   const busy = () => p.engine.stats.running + p.engine.stats.waiting;
   if (busy() > 0) {
     p.log(`shutting down: refusing new requests; ${busy()} running or waiting get up to ${p.drainMs / 1000} s to finish`);
-    await Promise.race([idle(p.engine, p.drainMs), p.hurry ?? new Promise<void>(() => undefined)]);
+    await Promise.race([until(() => busy() === 0, p.drainMs), p.hurry ?? new Promise<void>(() => undefined)]);
   } else {
     p.log('shutting down: refusing new requests; none running');
   }
@@ -63,9 +63,10 @@ export async function shutDown(p: ShutdownParts): Promise<{ readonly cancelled: 
   return { cancelled };
 }
 
-async function idle(engine: BatchEngine, timeoutMs: number): Promise<void> {
+/** Polls `done` until it holds or timeoutMs have passed. */
+async function until(done: () => boolean, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (engine.stats.running + engine.stats.waiting > 0 && Date.now() < deadline) await sleep(Math.min(50, deadline - Date.now()));
+  while (!done() && Date.now() < deadline) await sleep(Math.min(50, deadline - Date.now()));
 }
 
 function sleep(ms: number): Promise<void> {

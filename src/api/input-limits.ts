@@ -40,10 +40,10 @@ export function checkInputSizes(model: MoeModel, servedName: string, body: Sized
 }
 
 /** An unknown model name, as much of it as an error message repeats. */
-export function modelEcho(name: string): string {
+function modelEcho(name: string): string {
   return name.length > MODEL_ECHO_CHARS ? `${name.slice(0, MODEL_ECHO_CHARS)}...` : name;
 }
 
-export function modelNotFound(name: string, served: string): ApiError {
+function modelNotFound(name: string, served: string): ApiError {
   return new ApiError(404, 'not_found_error', `model '${modelEcho(name)}' does not exist; this server serves '${served}'`, 'model', 'model_not_found');
 }

@@ -29,11 +29,6 @@ export class OutputWatch implements Disposable {
     private readonly onStall: () => void,
   ) {}
 
-  /** True once the connection has been cut for not reading. */
-  get stalled(): boolean {
-    return this.cut;
-  }
-
   /** Call after every write. */
   wrote(): void {
     if (this.cut || this.timer || this.unsent() <= this.limits.bufferBytes) return;

@@ -12,7 +12,6 @@ import type { RouteContext } from './build-app.js';
 import { clientOf, parseBody, usage } from './completion-routes.js';
 import { prepareChat, prepareCompletion, type PreparedRequest } from './completion-request.js';
 import { chatLogprobs } from './logprob-format.js';
-import { checkInputSizes } from './input-limits.js';
 import { OutputWatch, stallReason } from './output-watch.js';
 import { socketMessage } from './request-schemas.js';
 import { startGeneration } from './start-generation.js';
@@ -65,7 +64,6 @@ export function registerStreamSocket(app: FastifyInstance, ctx: RouteContext): v
           throw new ApiError(429, 'rate_limit_error', `this socket already has ${running.size} requests running, its most; wait for one to finish`, 'id', 'too_many_socket_requests');
         }
         const { model } = ctx.ready();
-        checkInputSizes(model, ctx.deps.modelName, msg);
         const prepared = msg.type === 'chat' ? prepareChat(model, ctx.deps.modelName, msg) : prepareCompletion(model, ctx.deps.modelName, msg);
         void ctx.inFlight.track(stream(msg.id, { ...prepared, client: clientOf(req) }, model.tokenizer));
       } catch (err) {

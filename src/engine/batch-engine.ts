@@ -108,7 +108,7 @@ export const FAILING_AFTER = 5;
 
 export interface EngineHealth {
   readonly failing: boolean;
-  /** Why, when failing: the count and the latest error's message. */
+  /** Why, when failing: the count and the latest error's kind (its message, which may hold paths, is in the log). */
   readonly reason?: string;
 }
 

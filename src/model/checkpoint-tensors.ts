@@ -12,7 +12,7 @@ import { packedNames, packedScheme, PackedWeightError } from './compressed-tenso
 import { isWeightDType } from './dtype.js';
 import { CheckpointTensorsError, type TensorProblem } from './errors.js';
 import type { ModelSpec } from './hf-config.js';
-import type { SafetensorsArchive, TensorEntry } from './safetensors.js';
+import { sameShape, type SafetensorsArchive, type TensorEntry } from './safetensors.js';
 import { EMBED_TOKENS, expertTensorNames, FINAL_NORM, layerTensorNames, LM_HEAD, type ExpertTensorNames } from './tensor-names.js';
 
 export interface RequiredTensor {
@@ -144,7 +144,3 @@ function entryProblems(entry: TensorEntry, dtypeOk: (dtype: string) => boolean, 
 
 const shapeText = (shape: readonly number[]) => `[${shape.join(', ')}]`;
 const entryText = (e: TensorEntry) => `${e.dtype} ${shapeText(e.shape)}`;
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
-}

@@ -394,7 +394,8 @@ function shardPathsOf(weightMap: Readonly<Record<string, string>>, indexPath: st
   return shards.map((s) => join(dir, s));
 }
 
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
+/** Equal rank and equal dimensions. */
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
