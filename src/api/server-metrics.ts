@@ -55,6 +55,9 @@ export class ServerMetrics {
     expertCounter('moe_serve_expert_evictions_total', 'Experts evicted from the device cache', (s) => s.total.evictions);
     expertCounter('moe_serve_expert_bytes_to_device_total', 'Expert bytes uploaded (converted to compute form on the CPU)', (s) => s.total.bytesToDevice);
     expertCounter('moe_serve_expert_bytes_from_disk_total', 'Expert bytes read from the checkpoint', (s) => s.total.bytesFromDisk);
+    expertCounter('moe_serve_expert_host_hits_total', 'Expert loads served from the host tier', (s) => s.total.hostHits);
+    expertCounter('moe_serve_expert_host_misses_total', 'Expert loads read from disk', (s) => s.total.hostMisses);
+    expertCounter('moe_serve_expert_disk_busy_seconds_total', 'Time with at least one expert read in flight', (s) => s.total.diskBusyMs / 1000);
     expertGauge('moe_serve_expert_resident_device_bytes', 'Expert bytes resident on the device', (s) => s.residentBytes);
     expertGauge('moe_serve_expert_resident_host_bytes', 'Expert bytes held in host memory in stored form', (s) => s.hostResidentBytes);
     expertGauge('moe_serve_expert_budget_bytes', 'Device budget for routed experts', (s) => s.budgetBytes);

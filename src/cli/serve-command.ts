@@ -121,7 +121,11 @@ async function serve(args: readonly string[]): Promise<void> {
   progress.stop();
   let trace: TraceWriter | null = null;
   if (values.trace !== undefined) trace = await model.openTrace(values.trace);
-  const kvBudgetBytes = kvCacheMb === undefined ? defaultKvBudgetBytes(model.spec, scheduler.maxSeqs, availableMemoryBytes()) : kvCacheMb * 2 ** 20;
+  // The expert tiers fill as requests come: the KV default leaves them what they may still grow by.
+  const expertGrowth = Math.max(0, model.memoryPlan.expertHostMemoryBytes - model.experts.stats().hostResidentBytes);
+  const kvBudgetBytes =
+    kvCacheMb === undefined ? defaultKvBudgetBytes(model.spec, scheduler.maxSeqs, Math.max(0, availableMemoryBytes() - expertGrowth)) : kvCacheMb * 2 ** 20;
+  for (const note of model.memoryPlan.notes) process.stderr.write(`memory plan: ${note}\n`);
   const maxKvTokens = kvTokensFor(kvBudgetBytes, model.spec);
   if (maxKvTokens < model.spec.maxPositions) {
     process.stderr.write(`moe-serve serve: warning: --kv-cache-mb holds ${maxKvTokens} tokens, less than one full context (${model.spec.maxPositions}); longer requests get 400\n`);

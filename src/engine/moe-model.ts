@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ATTN } from '../graphs/attention-block.js';
 import { ExpertStore } from '../experts/expert-store.js';
-import { HostExpertCache } from '../experts/host-expert-cache.js';
+import { HostExpertCache, storedBytes } from '../experts/host-expert-cache.js';
 import { planCache, type CachePlan } from '../experts/cache-plan.js';
 import { createPolicy, type PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
@@ -18,7 +18,9 @@ import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { computeMatrix, dtypeFor, expertHostForm, resolveCompute, type ComputeOptions, type ResolvedCompute } from './compute-options.js';
 import { chooseExpertRoute } from './expert-routes.js';
 import { ForwardPass, type ForwardParts } from './forward.js';
+import { availableMemoryBytes } from './kv-budget.js';
 import { SequenceKvCache } from './kv-cache.js';
+import { planExpertMemory, PREPACKED_SESSION_OVERHEAD, type ExpertMemoryPlan } from './memory-plan.js';
 import { ModelSessions } from './model-sessions.js';
 import { readResidentWeights, ResidentWeights } from './resident-weights.js';
 import type { SamplingParams } from './sampler.js';
@@ -91,13 +93,11 @@ function expertComputeBytes(sample: { gate: StoredMatrix; up: StoredMatrix; down
 }
 
 /** The expert cache's budget, policy and preload for these options: planned before the compute route is chosen. */
-async function planExpertCache(dir: string, spec: ModelSpec, expertBytes: number, o: ExpertCacheOptions): Promise<{ plan: CachePlan; totalBytes: number }> {
+async function planExpertCache(dir: string, spec: ModelSpec, expertBytes: number, budgetBytes: number, o: ExpertCacheOptions): Promise<{ plan: CachePlan; totalBytes: number }> {
   const policy = o.policy ?? 'lru';
   const ids = new ExpertIds(spec.numLayers, spec.numExperts);
   const allExperts = Array.from({ length: ids.count }, (_, id) => id).filter((id) => spec.sparseLayers[ids.key(id).layer]);
   const totalBytes = allExperts.length * expertBytes;
-  const budgetBytes =
-    o.budgetMb !== undefined ? Math.floor(o.budgetMb * MIB) : o.budgetFraction !== undefined ? Math.floor(o.budgetFraction * totalBytes) : totalBytes;
   let profile: number[] | undefined;
   if (policy === 'static') {
     const defaultProfile = join(dir, 'training_report.json');
@@ -105,6 +105,35 @@ async function planExpertCache(dir: string, spec: ModelSpec, expertBytes: number
     if (path !== undefined) profile = await loadRoutingProfile(path, ids);
   }
   return { plan: planCache({ policy, budgetBytes, expertBytes, topK: spec.topK, allExperts, profile }), totalBytes };
+}
+
+type StoredExpert = { gate: StoredMatrix; up: StoredMatrix; down: StoredMatrix };
+
+/**
+ * The expert tiers' budgets: the user's, else planned from the memory left once the resident weights
+ * are loaded (memory-plan.ts), so that a model larger than memory starts and stays inside it.
+ */
+function planMemory(spec: ModelSpec, sample: StoredExpert, compute: ResolvedCompute, o: ExpertCacheOptions, onGpu: boolean): { plan: ExpertMemoryPlan; totalComputeBytes: number } {
+  const experts = spec.sparseLayers.filter(Boolean).length * spec.numExperts;
+  const expertBytes = expertComputeBytes(sample, compute);
+  const hostBytes = [sample.gate, sample.up, sample.down].reduce((n, m) => n + storedBytes(expertHostForm(m, compute)), 0);
+  const totalComputeBytes = experts * expertBytes;
+  const deviceGiven =
+    o.policy === 'all' ? totalComputeBytes : o.budgetMb !== undefined ? Math.floor(o.budgetMb * MIB) : o.budgetFraction !== undefined ? Math.floor(o.budgetFraction * totalComputeBytes) : undefined;
+  const quantized = dtypeFor(sample.gate, 'experts', compute).startsWith('int');
+  const plan = planExpertMemory({
+    availableBytes: availableMemoryBytes(),
+    totalComputeBytes,
+    totalHostBytes: experts * hostBytes,
+    expertComputeBytes: expertBytes,
+    topK: spec.topK,
+    deviceInHostMemory: !onGpu,
+    // CPU provider: a quantized expert is a prepacked session (memory-plan.ts); float experts are plain arrays.
+    residentOverhead: quantized ? PREPACKED_SESSION_OVERHEAD : 1,
+    deviceBudgetBytes: deviceGiven,
+    hostBudgetBytes: o.hostCacheMb === undefined ? undefined : Math.floor(o.hostCacheMb * MIB),
+  });
+  return { plan, totalComputeBytes };
 }
 
 /**
@@ -141,6 +170,8 @@ export class MoeModel implements AsyncDisposable {
     private readonly sessions: ModelSessions,
     /** The compute forms chosen, for reports. */
     readonly computeForms: { readonly weights: string; readonly attention: ComputeDType; readonly experts: ComputeDType; readonly expertRoute: string },
+    /** The expert tiers' budgets and how much host memory they may reach (memory-plan.ts). */
+    readonly memoryPlan: ExpertMemoryPlan,
   ) {}
 
   static async load(dir: string, options: ModelLoadOptions): Promise<MoeModel> {
@@ -157,29 +188,35 @@ export class MoeModel implements AsyncDisposable {
       const runtime = await Runtime.create({ device: options.device, cpuThreads: options.cpuThreads || autoCpuThreads(spec) });
       const cache = options.experts ?? {};
       const budgeted = cache.policy !== 'all' && (cache.budgetMb !== undefined || (cache.budgetFraction ?? 1) < 1);
-      const compute = resolveCompute(options.device, options.compute, budgeted);
+      let compute = resolveCompute(options.device, options.compute, budgeted);
       const prefetchDepth = cache.prefetchDepth ?? 1;
       const data = await readResidentWeights(archive, spec, compute, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0), (d, t) =>
         options.onProgress?.('resident weights', d, t),
       );
       const weights = await ResidentWeights.create(runtime, data);
       const sessions = await ModelSessions.create(runtime, spec, data.layers, data.head);
-      const newHost = (budgetBytes: number | null) =>
+      const newHost = (budgetBytes: number | null, c: ResolvedCompute) =>
         new HostExpertCache({
           archive,
           family: spec.family,
           quantization: spec.quantization,
           hiddenSize: spec.hiddenSize,
           intermediateSize: spec.expertIntermediateSize,
-          toHost: (m) => expertHostForm(m, compute),
+          toHost: (m) => expertHostForm(m, c),
           budgetBytes,
         });
-      const host = newHost(cache.hostCacheMb === undefined ? null : Math.floor(cache.hostCacheMb * MIB));
-      const sample = await host.readStored({ layer: firstSparseLayer(spec), expert: 0 });
+      const sample = await newHost(0, compute).readStored({ layer: firstSparseLayer(spec), expert: 0 });
+      let memory = planMemory(spec, sample, compute, cache, runtime.onGpu);
+      if (!budgeted && memory.plan.deviceBudgetBytes < memory.totalComputeBytes) {
+        // The experts do not fit, so misses will happen: the compute form defaults change (resolveCompute).
+        compute = resolveCompute(options.device, options.compute, true);
+        memory = planMemory(spec, sample, compute, cache, runtime.onGpu);
+      }
+      const host = newHost(memory.plan.hostBudgetBytes, compute);
       const expertBytes = expertComputeBytes(sample, compute);
       const expertDtype = dtypeFor(sample.gate, 'experts', compute);
       const toCompute = (m: StoredMatrix, into?: Float32Array) => computeMatrix(m, 'experts', compute, into);
-      const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, cache);
+      const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, memory.plan.deviceBudgetBytes, cache);
       const route = chooseExpertRoute({
         runtime,
         blocks: sessions.moeBlocks,
@@ -200,7 +237,7 @@ export class MoeModel implements AsyncDisposable {
         }
       }
       const parts = { spec, runtime, weights, sessions, route };
-      await warmUp(parts, newHost(null), expertBytes);
+      await warmUp(parts, newHost(null, compute), expertBytes);
       const experts = new ExpertStore({
         spec,
         host,
@@ -219,7 +256,7 @@ export class MoeModel implements AsyncDisposable {
         attention,
         experts: expertDtype,
         expertRoute: route.kind,
-      });
+      }, memory.plan);
     } catch (err) {
       await archive.close();
       throw err;

@@ -11,6 +11,9 @@ export interface ExpertCounters {
   /** Prefetched experts evicted without being used. */
   prefetchWasted: number;
   evictions: number;
+  /** Device-tier misses whose weights the host tier held, and those it had to read from disk. */
+  hostHits: number;
+  hostMisses: number;
   bytesFromDisk: number;
   /** Bytes turned into compute form (uploaded on GPU providers, converted to fp32 on the CPU). */
   bytesToDevice: number;
@@ -30,6 +33,8 @@ export function emptyCounters(): ExpertCounters {
     prefetchUsed: 0,
     prefetchWasted: 0,
     evictions: 0,
+    hostHits: 0,
+    hostMisses: 0,
     bytesFromDisk: 0,
     bytesToDevice: 0,
     waitMs: 0,
@@ -55,7 +60,13 @@ export interface ExpertCacheStats {
   readonly hostResidentBytes: number;
   /** Times a use could not fit in the budget even after evicting every expert not in use (should be 0). */
   readonly overBudget: number;
-  readonly total: ExpertCounters & { readonly hitRatio: number | null; readonly prefetchRecall: number | null };
+  readonly total: ExpertCounters & {
+    readonly hitRatio: number | null;
+    readonly prefetchRecall: number | null;
+    /** The disk tier: reads issued, and wall time with at least one in flight (bytesFromDisk / diskBusyMs is its rate). */
+    readonly diskReads: number;
+    readonly diskBusyMs: number;
+  };
   readonly layers: readonly LayerStats[];
 }
 

@@ -205,6 +205,7 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
     const residentPerLayer = new Array<number>(this.o.spec.numLayers).fill(0);
     for (const id of this.residency.ids()) residentPerLayer[this.ids.key(id).layer]! += 1;
     const total = emptyCounters();
+    const disk = this.o.host.diskStats();
     const layers = this.counters.map((c, layer) => {
       addCounters(total, c);
       const n = residentPerLayer[layer] ?? 0;
@@ -219,7 +220,13 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
       residentBytes: this.residency.residentBytes,
       hostResidentBytes: this.o.host.residentBytes,
       overBudget: this.residency.overBudget,
-      total: { ...total, hitRatio: ratio(total.hits, total.accesses), prefetchRecall: ratio(total.predictedAndUsed, total.usedWithLookahead) },
+      total: {
+        ...total,
+        hitRatio: ratio(total.hits, total.accesses),
+        prefetchRecall: ratio(total.predictedAndUsed, total.usedWithLookahead),
+        diskReads: disk.reads,
+        diskBusyMs: disk.busyMs,
+      },
       layers,
     };
   }
@@ -265,7 +272,13 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
   private async load(id: ExpertId): Promise<R> {
     const key = this.ids.key(id);
     const c = this.layerCounters(key.layer);
-    const weights = await this.o.host.get(key, (bytes) => (c.bytesFromDisk += bytes));
+    let fromDisk = false;
+    const weights = await this.o.host.get(key, (bytes) => {
+      fromDisk = true;
+      c.bytesFromDisk += bytes;
+    });
+    if (fromDisk) c.hostMisses++;
+    else c.hostHits++;
     // Materializing holds the thread (a widening or a session creation, ~0.3-1 ms each at tiny-moe's
     // shape, tens of them a step under a small budget): let pending I/O in first, so that a step of
     // many misses does not hold the event loop for its whole length.

@@ -8,9 +8,11 @@ import { LRUCache } from 'lru-cache';
 import type { StoredMatrix } from '../model/compute-form.js';
 import { heldBytes } from '../model/quantization.js';
 import type { CheckpointQuantization, ModelFamily } from '../model/hf-config.js';
-import type { SafetensorsArchive } from '../model/safetensors.js';
+import { packedNames } from '../model/compressed-tensors.js';
+import type { SafetensorsArchive, TensorSource } from '../model/safetensors.js';
 import { expertTensorNames } from '../model/tensor-names.js';
 import { readStoredMatrix } from '../model/weight-reader.js';
+import { ExpertDiskReader, type DiskReaderOptions, type DiskReadStats } from './expert-disk-reader.js';
 import type { ExpertKey } from './expert-id.js';
 
 /** An expert's SwiGLU weights in host form: gate and up (I, H), down (H, I). */
@@ -31,14 +33,18 @@ export interface HostExpertCacheOptions {
   readonly toHost: (stored: StoredMatrix) => StoredMatrix;
   /** Host budget in bytes; null keeps every expert read. */
   readonly budgetBytes: number | null;
+  readonly disk?: DiskReaderOptions;
 }
 
 export class HostExpertCache {
   private readonly kept: LRUCache<string, HostExpert> | Map<string, HostExpert>;
   private readonly reading = new Map<string, Promise<HostExpert>>();
+  private readonly disk: ExpertDiskReader;
 
   constructor(private readonly o: HostExpertCacheOptions) {
-    this.kept = o.budgetBytes === null ? new Map() : new LRUCache<string, HostExpert>({ maxSize: o.budgetBytes, sizeCalculation: (e) => e.bytes });
+    this.disk = new ExpertDiskReader(o.archive, o.disk);
+    // A budget of 0 (no host tier) keeps nothing: get() never stores an expert larger than the budget.
+    this.kept = o.budgetBytes === null || o.budgetBytes === 0 ? new Map() : new LRUCache<string, HostExpert>({ maxSize: o.budgetBytes, sizeCalculation: (e) => e.bytes });
   }
 
   get budgetBytes(): number | null {
@@ -50,6 +56,11 @@ export class HostExpertCache {
     let n = 0;
     for (const e of this.kept.values()) n += e.bytes;
     return n;
+  }
+
+  /** The disk tier's reads so far. */
+  diskStats(): DiskReadStats {
+    return this.disk.stats();
   }
 
   /** The expert in host form; `onDiskRead(bytes)` is called with the stored bytes when it had to come from disk. */
@@ -73,26 +84,39 @@ export class HostExpertCache {
     return pending;
   }
 
-  /** Reads the stored form of an expert (bf16 or packed) without converting it: `moe-serve quantize` and tests. */
-  readStored(key: ExpertKey): Promise<{ gate: StoredMatrix; up: StoredMatrix; down: StoredMatrix }> {
-    const { archive, family, quantization, hiddenSize: H, intermediateSize: I } = this.o;
+  /** The stored form of an expert (bf16 or packed) without converting it, from `source` (default: straight from the archive). */
+  readStored(key: ExpertKey, source: TensorSource = this.o.archive): Promise<{ gate: StoredMatrix; up: StoredMatrix; down: StoredMatrix }> {
+    const { family, quantization, hiddenSize: H, intermediateSize: I } = this.o;
     const names = expertTensorNames(family, key.layer, key.expert);
     return Promise.all([
-      readStoredMatrix(archive, names.gate, I, H, quantization),
-      readStoredMatrix(archive, names.up, I, H, quantization),
-      readStoredMatrix(archive, names.down, H, I, quantization),
+      readStoredMatrix(source, names.gate, I, H, quantization),
+      readStoredMatrix(source, names.up, I, H, quantization),
+      readStoredMatrix(source, names.down, H, I, quantization),
     ]).then(([gate, up, down]) => ({ gate, up, down }));
   }
 
+  /** Reads the expert through the disk tier: its tensors in as few large reads as their layout allows. */
   private async read(key: ExpertKey, onDiskRead: (bytes: number) => void): Promise<HostExpert> {
-    const stored = await this.readStored(key);
-    onDiskRead([stored.gate, stored.up, stored.down].reduce((n, s) => n + storedBytes(s), 0));
+    const { source, bytes } = await this.disk.read(this.tensorNames(key));
+    onDiskRead(bytes);
+    const stored = await this.readStored(key, source);
     const [gate, up, down] = [stored.gate, stored.up, stored.down].map(this.o.toHost) as [StoredMatrix, StoredMatrix, StoredMatrix];
     return { gate, up, down, bytes: storedBytes(gate) + storedBytes(up) + storedBytes(down) };
+  }
+
+  /** Every tensor holding the expert's weights: each matrix as a float tensor, or its packed parts. */
+  private tensorNames(key: ExpertKey): string[] {
+    const { archive, family } = this.o;
+    const names = expertTensorNames(family, key.layer, key.expert);
+    return [names.gate, names.up, names.down].flatMap((name) => {
+      if (archive.has(name)) return [name];
+      const p = packedNames(name);
+      return [p.packed, p.scale, p.zeroPoint, p.shape];
+    });
   }
 }
 
 /** Bytes a stored matrix holds in memory. */
-function storedBytes(s: StoredMatrix): number {
+export function storedBytes(s: StoredMatrix): number {
   return s.kind === 'float' ? s.bytes.byteLength : heldBytes(s.quantized);
 }

@@ -36,6 +36,8 @@ export interface ByteRangeReader {
   readonly byteLength: number;
   /** Exactly `length` bytes from `offset`, in a fresh buffer that the caller owns. */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /** Fills `target` with the bytes from `offset` on (a piece of a larger read). */
+  readInto(offset: number, target: Uint8Array): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -71,18 +73,23 @@ export class FileRangeReader implements ByteRangeReader {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    checkRange(this.path, this.byteLength, offset, length);
     // A buffer of its own (never a slice of Node's pool), left uninitialised because every byte is overwritten.
     const owned = Buffer.allocUnsafeSlow(length);
     const bytes = new Uint8Array(owned.buffer, owned.byteOffset, length);
+    await this.readInto(offset, bytes);
+    return bytes;
+  }
+
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    const length = target.byteLength;
+    checkRange(this.path, this.byteLength, offset, length);
     let filled = 0;
     while (filled < length) {
       const want = Math.min(length - filled, FileRangeReader.maxChunkBytes);
-      const { bytesRead } = await this.handle.read(bytes, filled, want, offset + filled);
+      const { bytesRead } = await this.handle.read(target, filled, want, offset + filled);
       if (bytesRead === 0) throw new TruncatedWeightsFileError(this.path, offset, length, filled);
       filled += bytesRead;
     }
-    return bytes;
   }
 
   async close(): Promise<void> {
@@ -104,6 +111,11 @@ export class BytesRangeReader implements ByteRangeReader {
   async read(offset: number, length: number): Promise<Uint8Array> {
     checkRange(this.label, this.bytes.byteLength, offset, length);
     return this.bytes.slice(offset, offset + length);
+  }
+
+  async readInto(offset: number, target: Uint8Array): Promise<void> {
+    checkRange(this.label, this.bytes.byteLength, offset, target.byteLength);
+    target.set(this.bytes.subarray(offset, offset + target.byteLength));
   }
 
   async close(): Promise<void> {}
@@ -220,11 +232,18 @@ export interface SafetensorsSource {
 
 const FLOAT_DTYPES: readonly WeightDType[] = ['F32', 'F16', 'BF16'];
 
+/** Where tensors are read from by name: an archive, or bytes already read for them (experts/expert-disk-reader.ts). */
+export interface TensorSource {
+  has(name: string): boolean;
+  entry(name: string): TensorEntry;
+  readBytes(name: string): Promise<Uint8Array>;
+}
+
 /**
  * A model's weights, in one safetensors file or in shards: tensor names, and reads of single tensors.
  * Reads may run concurrently. Closing while reads are in flight is not supported.
  */
-export class SafetensorsArchive implements AsyncDisposable {
+export class SafetensorsArchive implements TensorSource, AsyncDisposable {
   private readonly entries = new Map<string, TensorEntry>();
   private readonly readers = new Map<string, ByteRangeReader>();
   private tensorBytesRead = 0;
@@ -323,6 +342,14 @@ export class SafetensorsArchive implements AsyncDisposable {
     const bytes = await reader.read(entry.byteOffset, entry.byteLength);
     this.tensorBytesRead += bytes.byteLength;
     return bytes;
+  }
+
+  /** Fills `target` with the bytes of file `fileLabel` from `offset` on: one piece of a read spanning several tensors. */
+  async readSpanInto(fileLabel: string, offset: number, target: Uint8Array): Promise<void> {
+    const reader = this.readers.get(fileLabel);
+    if (reader === undefined) throw new Error(`Cannot read ${fileLabel}: the weights archive has been closed`);
+    await reader.readInto(offset, target);
+    this.tensorBytesRead += target.byteLength;
   }
 
   /** The tensor as float32 (row-major, as stored), checking its dtype and, when given, its shape. */

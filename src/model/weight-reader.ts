@@ -5,17 +5,17 @@ import { decodePacked, packedNames } from './compressed-tensors.js';
 import { isWeightDType } from './dtype.js';
 import { TensorShapeError, UnsupportedDTypeError } from './errors.js';
 import type { CheckpointQuantization } from './hf-config.js';
-import type { SafetensorsArchive } from './safetensors.js';
+import type { TensorSource } from './safetensors.js';
 
 const FLOAT_DTYPES = ['F32', 'F16', 'BF16'];
 
 /** Whether the checkpoint has weight `name`, stored as a float tensor or packed. */
-export function hasMatrix(archive: SafetensorsArchive, name: string): boolean {
+export function hasMatrix(archive: TensorSource, name: string): boolean {
   return archive.has(name) || archive.has(packedNames(name).packed);
 }
 
 /** Weight `name` of shape (rows, cols) as stored; a missing weight throws MissingTensorError naming `name`. */
-export async function readStoredMatrix(archive: SafetensorsArchive, name: string, rows: number, cols: number, quant: CheckpointQuantization | null): Promise<StoredMatrix> {
+export async function readStoredMatrix(archive: TensorSource, name: string, rows: number, cols: number, quant: CheckpointQuantization | null): Promise<StoredMatrix> {
   const p = packedNames(name);
   if (!archive.has(name) && archive.has(p.packed)) {
     const shape = await readShape(archive, p.shape);
@@ -41,11 +41,11 @@ export async function readStoredMatrix(archive: SafetensorsArchive, name: string
 }
 
 /** Weight `name` as float32, dequantized when the checkpoint stores it packed. */
-export async function readFloat32Matrix(archive: SafetensorsArchive, name: string, rows: number, cols: number, quant: CheckpointQuantization | null): Promise<Float32Array> {
+export async function readFloat32Matrix(archive: TensorSource, name: string, rows: number, cols: number, quant: CheckpointQuantization | null): Promise<Float32Array> {
   return storedToFloat32(await readStoredMatrix(archive, name, rows, cols, quant));
 }
 
-async function readShape(archive: SafetensorsArchive, name: string): Promise<number[]> {
+async function readShape(archive: TensorSource, name: string): Promise<number[]> {
   const entry = archive.entry(name);
   const bytes = await archive.readBytes(name);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);

@@ -1,0 +1,63 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { EXPERT_SHARE, planExpertMemory, type ExpertMemoryInputs } from '../../src/engine/memory-plan.js';
+
+const GIB = 2 ** 30;
+const MIB = 2 ** 20;
+
+/** A qwen3-30b-a3b-like cut: 1,792 experts of 2.9 MB int4 (5.2 GB) with 9.4 MB bf16 on disk each. */
+const big: ExpertMemoryInputs = {
+  availableBytes: 6 * GIB,
+  totalComputeBytes: 1792 * 2.9 * MIB,
+  totalHostBytes: 1792 * 2.9 * MIB,
+  expertComputeBytes: 2.9 * MIB,
+  topK: 8,
+  deviceInHostMemory: true,
+  residentOverhead: 1.7,
+};
+
+describe('expert memory plan', () => {
+  it('keeps every expert when they all fit, as before', () => {
+    const p = planExpertMemory({ ...big, availableBytes: 64 * GIB });
+    assert.equal(p.deviceBudgetBytes, big.totalComputeBytes);
+    assert.equal(p.hostBudgetBytes, null);
+    assert.deepEqual(p.notes, []);
+  });
+
+  it('keeps both tiers inside half the available memory when the experts do not fit, counting session overhead', () => {
+    const p = planExpertMemory(big);
+    assert.ok(p.deviceBudgetBytes < big.totalComputeBytes);
+    assert.ok(p.hostBudgetBytes !== null && p.hostBudgetBytes > 0);
+    const used = p.deviceBudgetBytes * big.residentOverhead + (p.hostBudgetBytes ?? 0);
+    assert.ok(used <= big.availableBytes * EXPERT_SHARE + 1, `${used} within the share`);
+    assert.equal(p.expertHostMemoryBytes, used);
+    assert.equal(p.notes.length, 2, 'both planned budgets are reported');
+  });
+
+  it('never plans a device tier below one token of experts', () => {
+    const p = planExpertMemory({ ...big, availableBytes: 10 * MIB });
+    assert.equal(p.deviceBudgetBytes, big.topK * big.expertComputeBytes);
+  });
+
+  it('takes the budgets the user gave and plans only the other', () => {
+    const p = planExpertMemory({ ...big, deviceBudgetBytes: 1 * GIB });
+    assert.equal(p.deviceBudgetBytes, 1 * GIB);
+    assert.equal(p.hostBudgetBytes, Math.floor(big.availableBytes * EXPERT_SHARE - 1 * GIB * 1.7));
+    const q = planExpertMemory({ ...big, hostBudgetBytes: 512 * MIB });
+    assert.equal(q.hostBudgetBytes, 512 * MIB);
+    assert.equal(q.deviceBudgetBytes, Math.floor((big.availableBytes * EXPERT_SHARE - 512 * MIB) / 1.7));
+  });
+
+  it('turns the host tier off when the device tier holds every expert but both do not fit', () => {
+    const p = planExpertMemory({ ...big, availableBytes: 2.9 * big.totalComputeBytes * 1.7 });
+    assert.equal(p.deviceBudgetBytes, big.totalComputeBytes);
+    assert.equal(p.hostBudgetBytes, 0);
+  });
+
+  it('on a GPU, where the device tier is not host memory, gives the host tier the whole share', () => {
+    const all = planExpertMemory({ ...big, deviceInHostMemory: false });
+    assert.equal(all.deviceBudgetBytes, big.totalComputeBytes, 'device memory is not planned from host memory');
+    const p = planExpertMemory({ ...big, deviceInHostMemory: false, deviceBudgetBytes: 1 * GIB });
+    assert.equal(p.hostBudgetBytes, Math.floor(big.availableBytes * EXPERT_SHARE));
+  });
+});
