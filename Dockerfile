@@ -7,6 +7,7 @@ COPY package.json package-lock.json .npmrc tsconfig.json ./
 COPY src ./src
 COPY test ./test
 COPY load-tests ./load-tests
+COPY scripts ./scripts
 RUN npm ci && npm prune --omit=dev
 
 # Runtime stage: compiled code, production dependencies and the model, as a non-root user.
