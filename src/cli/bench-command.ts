@@ -10,9 +10,10 @@ import { benchKernelRoute, benchKernels, KERNEL_SHAPES } from './bench-kernels.j
 import { benchOffload } from './bench-offload.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 import { benchQuant } from './bench-quant.js';
+import { benchScale } from './bench-scale.js';
 import { computeOptions, DEFAULT_MODEL_DIR, intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
 
-export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels [options]
+export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels|scale [options]
 
 decode: batch-1 prompt and decode tokens/s, and where each token's time goes (session runs by kind,
 sampling, the JavaScript between runs). Greedy, end-of-sequence ignored so every run decodes the same
@@ -44,6 +45,22 @@ sessions at accuracy levels 4 and 0, int8/int4 as inputs): microseconds per expe
 GB/s of stored bytes, session creation time, resident memory per cached expert.
   --shapes LIST      expert shapes HxI (default ${KERNEL_SHAPES.join(',')}; add 4096x14336 for Mixtral)
 
+scale: a real \`moe-serve serve\` child over HTTP on 127.0.0.1, as a user runs a model bigger than memory:
+the disk's cold sequential read speed (dd iflag=direct), load time and time to first token after start,
+greedy streamed decode tokens/s at each batch size (openai client), disk bytes per token, achieved disk
+MB/s against the sequential speed, device and host hit ratios, peak RSS and peak cgroup memory.
+Model flags given here and serve flags after -- go to the server, e.g.
+  moe-serve bench scale --model DIR --memory-limit-mb 4096 -- --expert-dtype int4 --host-cache-mb 2048
+  --model DIR          required here
+  --memory-limit-mb N  run the server in a memory cgroup of N MiB, page cache included (root; cgroup v1 or v2)
+  --batch LIST         requests in flight at once, one phase each (default 1,8)
+  --rounds N           times each batch is sent (default 1)
+  --tokens N           greedy tokens per request (default 32 here)
+  --compare-unlimited  run the greedy prompts again on a server without the limit; fail unless identical
+  --resident-baseline  also run the batches on a server without the limit and with every expert loaded at
+                       start (--expert-policy all), and report each batch's decode time against the bound
+                       (disk bytes per token / sequential bandwidth + that all-resident time per token)
+
   --tokens N         tokens to generate per run (default 128)
   --runs N           measured runs per prompt (default 3)
   --threads LIST     comma-separated CPU thread counts to compare, 0 = automatic (default 0)
@@ -51,8 +68,13 @@ ${MODEL_OPTIONS_HELP.split('\n').filter((l) => !l.includes('--threads')).join('\
 `;
 
 export async function benchCommand(argv: readonly string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: [...argv],
+  // Flags after -- belong to the server that `bench scale` starts.
+  const separator = argv.indexOf('--');
+  const own = separator < 0 ? argv : argv.slice(0, separator);
+  const serveFlags = separator < 0 ? [] : argv.slice(separator + 1);
+  const { values, positionals, tokens: parsed } = parseArgs({
+    args: [...own],
+    tokens: true,
     options: {
       ...MODEL_OPTIONS,
       threads: { type: 'string', default: '0' },
@@ -66,6 +88,11 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       shapes: { type: 'string', default: KERNEL_SHAPES.join(',') },
       'kernel-route': { type: 'string' },
       'max-batch-tokens': SCHEDULER_OPTIONS['max-batch-tokens'],
+      'memory-limit-mb': { type: 'string' },
+      batch: { type: 'string', default: '1,8' },
+      rounds: { type: 'string', default: '1' },
+      'compare-unlimited': { type: 'boolean', default: false },
+      'resident-baseline': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     allowPositionals: true,
@@ -76,6 +103,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
     return;
   }
   const suite = positionals[0];
+  if (serveFlags.length > 0 && suite !== 'scale') throw new UsageError('flags after -- are serve flags, for bench scale only');
   const budget = () => parseFlag('budget', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values.budget);
   const tokens = (dflt: number) => parseFlag('tokens', intFlag(1), values.tokens ?? String(dflt));
   const opts = modelOptions(values);
@@ -113,10 +141,28 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       }
       await benchKernels((values.shapes ?? KERNEL_SHAPES.join(",")).split(","), parseFlag('threads', intFlag(0), values.threads.split(',')[0]));
       return;
+    case 'scale': {
+      if (values.model === undefined) throw new UsageError('bench scale needs --model DIR (the model to serve)');
+      // Model flags given before -- are the server's too (everything but --model, which the bench passes).
+      const forwarded = parsed.flatMap((t) =>
+        t.kind === 'option' && t.name !== 'model' && (t.name in MODEL_OPTIONS || t.name === 'max-batch-tokens') ? [t.rawName, ...(t.value === undefined ? [] : [t.value])] : [],
+      );
+      await benchScale({
+        modelDir: values.model,
+        memoryLimitMb: values['memory-limit-mb'] === undefined ? null : parseFlag('memory-limit-mb', z.coerce.number({ message: 'expected a number of MiB' }).positive(), values['memory-limit-mb']),
+        batches: parseFlag('batch', z.array(intFlag(1)).min(1), values.batch.split(',')),
+        tokens: tokens(32),
+        rounds: parseFlag('rounds', intFlag(1), values.rounds),
+        compareUnlimited: values['compare-unlimited'],
+        residentBaseline: values['resident-baseline'],
+        serveArgs: [...forwarded, ...serveFlags],
+      });
+      return;
+    }
     case 'decode':
       break;
     default:
-      throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, quant, kernels)`);
+      throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, quant, kernels, scale)`);
   }
   const runs = parseFlag('runs', intFlag(1), values.runs);
   const threadList = parseFlag('threads', z.array(intFlag(0)).min(1), values.threads.split(','));
