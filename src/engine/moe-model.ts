@@ -237,7 +237,8 @@ export class MoeModel implements AsyncDisposable {
         }
       }
       const parts = { spec, runtime, weights, sessions, route };
-      await warmUp(parts, newHost(null, compute), expertBytes);
+      // A host tier that keeps nothing: the warm-up reads top-k experts of every layer, which must not stay.
+      await warmUp(parts, newHost(0, compute), expertBytes);
       const experts = new ExpertStore({
         spec,
         host,
