@@ -1,12 +1,10 @@
 // `npm run make-model` on the small preset only (tens of MB, seconds): layout, determinism, errors, and
 // that the synthetic model runs and routes like a trained one.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { promisify } from 'node:util';
 
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { loadModelConfig } from '../../src/model/hf-config.js';
@@ -15,20 +13,12 @@ import { expertTensorNames } from '../../src/model/tensor-names.js';
 import { measureRouting } from '../../scripts/measure-routing.js';
 import { MODEL_PRESETS, VOCAB_SIZE } from '../../scripts/model-presets.js';
 import { syntheticTensors } from '../../scripts/synthetic-weights.js';
+import { runScript } from '../helpers/cli.js';
 import { REPO_ROOT } from '../helpers/paths.js';
 
 const SCRIPT = join(REPO_ROOT, 'dist', 'scripts', 'make-model.js');
-const run = promisify(execFile);
 
-async function makeModel(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [SCRIPT, ...args], { timeout: 60_000 });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+const makeModel = (...args: string[]) => runScript(SCRIPT, ...args);
 
 async function tensorBytes(layers: number, seed: number, names: readonly string[]): Promise<Map<string, Buffer>> {
   const tensors = syntheticTensors({ ...MODEL_PRESETS.small, numLayers: layers }, seed, VOCAB_SIZE);

@@ -11,9 +11,14 @@ export interface CliResult {
   stderr: string;
 }
 
-export async function cli(...args: string[]): Promise<CliResult> {
+export function cli(...args: string[]): Promise<CliResult> {
+  return runScript(CLI_PATH, ...args);
+}
+
+/** Runs a compiled script of the project (`moe-serve` itself, or one of scripts/) with `node`. */
+export async function runScript(script: string, ...args: string[]): Promise<CliResult> {
   try {
-    const { stdout, stderr } = await run(process.execPath, [CLI_PATH, ...args], { timeout: 60_000 });
+    const { stdout, stderr } = await run(process.execPath, [script, ...args], { timeout: 60_000 });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code?: number; stdout?: string; stderr?: string };
