@@ -5,8 +5,8 @@
 // page cache, which the kernel gives back on demand). Once the resident weights are loaded, the expert
 // tiers get at most half of what is still available; the KV cache's default takes half of what is left
 // after that (kv-budget.ts), and the rest is headroom for activations, buffers and reads in flight. On
-// the CPU provider the device tier is host memory too, and a prepacked expert session holds more than
-// its weights (`npm run bench -- kernels`: 1.56-1.84x the compute bytes at 2048x768), so it is counted
+// a GPU the host tier takes that half; on the CPU provider the device tier is host memory too and takes
+// it alone (below), and a prepacked expert session holds more than its weights (`npm run bench -- kernels`: 1.56-1.84x the compute bytes at 2048x768), so it is counted
 // at that cost.
 
 export interface ExpertMemoryInputs {
@@ -53,10 +53,16 @@ export function planExpertMemory(i: ExpertMemoryInputs): ExpertMemoryPlan {
   const notes: string[] = [];
   const minDevice = i.topK * i.expertComputeBytes;
 
+  // Where the device tier is host memory too, a host tier helps only if it holds more experts than the
+  // device tier (both keep the most recent, and the device tier already has those): planned at 1/4 of
+  // the share it held fewer, and served 0.0-0.3% of loads in `bench scale` on qwen3-30b-a3b-shaped
+  // checkpoints (bf16 and int4). The page cache keeps recently read experts anyway, and gives them back
+  // under pressure; so the device tier takes the whole share there.
+  const deviceShare = i.deviceInHostMemory ? 1 : DEVICE_SHARE;
   let device = i.deviceBudgetBytes;
   if (device === undefined) {
     const hostGiven = i.hostBudgetBytes ?? 0;
-    const room = i.hostBudgetBytes === undefined ? share * (i.totalComputeBytes * deviceCost + i.totalHostBytes <= share ? 1 : DEVICE_SHARE) : share - hostGiven;
+    const room = i.hostBudgetBytes === undefined ? share * (i.totalComputeBytes * deviceCost + i.totalHostBytes <= share ? 1 : deviceShare) : share - hostGiven;
     if (deviceCost === 0 || i.totalComputeBytes * deviceCost <= room) {
       device = i.totalComputeBytes;
     } else {
@@ -75,6 +81,9 @@ export function planExpertMemory(i: ExpertMemoryInputs): ExpertMemoryPlan {
     // Every expert stays resident once loaded, so a host copy would never be read again.
     host = 0;
     notes.push('host tier off (every expert fits in the device tier; --host-cache-mb sets it)');
+  } else if (i.deviceInHostMemory) {
+    host = 0;
+    notes.push('host tier off (on this provider the device tier is host memory and takes the share; the OS page cache keeps recent reads; --host-cache-mb sets it)');
   } else {
     host = Math.max(0, Math.floor(share - deviceHost));
     notes.push(`host tier ${mib(host)} of ${mib(i.totalHostBytes)} (--host-cache-mb sets it; the OS page cache holds more)`);

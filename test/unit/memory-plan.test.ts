@@ -24,14 +24,18 @@ describe('expert memory plan', () => {
     assert.deepEqual(p.notes, []);
   });
 
-  it('keeps both tiers inside half the available memory when the experts do not fit, counting session overhead', () => {
+  it('on the CPU gives the device tier the whole share (a smaller host tier beneath it never hits), counting session overhead', () => {
     const p = planExpertMemory(big);
     assert.ok(p.deviceBudgetBytes < big.totalComputeBytes);
-    assert.ok(p.hostBudgetBytes !== null && p.hostBudgetBytes > 0);
-    const used = p.deviceBudgetBytes * big.residentOverhead + (p.hostBudgetBytes ?? 0);
-    assert.ok(used <= big.availableBytes * EXPERT_SHARE + 1, `${used} within the share`);
-    assert.equal(p.expertHostMemoryBytes, used);
+    assert.equal(p.deviceBudgetBytes, Math.floor((big.availableBytes * EXPERT_SHARE) / big.residentOverhead));
+    assert.equal(p.hostBudgetBytes, 0);
+    assert.ok(p.expertHostMemoryBytes <= big.availableBytes * EXPERT_SHARE + 1);
     assert.equal(p.notes.length, 2, 'both planned budgets are reported');
+  });
+
+  it('on a GPU splits the share between the tiers when neither fits', () => {
+    const p = planExpertMemory({ ...big, deviceInHostMemory: false, deviceBudgetBytes: 1 * GIB });
+    assert.ok(p.hostBudgetBytes !== null && p.hostBudgetBytes > 0 && p.hostBudgetBytes < big.totalHostBytes);
   });
 
   it('never plans a device tier below one token of experts', () => {
@@ -42,7 +46,7 @@ describe('expert memory plan', () => {
   it('takes the budgets the user gave and plans only the other', () => {
     const p = planExpertMemory({ ...big, deviceBudgetBytes: 1 * GIB });
     assert.equal(p.deviceBudgetBytes, 1 * GIB);
-    assert.equal(p.hostBudgetBytes, Math.floor(big.availableBytes * EXPERT_SHARE - 1 * GIB * 1.7));
+    assert.equal(p.hostBudgetBytes, 0, 'on the CPU the planned host tier is off');
     const q = planExpertMemory({ ...big, hostBudgetBytes: 512 * MIB });
     assert.equal(q.hostBudgetBytes, 512 * MIB);
     assert.equal(q.deviceBudgetBytes, Math.floor((big.availableBytes * EXPERT_SHARE - 512 * MIB) / 1.7));
