@@ -88,8 +88,9 @@ export async function benchScale(o: ScaleBenchOptions): Promise<void> {
   const bandwidth = await measureSequentialRead(largest.path, BANDWIDTH_READ_BYTES);
   emit({ phase: 'bandwidth', ...bandwidthRow(bandwidth) });
 
-  // The comparison prompts: one batch's worth of the largest batch, each run alone (batch 1).
-  const greedyPrompts = Array.from({ length: Math.min(Math.max(...o.batches), 20) }, (_, k) => promptFor(1, k, 0));
+  // The comparison prompts: one batch's worth of the largest batch, each run alone (batch 1); only when
+  // there is a server to compare with (on a model bigger than memory each takes minutes).
+  const greedyPrompts = o.compareUnlimited ? Array.from({ length: Math.min(Math.max(...o.batches), 20) }, (_, k) => promptFor(1, k, 0)) : [];
   const main = await withInterruptCleanup(async (active) => {
     let group: MemoryGroup | null = null;
     try {

@@ -272,13 +272,15 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
   private async load(id: ExpertId): Promise<R> {
     const key = this.ids.key(id);
     const c = this.layerCounters(key.layer);
-    let fromDisk = false;
-    const weights = await this.o.host.get(key, (bytes) => {
-      fromDisk = true;
-      c.bytesFromDisk += bytes;
-    });
-    if (fromDisk) c.hostMisses++;
-    else c.hostHits++;
+    // A load that joins another's read in flight found nothing in host memory either: a host miss.
+    let inHost = false;
+    const weights = await this.o.host.get(
+      key,
+      (bytes) => (c.bytesFromDisk += bytes),
+      () => (inHost = true),
+    );
+    if (inHost) c.hostHits++;
+    else c.hostMisses++;
     // Materializing holds the thread (a widening or a session creation, ~0.3-1 ms each at tiny-moe's
     // shape, tens of them a step under a small budget): let pending I/O in first, so that a step of
     // many misses does not hold the event loop for its whole length.

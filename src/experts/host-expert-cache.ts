@@ -63,11 +63,17 @@ export class HostExpertCache {
     return this.disk.stats();
   }
 
-  /** The expert in host form; `onDiskRead(bytes)` is called with the stored bytes when it had to come from disk. */
-  async get(key: ExpertKey, onDiskRead: (bytes: number) => void): Promise<HostExpert> {
+  /**
+   * The expert in host form; `onDiskRead(bytes)` is called with the stored bytes when this call read it
+   * from disk, `onHostHit()` when host memory held it (neither: it joined a read already in flight).
+   */
+  async get(key: ExpertKey, onDiskRead: (bytes: number) => void, onHostHit?: () => void): Promise<HostExpert> {
     const id = `${key.layer}:${key.expert}`;
     const hit = this.kept.get(id);
-    if (hit) return hit;
+    if (hit) {
+      onHostHit?.();
+      return hit;
+    }
     let pending = this.reading.get(id);
     if (!pending) {
       pending = this.read(key, onDiskRead).then((e) => {

@@ -192,6 +192,12 @@ describe('moe-serve generate: expert cache', { concurrency: true }, () => {
     // ...with 1 MiB more is read than every expert once: some expert was read again.
     assert.ok(s.total.bytesFromDisk > stored.all, `read ${s.total.bytesFromDisk} bytes, not more than all experts once (${stored.all})`);
     assert.ok(s.total.bytesFromDisk > u.total.bytesFromDisk);
+    // Every load asks the host tier once; a load that read from disk (or joined such a read) is a miss.
+    for (const t of [s.total, u.total]) {
+      assert.equal(t.hostHits + t.hostMisses, t.misses + t.prefetchIssued);
+      assert.ok(t.hostMisses * stored.perExpert >= t.bytesFromDisk);
+    }
+    assert.ok(s.total.hostMisses > u.total.hostMisses, 'the 1 MiB host tier misses more');
   });
 
   test('--trace writes a header and routing lines that replay accepts', async () => {
