@@ -122,7 +122,8 @@ async function serve(args: readonly string[]): Promise<void> {
   let trace: TraceWriter | null = null;
   if (values.trace !== undefined) trace = await model.openTrace(values.trace);
   // The expert tiers fill as requests come: the KV default leaves them what they may still grow by.
-  const expertGrowth = Math.max(0, model.memoryPlan.expertHostMemoryBytes - model.experts.stats().hostResidentBytes);
+  const loaded = model.experts.stats();
+  const expertGrowth = Math.max(0, model.memoryPlan.expertHostMemoryBytes - loaded.hostResidentBytes - loaded.residentBytes * model.memoryPlan.deviceHostCost);
   const kvBudgetBytes =
     kvCacheMb === undefined ? defaultKvBudgetBytes(model.spec, scheduler.maxSeqs, Math.max(0, availableMemoryBytes() - expertGrowth)) : kvCacheMb * 2 ** 20;
   for (const note of model.memoryPlan.notes) process.stderr.write(`memory plan: ${note}\n`);

@@ -33,6 +33,8 @@ export interface ExpertMemoryPlan {
   readonly hostBudgetBytes: number | null;
   /** Host memory the expert tiers may reach when full: what the KV default must leave to them. */
   readonly expertHostMemoryBytes: number;
+  /** Host memory per device-tier budget byte (0 where the device tier is not host memory). */
+  readonly deviceHostCost: number;
   /** Which budgets were planned here rather than given, and why, for the start-up log. */
   readonly notes: readonly string[];
 }
@@ -88,5 +90,5 @@ export function planExpertMemory(i: ExpertMemoryInputs): ExpertMemoryPlan {
     host = Math.max(0, Math.floor(share - deviceHost));
     notes.push(`host tier ${mib(host)} of ${mib(i.totalHostBytes)} (--host-cache-mb sets it; the OS page cache holds more)`);
   }
-  return { deviceBudgetBytes: device, hostBudgetBytes: host, expertHostMemoryBytes: deviceHost + (host ?? i.totalHostBytes), notes };
+  return { deviceBudgetBytes: device, hostBudgetBytes: host, expertHostMemoryBytes: deviceHost + (host ?? i.totalHostBytes), deviceHostCost: deviceCost, notes };
 }
