@@ -56,7 +56,9 @@ Model flags given here and serve flags after -- go to the server, e.g.
   --batch LIST         requests in flight at once, one phase each (default 1,8)
   --rounds N           times each batch is sent (default 1)
   --tokens N           greedy tokens per request (default 32 here)
-  --compare-unlimited  run the greedy prompts again on a server without the limit; fail unless identical
+  --compare-unlimited  run the greedy prompts again on a server without the limit; fail unless identical.
+                       Pin the compute forms (e.g. -- --expert-dtype f32): without a limit every expert
+                       may fit, and the defaults then choose another form (serve's log says which)
   --resident-baseline  also run the batches on a server without the limit and with every expert loaded at
                        start (--expert-policy all), and report each batch's decode time against the bound
                        (disk bytes per token / sequential bandwidth + that all-resident time per token)

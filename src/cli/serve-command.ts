@@ -136,7 +136,11 @@ async function serve(args: readonly string[]): Promise<void> {
   // /health is open to anyone: the error's code, not the trace file's path.
   const warnings = () => (trace?.error ? [`the routing trace is off after a write error (${errorCode(trace.error.cause)}); requests are served without it`] : []);
   serving = observer ? { model, engine, observer, warnings } : { model, engine };
-  process.stderr.write(`model loaded: serving '${modelName}' on ${address}; KV budget ${(kvBudgetBytes / 2 ** 20).toFixed(0)} MiB (${maxKvTokens} tokens)\n`);
+  const forms = model.computeForms;
+  process.stderr.write(
+    `model loaded: serving '${modelName}' on ${address}; KV budget ${(kvBudgetBytes / 2 ** 20).toFixed(0)} MiB (${maxKvTokens} tokens); ` +
+      `experts ${forms.experts} (${forms.expertRoute} route), attention ${forms.attention}, other weights ${forms.weights}\n`,
+  );
   await signalled.first;
   const log = (line: string) => process.stderr.write(`${line}\n`);
   await shutDown({ app, engine, inFlight, drainMs, startDraining: () => (draining = true), hurry: signalled.second, log });
