@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // moe-serve's command line: dispatches to one command per module.
 import { benchCommand, BENCH_HELP } from './bench-command.js';
-import { UsageError } from './cli-error.js';
+import { reportCommandError } from './cli-error.js';
 import { generateCommand, GENERATE_HELP } from './generate-command.js';
 import { quantizeCommand, QUANTIZE_HELP } from './quantize-command.js';
 import { replayCommand, REPLAY_HELP } from './replay-command.js';
@@ -40,14 +40,7 @@ async function main(argv: readonly string[]): Promise<number> {
     await command.run(rest);
     return 0;
   } catch (err) {
-    // parseArgs reports unknown or malformed flags with ERR_PARSE_ARGS_* codes.
-    const code = (err as { code?: unknown }).code;
-    if (err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))) {
-      process.stderr.write(`moe-serve ${name}: ${(err as Error).message}\n\n${command.help}`);
-      return 2;
-    }
-    process.stderr.write(`moe-serve ${name}: ${err instanceof Error ? err.message : String(err)}\n`);
-    return 1;
+    return reportCommandError(`moe-serve ${name}`, command.help, err);
   }
 }
 

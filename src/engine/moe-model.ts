@@ -87,8 +87,10 @@ function firstSparseLayer(spec: ModelSpec): number {
   return layer;
 }
 
-/** Bytes of one routed expert in compute form, from the first expert as stored. */
-function expertComputeBytes(sample: { gate: StoredMatrix; up: StoredMatrix; down: StoredMatrix }, compute: ResolvedCompute): number {
+type StoredExpert = { gate: StoredMatrix; up: StoredMatrix; down: StoredMatrix };
+
+/** Bytes of one routed expert in compute form, from the first expert (as stored, or in host form). */
+function expertComputeBytes(sample: StoredExpert, compute: ResolvedCompute): number {
   return [sample.gate, sample.up, sample.down].reduce((n, m) => n + computeBytes(computeMatrix(m, 'experts', compute)), 0);
 }
 
@@ -107,16 +109,24 @@ async function planExpertCache(dir: string, spec: ModelSpec, expertBytes: number
   return { plan: planCache({ policy, budgetBytes, expertBytes, topK: spec.topK, allExperts, profile }), totalBytes };
 }
 
-type StoredExpert = { gate: StoredMatrix; up: StoredMatrix; down: StoredMatrix };
-
 /**
  * The expert tiers' budgets: the user's, else planned from the memory left once the resident weights
  * are loaded (memory-plan.ts), so that a model larger than memory starts and stays inside it.
  */
-function planMemory(spec: ModelSpec, sample: StoredExpert, compute: ResolvedCompute, o: ExpertCacheOptions, onGpu: boolean): { plan: ExpertMemoryPlan; totalComputeBytes: number } {
+function planMemory(
+  spec: ModelSpec,
+  sample: StoredExpert,
+  compute: ResolvedCompute,
+  o: ExpertCacheOptions,
+  onGpu: boolean,
+): { plan: ExpertMemoryPlan; expertBytes: number; totalComputeBytes: number } {
   const experts = spec.sparseLayers.filter(Boolean).length * spec.numExperts;
-  const expertBytes = expertComputeBytes(sample, compute);
-  const hostBytes = [sample.gate, sample.up, sample.down].reduce((n, m) => n + storedBytes(expertHostForm(m, compute)), 0);
+  // The host form is the stored form quantized once when experts compute quantized, and its compute form
+  // is then itself: measuring both on it converts the sample once (quantizing a qwen3-30b-a3b-shaped
+  // bf16 expert took a few hundred ms here).
+  const host = { gate: expertHostForm(sample.gate, compute), up: expertHostForm(sample.up, compute), down: expertHostForm(sample.down, compute) };
+  const expertBytes = expertComputeBytes(host, compute);
+  const hostBytes = storedBytes(host.gate) + storedBytes(host.up) + storedBytes(host.down);
   const totalComputeBytes = experts * expertBytes;
   const deviceGiven =
     o.policy === 'all' ? totalComputeBytes : o.budgetMb !== undefined ? Math.floor(o.budgetMb * MIB) : o.budgetFraction !== undefined ? Math.floor(o.budgetFraction * totalComputeBytes) : undefined;
@@ -133,7 +143,7 @@ function planMemory(spec: ModelSpec, sample: StoredExpert, compute: ResolvedComp
     deviceBudgetBytes: deviceGiven,
     hostBudgetBytes: o.hostCacheMb === undefined ? undefined : Math.floor(o.hostCacheMb * MIB),
   });
-  return { plan, totalComputeBytes };
+  return { plan, expertBytes, totalComputeBytes };
 }
 
 /**
@@ -213,7 +223,7 @@ export class MoeModel implements AsyncDisposable {
         memory = planMemory(spec, sample, compute, cache, runtime.onGpu);
       }
       const host = newHost(memory.plan.hostBudgetBytes, compute);
-      const expertBytes = expertComputeBytes(sample, compute);
+      const { expertBytes } = memory;
       const expertDtype = dtypeFor(sample.gate, 'experts', compute);
       const toCompute = (m: StoredMatrix, into?: Float32Array) => computeMatrix(m, 'experts', compute, into);
       const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, memory.plan.deviceBudgetBytes, cache);

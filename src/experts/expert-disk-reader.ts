@@ -7,7 +7,7 @@
 // main thread, so the forward pass computes meanwhile), at most `maxInFlight` at a time: enough to keep
 // a fast disk's queue full, few enough that the pool still serves everything else (trace writes, other
 // files) and that prefetches cannot pile up unbounded memory in buffers nobody reads yet.
-import type { SafetensorsArchive, TensorEntry, TensorSource } from '../model/safetensors.js';
+import { allocateReadBuffer, type SafetensorsArchive, type TensorEntry, type TensorSource } from '../model/safetensors.js';
 
 export interface DiskReaderOptions {
   /** Largest single read; spans are cut at multiples of it in the file (default 8 MiB). */
@@ -122,8 +122,7 @@ export class ExpertDiskReader {
 
   private async readSpan(span: Span): Promise<Uint8Array> {
     const length = span.end - span.start;
-    const owned = Buffer.allocUnsafeSlow(length);
-    const buffer = new Uint8Array(owned.buffer, owned.byteOffset, length);
+    const buffer = allocateReadBuffer(length);
     const pieces: Promise<void>[] = [];
     for (let at = span.start; at < span.end; ) {
       const next = Math.min(span.end, (Math.floor(at / this.chunkBytes) + 1) * this.chunkBytes);

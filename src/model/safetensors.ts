@@ -50,6 +50,15 @@ function checkRange(fileLabel: string, fileBytes: number, offset: number, length
   }
 }
 
+/**
+ * A buffer for `length` bytes about to be read: its own memory (never a slice of Node's pool, so that it
+ * can be kept or handed on), left uninitialised because the read overwrites every byte.
+ */
+export function allocateReadBuffer(length: number): Uint8Array {
+  const owned = Buffer.allocUnsafeSlow(length);
+  return new Uint8Array(owned.buffer, owned.byteOffset, length);
+}
+
 /** Reads with positioned reads (pread) on one handle, so any number of reads may be in flight at once. */
 export class FileRangeReader implements ByteRangeReader {
   // FileHandle.read takes at most 2 GiB - 1 per call; big tensors (embeddings) are read in pieces.
@@ -73,9 +82,8 @@ export class FileRangeReader implements ByteRangeReader {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    // A buffer of its own (never a slice of Node's pool), left uninitialised because every byte is overwritten.
-    const owned = Buffer.allocUnsafeSlow(length);
-    const bytes = new Uint8Array(owned.buffer, owned.byteOffset, length);
+    checkRange(this.path, this.byteLength, offset, length);
+    const bytes = allocateReadBuffer(length);
     await this.readInto(offset, bytes);
     return bytes;
   }
