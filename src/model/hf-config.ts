@@ -131,7 +131,8 @@ const olmoe = common.extend({
 
 const qwen3Moe = common.extend({
   model_type: z.literal('qwen3_moe'),
-  num_experts: z.number().int().positive(),
+  // transformers 5 stores the expert count under this name; older configs say num_experts (KEY_ALIASES).
+  num_local_experts: z.number().int().positive(),
   moe_intermediate_size: z.number().int().positive(),
   intermediate_size: z.number().int().positive(),
   // transformers' Qwen3MoeConfig defaults to false; published Qwen3-MoE configs set it to true.
@@ -139,6 +140,62 @@ const qwen3Moe = common.extend({
   decoder_sparse_step: z.number().int().positive().default(1),
   mlp_only_layers: z.array(z.number().int().nonnegative()).default([]),
 });
+
+/**
+ * Other names transformers accepts for a key read above: each config class's `attribute_map` (alias ->
+ * canonical), copied from huggingface/transformers main (008e574), src/transformers/models/<model_type>/
+ * configuration_<model_type>.py. PreTrainedConfig's own attribute_map (configuration_utils.py) is empty.
+ * The schemas read the canonical name, the one transformers stores and writes back to config.json.
+ */
+const KEY_ALIASES: Readonly<Record<ModelFamily, Readonly<Record<string, string>>>> = {
+  // MixtralConfig.attribute_map
+  mixtral: { num_experts: 'num_local_experts' },
+  // Qwen2MoeConfig declares no attribute_map: num_local_experts is not a qwen2_moe key.
+  qwen2_moe: {},
+  // OlmoeConfig.attribute_map
+  olmoe: { num_local_experts: 'num_experts' },
+  // Qwen3MoeConfig.attribute_map (new in transformers 5): its field is still called num_experts, but setting
+  // it sets num_local_experts, so transformers 5 saves num_local_experts while older configs say num_experts.
+  qwen3_moe: { num_experts: 'num_local_experts' },
+};
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * Renames each alias of `family` to its canonical key. A config that sets both to different values is
+ * rejected rather than resolved: transformers keeps whichever of the two is not a dataclass field of the
+ * class (it is set last, in __post_init__; JSON order plays no part), so the winner differs between
+ * families (Mixtral: the alias; Qwen3-MoE: the canonical name) and between transformers versions (4.x
+ * Qwen3-MoE read num_experts and ignored num_local_experts). Guessing would load a model with the wrong
+ * number of experts that transformers itself may disagree on.
+ */
+function withCanonicalKeys(raw: Readonly<Record<string, unknown>>, family: ModelFamily, source: string): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...raw };
+  const conflicts: string[] = [];
+  for (const [alias, canonical] of Object.entries(KEY_ALIASES[family])) {
+    if (!Object.hasOwn(out, alias)) continue;
+    const aliasValue = out[alias];
+    delete out[alias];
+    if (!Object.hasOwn(out, canonical)) {
+      out[canonical] = aliasValue;
+    } else if (!sameJson(out[canonical], aliasValue)) {
+      conflicts.push(
+        `${alias} (${JSON.stringify(aliasValue)}) and ${canonical} (${JSON.stringify(out[canonical])}) disagree; ` +
+          `transformers reads both as ${canonical} for model_type '${family}': keep one of them`,
+      );
+    }
+  }
+  if (conflicts.length > 0) throw new ModelConfigError(source, conflicts);
+  return out;
+}
+
+/** " (or its alias X)" after a canonical key's name in an error, so a config written with the alias is understood. */
+function aliasNote(family: ModelFamily, key: string): string {
+  const aliases = Object.entries(KEY_ALIASES[family]).filter(([, canonical]) => canonical === key).map(([alias]) => alias);
+  return aliases.length === 0 ? '' : ` (or its alias ${aliases.join(', ')})`;
+}
 
 const hfConfig = z.discriminatedUnion('model_type', [mixtral, qwen2Moe, olmoe, qwen3Moe]);
 type HfConfig = z.infer<typeof hfConfig>;
@@ -283,7 +340,7 @@ function toSpec(c: HfConfig, source: string): ModelSpec {
       return {
         ...base,
         family: 'qwen3_moe',
-        numExperts: c.num_experts,
+        numExperts: c.num_local_experts,
         expertIntermediateSize: c.moe_intermediate_size,
         normTopKProb: c.norm_topk_prob,
         sharedExpertIntermediateSize: null,
@@ -295,15 +352,24 @@ function toSpec(c: HfConfig, source: string): ModelSpec {
   }
 }
 
+function isModelFamily(value: unknown): value is ModelFamily {
+  return typeof value === 'string' && (SUPPORTED_FAMILIES as readonly string[]).includes(value);
+}
+
 /** Parses a config.json object (already JSON-decoded) into a ModelSpec. */
 export function parseModelConfig(raw: unknown, source: string): ModelSpec {
   const modelType = (raw as { model_type?: unknown } | null)?.model_type;
-  if (typeof modelType !== 'string' || !(SUPPORTED_FAMILIES as readonly string[]).includes(modelType)) {
+  if (!isModelFamily(modelType)) {
     throw new UnsupportedModelError(`model_type '${String(modelType)}' in ${source}`, SUPPORTED_FAMILIES);
   }
-  const parsed = hfConfig.safeParse(raw);
+  // Having a model_type, raw is a JSON object.
+  const parsed = hfConfig.safeParse(withCanonicalKeys(raw as Record<string, unknown>, modelType, source));
   if (!parsed.success) {
-    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+    const issues = parsed.error.issues.map((i) => {
+      const key = i.path.join('.');
+      const note = i.path.length === 1 && typeof i.path[0] === 'string' ? aliasNote(modelType, i.path[0]) : '';
+      return `${key || '(root)'}${note}: ${i.message}`;
+    });
     throw new ModelConfigError(source, issues);
   }
   const spec = toSpec(parsed.data, source);
