@@ -7,7 +7,7 @@
 // byte budget is a whole number of experts, where MIN is optimal.
 import type { Trace } from './read-trace.js';
 import type { HitCounts } from './simulate.js';
-import { traceAccesses, useGroups, type LineAccesses } from './trace-accesses.js';
+import { traceAccesses, useGroups, type PassLayerAccesses } from './trace-accesses.js';
 
 export function belady(trace: Trace, budgetBytes: number): HitCounts {
   const { header } = trace;
@@ -34,8 +34,8 @@ export function belady(trace: Trace, budgetBytes: number): HitCounts {
   let evictions = 0;
   let position = 0;
 
-  for (const line of accesses) {
-    for (const used of useGroups(line.used, capacity)) {
+  for (const step of accesses) {
+    for (const used of useGroups(step.used, capacity)) {
       group++;
       for (const id of used) busyGroup[id] = group;
       for (let k = 0; k < used.length; k++, position++) {
@@ -72,12 +72,12 @@ export function belady(trace: Trace, budgetBytes: number): HitCounts {
  * The flattened access sequence; for each access, the position of the same expert's next access; and
  * each expert's first access, earliest first.
  */
-function flatten(accesses: readonly LineAccesses[], idCount: number) {
+function flatten(accesses: readonly PassLayerAccesses[], idCount: number) {
   let n = 0;
-  for (const line of accesses) n += line.used.length;
+  for (const step of accesses) n += step.used.length;
   const ids = new Int32Array(n);
   let p = 0;
-  for (const line of accesses) for (const id of line.used) ids[p++] = id;
+  for (const step of accesses) for (const id of step.used) ids[p++] = id;
   // Never used again sorts after every real position.
   const never = n;
   const nextUse = new Float64Array(n);

@@ -1,12 +1,17 @@
 // Replays a routing trace against one cache policy, budget and prefetch depth, making the same
-// ResidencySet calls in the same order as the server's device cache (ExpertStore), so the hit ratio is
-// the one the server would see. Timing is ignored: a prefetch here always lands before its use.
+// ResidencySet calls in the same order as the server's device cache (ExpertStore), on the forward passes
+// the server ran (trace-accesses.ts), so its counters are the ones the server would count. Timing plays
+// no part in them: the server admits a prefetched expert when the prefetch is issued, and a use that
+// finds its load still in flight is a hit that waits. What the trace cannot give exactly is the order of
+// a batch's lookahead when a multi-token request (a prompt) shares a pass with others; such prefetches
+// are counted in estimatedPrefetches. The device tier only: the host tier's hits depend on when reads
+// complete, and every device-tier load (misses + prefetchIssued) is one host-tier request.
 import type { ExpertId } from '../expert-id.js';
 import { planCache, prefetchLimit } from '../cache-plan.js';
 import type { PolicyName } from '../policies/index.js';
 import { ResidencySet } from '../residency-set.js';
 import type { Trace } from './read-trace.js';
-import { allSparseExperts, traceAccesses, usageProfile, useGroups, type LineAccesses } from './trace-accesses.js';
+import { allSparseExperts, traceAccesses, usageProfile, useGroups, type PassLayerAccesses } from './trace-accesses.js';
 
 export interface SimulateOptions {
   readonly policy: PolicyName;
@@ -31,12 +36,20 @@ export interface HitCounts {
 }
 
 export interface ReplayResult extends HitCounts {
+  /** Experts loaded before serving ('all', 'static'): neither misses nor prefetches. */
+  readonly preloaded: number;
   /** Prefetches that made an expert resident. */
   readonly prefetchIssued: number;
   /** Prefetched experts later accessed while still resident (each is also a hit). */
   readonly prefetchUsed: number;
   /** Prefetched experts evicted before any access. (Issued - used - wasted are still resident at the end.) */
   readonly prefetchWasted: number;
+  /**
+   * Prefetch calls (one per layer of a pass and depth) whose order of experts the trace does not
+   * determine, so it was estimated (see PassLayerAccesses.predictedExact); while 0 the replay makes the
+   * server's calls exactly.
+   */
+  readonly estimatedPrefetches: number;
   /**
    * Share of accesses that the lookahead of the previous prefetchDepth sparse layers of the same step
    * predicted, whatever the cache did with the prediction; null at depth 0. The first sparse layer of a
@@ -59,13 +72,16 @@ export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
   let prefetchIssued = 0;
   let prefetchUsed = 0;
   let prefetchWasted = 0;
+  let estimatedPrefetches = 0;
   const evicted = (ids: readonly ExpertId[]) => {
     evictions += ids.length;
     for (const id of ids) if (prefetchedUnused.delete(id)) prefetchWasted++;
   };
-  const prefetch = (line: LineAccesses, busy: ReadonlySet<ExpertId>) => {
+  const prefetch = (step: PassLayerAccesses, busy: ReadonlySet<ExpertId>) => {
     for (let d = 1; d <= options.prefetchDepth; d++) {
-      for (const id of (line.predicted[d - 1] ?? []).slice(0, limit)) {
+      const predicted = step.predicted[d - 1] ?? [];
+      if (predicted.length > 0 && step.predictedExact[d - 1] === false) estimatedPrefetches++;
+      for (const id of predicted.slice(0, limit)) {
         const r = residency.prefetch(id, bytes, busy);
         evicted(r.evicted);
         if (!r.kept) continue;
@@ -76,13 +92,19 @@ export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
   };
 
   // The server loads these before serving (not counted as prefetches).
-  for (const id of preload.slice(0, capacityExperts)) evicted(residency.prefetch(id, bytes, new Set()).evicted);
+  let preloaded = 0;
+  for (const id of preload.slice(0, capacityExperts)) {
+    const r = residency.prefetch(id, bytes, new Set());
+    evicted(r.evicted);
+    if (r.kept) preloaded++;
+  }
 
-  // One line = one sparse layer of one step, handled as ExpertStore.acquire and the forward pass do:
-  // each group of experts is demanded (ascending id) while held busy; once the first group is held the
-  // layer's lookahead is prefetched; a group's transient experts leave when its use ends.
-  for (const line of accesses) {
-    useGroups(line.used, capacityExperts).forEach((group, g) => {
+  // One sparse layer of one forward pass at a time, handled as forward.ts's applyExperts and
+  // ExpertStore.acquire do: each group of the pass's experts is demanded (ascending id) while held busy;
+  // once the first group is held the pass's lookahead is prefetched; a group's transient experts leave
+  // when its use ends.
+  for (const step of accesses) {
+    useGroups(step.used, capacityExperts).forEach((group, g) => {
       const busy = new Set(group);
       const transient: ExpertId[] = [];
       for (const id of group) {
@@ -96,7 +118,7 @@ export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
           if (r.transient) transient.push(id);
         }
       }
-      if (g === 0) prefetch(line, busy);
+      if (g === 0) prefetch(step, busy);
       for (const id of transient) residency.remove(id);
     });
   }
@@ -108,15 +130,17 @@ export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
     misses,
     hitRatio: total === 0 ? 0 : hits / total,
     evictions,
+    preloaded,
     prefetchIssued,
     prefetchUsed,
     prefetchWasted,
+    estimatedPrefetches,
     prefetchRecall: options.prefetchDepth === 0 ? null : prefetchRecall(accesses, options.prefetchDepth),
   };
 }
 
 /** The residency set the server builds for this policy and budget, and what it loads before serving. */
-function buildCache(trace: Trace, options: SimulateOptions, accesses: readonly LineAccesses[]): { residency: ResidencySet; preload: readonly ExpertId[] } {
+function buildCache(trace: Trace, options: SimulateOptions, accesses: readonly PassLayerAccesses[]): { residency: ResidencySet; preload: readonly ExpertId[] } {
   const { header } = trace;
   if (options.budgetBytes < header.expert_bytes && options.policy !== 'all') {
     throw new RangeError(`a budget of ${options.budgetBytes} bytes holds no expert (${header.expert_bytes} bytes each)`);
@@ -133,12 +157,12 @@ function buildCache(trace: Trace, options: SimulateOptions, accesses: readonly L
 }
 
 /** Sum over lines of |used ∩ predicted for it by the previous `depth` sparse layers of its step| / sum |used|. */
-function prefetchRecall(accesses: readonly LineAccesses[], depth: number): number {
+function prefetchRecall(accesses: readonly PassLayerAccesses[], depth: number): number {
   // Predictions waiting for their line, by slot; a line takes (and drops) its own before adding its own.
   const pending = new Map<string, Set<ExpertId>>();
   let predictedUses = 0;
   let uses = 0;
-  for (const line of accesses) {
+  for (const line of accesses.flatMap((a) => a.lines)) {
     const predicted = pending.get(line.slot);
     pending.delete(line.slot);
     uses += line.used.length;

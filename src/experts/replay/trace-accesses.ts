@@ -1,11 +1,38 @@
-// How a trace line turns into expert-cache accesses and prefetches. The one place these decisions live,
+// How trace lines turn into expert-cache accesses and prefetches. The one place these decisions live,
 // so the simulator and Belady's optimum replay exactly the access sequence the device cache sees.
+//
+// The device cache is used once per sparse layer of a forward pass, and a pass computes a batch of
+// requests (continuous batching): forward.ts routes the whole batch, acquires the union of the
+// requests' experts (ascending, in groups that fit the budget) and prefetches the batch's lookahead,
+// voted over every token of the batch. The trace has one line per request, so its lines are first
+// grouped back into passes (forwardPasses); replaying them line by line counts an expert two requests
+// share twice, and prefetches each request's lookahead instead of the batch's.
 import { ExpertIds, type ExpertId } from '../expert-id.js';
 import type { TraceHeader, TraceLine } from '../trace-format.js';
 import type { Trace } from './read-trace.js';
 
+/** One sparse layer of one forward pass: one acquire of the device cache, then its prefetches. */
+export interface PassLayerAccesses {
+  /** Distinct experts the pass's tokens use, ascending: the order the device cache acquires them in. */
+  readonly used: readonly ExpertId[];
+  /**
+   * predicted[d - 1]: what the pass prefetches for the d-th sparse layer after this one, most-voted
+   * first (ties: lower id), as forward.ts's predictLookahead over the batch's tokens.
+   */
+  readonly predicted: readonly (readonly ExpertId[])[];
+  /**
+   * predictedExact[d - 1]: whether the trace determines predicted[d - 1]'s order. A line records its
+   * request's lookahead ranked but without vote counts; the counts are known when the line has one token
+   * (one vote each), when its experts number top-k (every token voted for all of them) or tokens x top-k
+   * (one vote each), and a pass of one request needs none. Otherwise the batch's order is estimated.
+   */
+  readonly predictedExact: readonly boolean[];
+  /** The pass's trace lines at this layer, one per request (for prefetch recall). */
+  readonly lines: readonly LineAccesses[];
+}
+
 export interface LineAccesses {
-  /** Distinct experts the line's tokens use, ascending: the order the device cache accesses them in. */
+  /** Distinct experts the line's tokens use, ascending. */
   readonly used: readonly ExpertId[];
   /**
    * predicted[d - 1]: the experts the line's lookahead names for the d-th sparse layer after this one.
@@ -13,6 +40,8 @@ export interface LineAccesses {
    * for it (for all-sparse models, e.g. Mixtral, this is the trace format's "layer + d").
    */
   readonly predicted: readonly (readonly ExpertId[])[];
+  /** Tokens of the line's request in this step. */
+  readonly tokens: number;
   /** (request, step, position among the sparse layers): which line a prediction is for. */
   readonly slot: string;
   /** Slots of the lines predicted[d - 1] is for; undefined past the last sparse layer. */
@@ -20,19 +49,20 @@ export interface LineAccesses {
 }
 
 // Remembered per trace: the replay command simulates one trace under dozens of configurations.
-const cache = new WeakMap<Trace, readonly LineAccesses[]>();
+const cache = new WeakMap<Trace, readonly PassLayerAccesses[]>();
 
-export function traceAccesses(trace: Trace): readonly LineAccesses[] {
+/** The device cache's uses, in order: each sparse layer of each forward pass. */
+export function traceAccesses(trace: Trace): readonly PassLayerAccesses[] {
   let accesses = cache.get(trace);
   if (!accesses) cache.set(trace, (accesses = computeAccesses(trace)));
   return accesses;
 }
 
-function computeAccesses(trace: Trace): LineAccesses[] {
+function computeAccesses(trace: Trace): PassLayerAccesses[] {
   const { header } = trace;
   const ids = new ExpertIds(header.num_layers, header.num_experts);
   const sparseIndex = new Map(header.sparse_layers.map((layer, i) => [layer, i]));
-  return trace.lines.map((line) => {
+  const lineAccesses = (line: TraceLine): LineAccesses => {
     const here = sparseIndex.get(line.layer) ?? 0; // read-trace has checked that the layer is sparse
     const targets = line.lookahead.map((_, d) => header.sparse_layers[here + d + 1]);
     return {
@@ -41,10 +71,68 @@ function computeAccesses(trace: Trace): LineAccesses[] {
         const target = targets[d];
         return target === undefined ? [] : experts.map((expert) => ids.id({ layer: target, expert }));
       }),
+      tokens: line.experts.length,
       slot: slotKey(line, here),
       predictedSlots: targets.map((t, d) => (t === undefined ? undefined : slotKey(line, here + d + 1))),
     };
-  });
+  };
+  return forwardPasses(trace.lines).flatMap((pass) =>
+    pass.map((layerLines) => {
+      const lines = layerLines.map(lineAccesses);
+      const used = new Set(lines.flatMap((l) => l.used));
+      const depths = Math.max(0, ...lines.map((l) => l.predicted.length));
+      const predictions = Array.from({ length: depths }, (_, d) => batchPrediction(lines.map((l) => ({ tokens: l.tokens, ranked: l.predicted[d] ?? [] })), header.top_k));
+      return {
+        used: [...used].sort((a, b) => a - b),
+        predicted: predictions.map((p) => p.ids),
+        predictedExact: predictions.map((p) => p.exact),
+        lines,
+      };
+    }),
+  );
+}
+
+/**
+ * The trace's lines grouped by forward pass, and each pass's lines by sparse layer. The trace does not
+ * number passes; the writer gets a pass's routing when the pass commits, layer by layer and request by
+ * request within a layer (forward.ts), and passes run one after another. So a new pass starts where the
+ * layer goes down, or where a request appears again at the same layer. With two or more sparse layers
+ * (every real MoE) that is exact; with one, requests that ran in consecutive passes look batched.
+ */
+export function forwardPasses(lines: readonly TraceLine[]): TraceLine[][][] {
+  const passes: TraceLine[][][] = [];
+  let pass: TraceLine[][] = [];
+  for (const line of lines) {
+    const layerLines = pass[pass.length - 1];
+    const layer = layerLines?.[0]?.layer;
+    if (layerLines && line.layer === layer && !layerLines.some((l) => l.request === line.request)) layerLines.push(line);
+    else if (layer !== undefined && line.layer > layer) pass.push([line]);
+    else passes.push((pass = [[line]]));
+  }
+  return passes;
+}
+
+/**
+ * A batch's lookahead for one target layer from its requests' ranked lookaheads, as predictLookahead
+ * ranks it: by votes over all tokens (each token votes for its top-k), ties to the lower id. Votes a
+ * line's ranking does not determine are estimated, decreasing linearly with rank (see predictedExact).
+ */
+export function batchPrediction(lines: readonly { readonly tokens: number; readonly ranked: readonly ExpertId[] }[], topK: number): { ids: ExpertId[]; exact: boolean } {
+  const only = lines.length === 1 ? lines[0] : undefined;
+  if (only) return { ids: [...only.ranked], exact: true };
+  const votes = new Map<ExpertId, number>();
+  let exact = true;
+  for (const { tokens, ranked } of lines) {
+    const n = ranked.length;
+    const known = tokens === 1 || n === topK || n === tokens * topK;
+    if (!known && n > 0) exact = false;
+    ranked.forEach((id, rank) => {
+      // Known: each named expert has tokens x top-k / n votes. Estimated: the same total, spread 2(n - rank) / (n (n + 1)).
+      const v = known ? (tokens * topK) / n : (tokens * topK * 2 * (n - rank)) / (n * (n + 1));
+      votes.set(id, (votes.get(id) ?? 0) + v);
+    });
+  }
+  return { ids: [...votes.keys()].sort((a, b) => (votes.get(b) as number) - (votes.get(a) as number) || a - b), exact };
 }
 
 function usedExperts(line: TraceLine, ids: ExpertIds): ExpertId[] {
@@ -58,9 +146,9 @@ function slotKey(line: TraceLine, sparsePosition: number): string {
 }
 
 /**
- * The groups in which a line's experts are held for use: at most `capacityExperts` at a time, since
- * experts in use count against the budget (the server leases a layer's experts in such groups; in decode
- * one group holds them all). Each group's experts are busy while it is held.
+ * The groups in which a pass's experts at one layer are held for use: at most `capacityExperts` at a
+ * time, since experts in use count against the budget (the server leases a layer's experts in such
+ * groups; in decode one group holds them all). Each group's experts are busy while it is held.
  */
 export function useGroups(used: readonly ExpertId[], capacityExperts: number): (readonly ExpertId[])[] {
   const size = Math.max(1, capacityExperts);
@@ -81,11 +169,11 @@ export function allSparseExperts(header: TraceHeader): ExpertId[] {
 }
 
 /**
- * Experts ordered from most to least accessed in these lines (ties: lower id first). Used as the
- * 'static' policy's profile when none is given: an optimistic static, since it knows the future.
+ * Experts ordered from most to least accessed by the device cache in these passes (ties: lower id first).
+ * Used as the 'static' policy's profile when none is given: an optimistic static, since it knows the future.
  */
-export function usageProfile(accesses: readonly LineAccesses[]): ExpertId[] {
+export function usageProfile(accesses: readonly PassLayerAccesses[]): ExpertId[] {
   const uses = new Map<ExpertId, number>();
-  for (const line of accesses) for (const id of line.used) uses.set(id, (uses.get(id) ?? 0) + 1);
+  for (const a of accesses) for (const id of a.used) uses.set(id, (uses.get(id) ?? 0) + 1);
   return [...uses.entries()].sort((a, b) => b[1] - a[1] || a[0] - b[0]).map(([id]) => id);
 }
