@@ -5,20 +5,40 @@ import type { FinishedStatus } from '../scheduler/request-status.js';
 import { RequestStatus } from '../scheduler/request-status.js';
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../scheduler/scheduler.js';
 import type { Token } from '../tokenizer/token.js';
-import { CompletionState, EmptyPromptError, type CompletionOutput, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
-
-export type { CompletionRequest } from './completion-state.js';
+import { CompletionState, type CompletionOutput, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
 import type { BatchItem, RoutingObserver } from './forward.js';
-import { ContextLengthError, kvRowsFor, type SequenceKvCache } from './kv-cache.js';
+import { kvRowsFor, type SequenceKvCache } from './kv-cache.js';
+import { tokenLogprob, type TokenLogprob } from './logit-processing.js';
 import type { MoeModel } from './moe-model.js';
+import type { PrefixCache, PrefixCacheStats } from './prefix-cache.js';
+import { checkRequest, completionLimit } from './request-rules.js';
 import { SequenceSampler } from './sequence-sampler.js';
 
+export type { CompletionRequest } from './completion-state.js';
+
+
+/** Where one sequence's time went; forward steps are counted whole for every sequence in them. */
+export interface SequenceTimings {
+  readonly promptTokens: number;
+  /** Forward steps up to and including the one whose logits chose the first token. */
+  readonly promptMs: number;
+  /** Forward steps after the prompt (one per generated token but the last). */
+  readonly decodeSteps: number;
+  readonly decodeMs: number;
+  /** Choosing tokens (bias, penalties, grammar, sampling) and accepting them (detokenizing, stop strings). */
+  readonly samplingMs: number;
+}
 
 export interface CompletionResult extends CompletionOutput {
   readonly id: string;
   readonly promptTokens: number;
+  /** Of the prompt, tokens whose KV came from the prefix cache (OpenAI's cached_tokens). */
+  readonly cachedTokens: number;
   /** Tokens generated, an end-of-sequence token included. */
   readonly completionTokens: number;
+  /** Every prompt token's logprob, the first null, when the request asked for promptLogprobs. */
+  readonly promptLogprobs?: readonly (TokenLogprob | null)[];
+  readonly timings: SequenceTimings;
 }
 
 /** A request's tokens as they are produced, then its result. */
@@ -76,19 +96,6 @@ export class CompletionStream implements AsyncIterable<GeneratedChunk> {
   }
 }
 
-interface Sequence {
-  readonly id: string;
-  /** prompt followed by the tokens generated so far */
-  readonly tokens: number[];
-  readonly promptIds: readonly Token[];
-  readonly sampler: SequenceSampler;
-  readonly state: CompletionState;
-  readonly stream: CompletionStream;
-  readonly observer: RoutingObserver | undefined;
-  kv: SequenceKvCache | null;
-  detachAbort: () => void;
-}
-
 export interface EngineStats {
   readonly steps: number;
   readonly tokensComputed: number;
@@ -96,6 +103,15 @@ export interface EngineStats {
   readonly running: number;
   readonly waiting: number;
   readonly kvTokensReserved: number;
+  /** Prompt tokens whose KV a sequence took from another sequence of the same request (n > 1). */
+  readonly forkedTokens: number;
+  /** null when prefix caching is off. */
+  readonly prefixCache: PrefixCacheStats | null;
+}
+
+export interface EngineOptions {
+  /** KV of earlier prompts for later ones to reuse; host KV caches only (ignored on GPU providers). */
+  readonly prefixCache?: PrefixCache;
 }
 
 /**
@@ -112,22 +128,49 @@ export interface EngineHealth {
   readonly reason?: string;
 }
 
+interface Sequence {
+  readonly id: string;
+  /** prompt followed by the tokens generated so far */
+  readonly tokens: number[];
+  readonly promptIds: readonly Token[];
+  readonly sampler: SequenceSampler;
+  readonly state: CompletionState;
+  readonly stream: CompletionStream;
+  readonly observer: RoutingObserver | undefined;
+  /** The request's first sequence, whose prompt KV this one copies at admission (n > 1). */
+  readonly leader: string | undefined;
+  /** Top alternatives per prompt logprob, when the request asked for them. */
+  readonly promptTop: number | undefined;
+  readonly promptLogprobs: (TokenLogprob | null)[];
+  kv: SequenceKvCache | null;
+  /** What went wrong while admitting it (allocating or filling its KV cache): it fails after schedule(). */
+  admitError: unknown;
+  cachedTokens: number;
+  sampledAny: boolean;
+  timings: { promptMs: number; decodeMs: number; samplingMs: number };
+  detachAbort: () => void;
+}
+
 export class BatchEngine implements AsyncDisposable {
   private readonly scheduler: Scheduler;
   private readonly sequences = new Map<string, Sequence>();
+  private readonly prefixCache: PrefixCache | undefined;
   private nextId = 0;
   private loop: Promise<void> | null = null;
   private steps = 0;
   private tokensComputed = 0;
   private tokensGenerated = 0;
+  private forkedTokens = 0;
   private failuresInARow = 0;
   private lastFailure = '';
 
   constructor(
     private readonly model: MoeModel,
     config: SchedulerConfig,
+    options: EngineOptions = {},
   ) {
-    this.scheduler = new Scheduler(config);
+    this.scheduler = new Scheduler(config, { cachedTokens: (id) => this.admit(id) });
+    this.prefixCache = model.runtime.onGpu ? undefined : options.prefixCache;
   }
 
   get stats(): EngineStats {
@@ -138,6 +181,8 @@ export class BatchEngine implements AsyncDisposable {
       running: this.scheduler.numRunning,
       waiting: this.scheduler.numWaiting,
       kvTokensReserved: this.scheduler.kvTokensReserved,
+      forkedTokens: this.forkedTokens,
+      prefixCache: this.prefixCache?.stats ?? null,
     };
   }
 
@@ -148,45 +193,107 @@ export class BatchEngine implements AsyncDisposable {
 
   /**
    * Queues a request; its stream yields tokens as they are produced. Throws at once (QueueFullError,
-   * EmptyPromptError, ContextLengthError) when it cannot be accepted, so the caller can answer 429/400.
+   * EmptyPromptError, ContextLengthError, RequestFieldError) when it cannot be accepted, so the caller can
+   * answer 429/400.
    */
   submit(req: CompletionRequest): CompletionStream {
-    if (req.promptIds.length === 0) throw new EmptyPromptError();
-    const maxPositions = this.model.spec.maxPositions;
-    if (req.promptIds.length >= maxPositions) throw new ContextLengthError(req.promptIds.length + 1, maxPositions);
-    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new RangeError(`maxTokens must be a positive integer, got ${req.maxTokens}`);
-    const sampler = new SequenceSampler(req);
-    const id = `seq-${this.nextId++}`;
-    // The completion must fit the context window; it ends with 'length' where the window does.
-    const maxTokens = Math.min(req.maxTokens, maxPositions - req.promptIds.length);
-    const stream = new CompletionStream(id);
-    const seq: Sequence = {
+    return this.submitChoices(req, 1)[0] as CompletionStream;
+  }
+
+  /**
+   * Queues `n` sequences of one prompt (OpenAI's `n`): the first computes the prompt, the others start from
+   * a copy of its KV (on host caches) and each samples with its own random stream. All are queued or none.
+   */
+  submitChoices(req: CompletionRequest, n: number, observerFor?: (choice: number) => RoutingObserver | undefined): CompletionStream[] {
+    const spec = this.model.spec;
+    checkRequest(req, n, spec);
+    const maxTokens = completionLimit(req.promptIds.length, req.maxTokens, spec.maxPositions);
+    const kvTokens = kvRowsFor(req.promptIds.length + maxTokens, spec.maxPositions);
+    // Prompt logprobs need every prompt position's logits: such sequences compute their whole prompt.
+    const shares = !this.model.runtime.onGpu && req.promptLogprobs === undefined;
+    const added: Sequence[] = [];
+    try {
+      for (let i = 0; i < n; i++) {
+        const id = `seq-${this.nextId++}`;
+        const leader = i > 0 && shares ? added[0]?.id : undefined;
+        const seq = this.newSequence(id, { ...req, observer: observerFor ? observerFor(i) : req.observer }, i, leader);
+        // Everything that can throw for a bad request has run: the scheduler never holds a request the
+        // engine does not know (a throw after add() would leave a slot no step could fill).
+        this.scheduler.add({ id, promptTokens: req.promptIds.length, maxTokens, kvTokens, client: req.client, after: leader });
+        this.sequences.set(id, seq);
+        added.push(seq);
+      }
+    } catch (err) {
+      for (const seq of added) {
+        this.scheduler.finish(seq.id, RequestStatus.FINISHED_ABORTED);
+        this.release(seq);
+      }
+      throw err;
+    }
+    if (req.signal) {
+      const signal = req.signal;
+      const onAbort = () => {
+        for (const seq of added) this.scheduler.abort(seq.id);
+        this.kick();
+      };
+      if (signal.aborted) onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      // Each sequence detaches the listener when it leaves; it goes once every sequence has.
+      let live = added.length;
+      for (const seq of added) seq.detachAbort = () => --live === 0 && signal.removeEventListener('abort', onAbort);
+    }
+    this.kick();
+    return added.map((s) => s.stream);
+  }
+
+  private newSequence(id: string, req: CompletionRequest, index: number, leader: string | undefined): Sequence {
+    // Choice i > 0 of a seeded request has its own stream, derived from the seed: choices differ, and
+    // choice 0 is what the same request with n = 1 gives.
+    const seed = req.seed === undefined ? undefined : index === 0 ? req.seed : deriveSeed(req.seed, index);
+    const sampler = new SequenceSampler({ ...req, seed }, req.constraint?.newConstraint());
+    return {
       id,
       tokens: [...req.promptIds],
       promptIds: req.promptIds,
       sampler,
-      state: new CompletionState(this.model.tokenizer, new Set(req.ignoreEos ? [] : this.model.eosTokenIds), req.stop ?? [], maxTokens),
-      stream,
+      state: new CompletionState(this.model.tokenizer, new Set(req.ignoreEos ? [] : this.model.eosTokenIds), req.stop ?? []),
+      stream: new CompletionStream(id),
       observer: req.observer,
+      leader,
+      promptTop: req.promptLogprobs,
+      promptLogprobs: req.promptLogprobs === undefined ? [] : [null],
       kv: null,
+      admitError: null,
+      cachedTokens: 0,
+      sampledAny: false,
+      timings: { promptMs: 0, decodeMs: 0, samplingMs: 0 },
       detachAbort: () => undefined,
     };
-    // Everything that can throw for a bad request has run: the scheduler never holds a request the
-    // engine does not know (a throw after add() would leave a slot no step could fill).
-    const kvTokens = kvRowsFor(req.promptIds.length + maxTokens, maxPositions);
-    this.scheduler.add({ id, promptTokens: req.promptIds.length, maxTokens, kvTokens, client: req.client });
-    this.sequences.set(id, seq);
-    if (req.signal) {
-      const onAbort = () => {
-        this.scheduler.abort(id);
-        this.kick();
-      };
-      if (req.signal.aborted) onAbort();
-      req.signal.addEventListener('abort', onAbort, { once: true });
-      seq.detachAbort = () => req.signal?.removeEventListener('abort', onAbort);
+  }
+
+  /**
+   * The scheduler admits `id`: its KV cache is made here, holding what the request need not compute (its
+   * leader's prompt, or a cached prefix). Returns how many prompt tokens that is.
+   */
+  private admit(id: string): number {
+    const seq = this.sequences.get(id);
+    if (!seq) return 0;
+    try {
+      const kv = (seq.kv = this.model.newSequence());
+      if (!kv.copiesRows || seq.promptTop !== undefined) return 0;
+      const limit = seq.promptIds.length - 1;
+      const leader = seq.leader === undefined ? undefined : this.sequences.get(seq.leader);
+      if (limit > 0 && leader?.kv && leader.kv.length >= limit) {
+        kv.importRows(leader.kv.exportRows(0, limit), limit);
+        this.forkedTokens += limit;
+        return limit;
+      }
+      seq.cachedTokens = this.prefixCache?.load(seq.promptIds, limit, kv) ?? 0;
+      return seq.cachedTokens;
+    } catch (err) {
+      seq.admitError = err;
+      return 0;
     }
-    this.kick();
-    return stream;
   }
 
   /** Starts the loop if it is not running; it stops by itself when there is no work. */
@@ -206,12 +313,7 @@ export class BatchEngine implements AsyncDisposable {
       for (const r of plan.removed) this.end(r.id, 'abort');
       for (const id of plan.admitted) {
         const seq = this.sequences.get(id);
-        if (!seq) continue;
-        try {
-          seq.kv = this.model.newSequence();
-        } catch (err) {
-          this.failOne(seq, err);
-        }
+        if (seq?.admitError) this.failOne(seq, seq.admitError);
       }
       if (plan.steps.length > 0) {
         try {
@@ -233,35 +335,46 @@ export class BatchEngine implements AsyncDisposable {
   private async step(plan: SchedulerOutput): Promise<void> {
     const chunks = plan.steps.flatMap((c) => {
       const seq = this.sequences.get(c.id);
-      return seq?.kv ? [{ chunk: c, seq, kv: seq.kv }] : [];
+      // Of the chunk, the prompt tokens (a prompt chunk never holds generated tokens: none exist yet).
+      const promptCount = seq ? Math.max(0, Math.min(c.count, seq.promptIds.length - c.start)) : 0;
+      return seq?.kv ? [{ chunk: c, seq, kv: seq.kv, promptCount }] : [];
     });
-    const itemOf = ({ chunk, seq, kv }: (typeof chunks)[number]): BatchItem => ({
+    const itemOf = ({ chunk, seq, kv, promptCount }: (typeof chunks)[number]): BatchItem => ({
       kv,
       tokens: seq.tokens.slice(chunk.start, chunk.start + chunk.count),
-      logits: chunk.samples ? 'last' : 'none',
+      logits: seq.promptTop !== undefined && promptCount > 0 ? 'all' : chunk.samples ? 'last' : 'none',
       observer: seq.observer,
     });
+    const t0 = performance.now();
     const logits = await this.forwardIsolated(chunks.map(itemOf), chunks.map((c) => c.seq));
+    const stepMs = performance.now() - t0;
     this.steps++;
     const sampled = new Map<string, number>();
     const stopped: Sequence[] = [];
-    chunks.forEach(({ chunk, seq }, i) => {
-      const row = logits[i];
-      if (row === undefined) return; // its forward pass failed: already failed
+    const V = this.model.spec.vocabSize;
+    chunks.forEach(({ chunk, seq, promptCount }, i) => {
+      const rows = logits[i];
+      if (rows === undefined) return; // its forward pass failed: already failed
       this.tokensComputed += chunk.count;
-      if (!chunk.samples || !row) return;
+      if (seq.sampledAny) seq.timings.decodeMs += stepMs;
+      else seq.timings.promptMs += stepMs;
       try {
-        const { token, logprob } = seq.sampler.next(row);
+        if (promptCount > 0) this.promptComputed(seq, chunk.start, promptCount, rows);
+        if (!chunk.samples || !rows) return;
+        const ts = performance.now();
+        const { token, logprob } = seq.sampler.next(rows.length === V ? rows : rows.subarray(rows.length - V));
         const out = seq.state.accept(token, logprob);
+        seq.timings.samplingMs += performance.now() - ts;
         seq.tokens.push(token);
+        seq.sampledAny = true;
         this.tokensGenerated++;
         this.failuresInARow = 0;
         sampled.set(seq.id, token);
         if (out.text || out.tokenId !== null) seq.stream.push(out);
         if (seq.state.finishReason === 'stop') stopped.push(seq);
       } catch (err) {
-        // One sequence's sampling or text accounting failed (non-finite logits, say): it ends with the
-        // error, the others sample on.
+        // One sequence's sampling or text accounting failed (non-finite logits, a grammar refusing its
+        // token, say): it ends with the error, the others sample on.
         this.failOne(seq, err);
       }
     });
@@ -269,6 +382,24 @@ export class BatchEngine implements AsyncDisposable {
     for (const seq of stopped) this.scheduler.finish(seq.id, RequestStatus.FINISHED_STOPPED);
     for (const f of finished) this.end(f.id, reasonOf(f.status));
     for (const seq of stopped) this.end(seq.id, 'stop');
+  }
+
+  /**
+   * Prompt tokens [start, start + count) are now in the sequence's KV: their logprobs are taken from this
+   * step's rows when asked for, and the prompt's blocks go to the prefix cache once it is all computed.
+   */
+  private promptComputed(seq: Sequence, start: number, count: number, rows: Float32Array | null): void {
+    const P = seq.promptIds.length;
+    if (seq.promptTop !== undefined && rows) {
+      const V = this.model.spec.vocabSize;
+      // Row t's logits give the distribution of the token at position start + t + 1.
+      for (let t = 0; t < count && start + t + 1 < P; t++) {
+        seq.promptLogprobs.push(tokenLogprob(rows.subarray(t * V, (t + 1) * V), seq.promptIds[start + t + 1] as Token, seq.promptTop));
+      }
+    }
+    if (start + count < P) return;
+    if (seq.kv) this.prefixCache?.store(seq.promptIds, seq.kv);
+    if (seq.promptTop !== undefined) seq.stream.push({ tokenId: null, text: '', promptLogprobs: seq.promptLogprobs });
   }
 
   /**
@@ -313,21 +444,33 @@ export class BatchEngine implements AsyncDisposable {
     for (const seq of [...this.sequences.values()]) this.failOne(seq, err);
   }
 
-  /** Frees the sequence's KV cache and ends its stream. */
+  /** Frees the sequence's KV cache (its blocks kept for later prompts first) and ends its stream. */
   private end(id: string, reason: FinishReason): void {
     const seq = this.sequences.get(id);
     if (!seq) return;
+    // A multi-turn chat's next prompt holds this answer: its blocks are worth keeping too.
+    if (reason !== 'abort' && seq.kv) this.prefixCache?.store(seq.tokens, seq.kv);
     this.release(seq);
     const tail = seq.state.finish(reason);
     if (tail) seq.stream.push(tail);
     const output = seq.state.output(seq.promptIds, seq.sampler.topLogprobs !== undefined);
-    seq.stream.end({ ...output, id, promptTokens: output.promptIds.length, completionTokens: output.completionIds.length });
+    const completionTokens = output.completionIds.length;
+    seq.stream.end({
+      ...output,
+      id,
+      promptTokens: output.promptIds.length,
+      cachedTokens: seq.cachedTokens,
+      completionTokens,
+      ...(seq.promptTop !== undefined && { promptLogprobs: seq.promptLogprobs }),
+      timings: { promptTokens: output.promptIds.length, ...seq.timings, decodeSteps: Math.max(0, completionTokens - 1) },
+    });
   }
-
 
   private release(seq: Sequence): void {
     this.sequences.delete(seq.id);
     seq.detachAbort();
+    seq.detachAbort = () => undefined;
+    seq.sampler.dispose();
     seq.kv?.[Symbol.dispose]();
     seq.kv = null;
   }
@@ -338,6 +481,14 @@ export class BatchEngine implements AsyncDisposable {
     this.kick();
     await this.loop;
   }
+}
+
+/** A seed for choice `index` of a seeded request: SplitMix-style mixing, within the safe integers. */
+function deriveSeed(seed: number, index: number): number {
+  let x = BigInt.asUintN(64, BigInt(seed) + BigInt(index) * 0x9e3779b97f4a7c15n);
+  x = BigInt.asUintN(64, (x ^ (x >> 30n)) * 0xbf58476d1ce4e5b9n);
+  x = BigInt.asUintN(64, (x ^ (x >> 27n)) * 0x94d049bb133111ebn);
+  return Number((x ^ (x >> 31n)) & 0x1fffffffffffffn);
 }
 
 function reasonOf(status: FinishedStatus): FinishReason {

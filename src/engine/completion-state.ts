@@ -1,17 +1,19 @@
-// What happens to each sampled token of one sequence: end-of-sequence, UTF-8-safe detokenization, stop
-// strings and the token limit. Shared by the single-sequence loop and the batching engine.
+// What happens to each sampled token of one sequence: end-of-sequence, UTF-8-safe detokenization and stop
+// strings. The token limit is the scheduler's (it ends the request with 'length').
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import type { Token } from '../tokenizer/token.js';
 import type { RoutingObserver } from './forward.js';
 import type { Penalties, TokenLogprob } from './logit-processing.js';
 import type { SamplingParams } from './sampler.js';
 import { StopStringMatcher } from './stop-strings.js';
+import type { ConstraintSource } from './token-constraint.js';
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
 /** One completion to generate: the prompt, how to sample, and when to stop. */
 export interface CompletionRequest {
   readonly promptIds: readonly Token[];
+  /** Tokens to generate at most (0: compute the prompt only, to score it with promptLogprobs). */
   readonly maxTokens: number;
   readonly sampling: SamplingParams;
   /** Seed of this request's own random stream: the same seed gives the same tokens, whatever else runs. */
@@ -20,6 +22,12 @@ export interface CompletionRequest {
   readonly penalties?: Penalties;
   /** When set (0..20), every token carries its logprob and this many top alternatives. */
   readonly logprobs?: number;
+  /** When set (0..20), the result carries every prompt token's logprob (the first null) with this many alternatives. */
+  readonly promptLogprobs?: number;
+  /** Added to a token's logit before penalties and sampling (OpenAI's logit_bias, each in [-100, 100]). */
+  readonly logitBias?: ReadonlyMap<number, number>;
+  /** A grammar the sampled tokens must follow (response_format); each sequence gets its own state. */
+  readonly constraint?: ConstraintSource;
   readonly stop?: readonly string[];
   /** Generate past end-of-sequence tokens (benchmarks: every run decodes exactly maxTokens). */
   readonly ignoreEos?: boolean;
@@ -30,23 +38,15 @@ export interface CompletionRequest {
   readonly client?: string;
 }
 
-/** A request whose prompt has no tokens: there is nothing to condition the first token on. */
-export class EmptyPromptError extends Error {
-  readonly code = 'empty_prompt';
-
-  constructor() {
-    super('the prompt encodes to zero tokens; give at least one token of input');
-    this.name = 'EmptyPromptError';
-  }
-}
-
 export interface GeneratedChunk {
-  /** The sampled token; null for text released when the sequence ends. */
+  /** The sampled token; null for text released when the sequence ends, and for promptLogprobs. */
   readonly tokenId: Token | null;
   /** Text finalized by this token (may be empty). */
   readonly text: string;
   /** With the token, when the request asked for logprobs. */
   readonly logprob?: TokenLogprob;
+  /** Once the prompt is computed, when the request asked for promptLogprobs: one per prompt token, the first null. */
+  readonly promptLogprobs?: readonly (TokenLogprob | null)[];
 }
 
 /** What a finished sequence produced; the results of generate() and of the batch engine build on it. */
@@ -74,12 +74,9 @@ export class CompletionState {
     tokenizer: TextTokenizer,
     private readonly eos: ReadonlySet<number>,
     stop: readonly string[],
-    /** Most tokens to generate (already limited by the context window). */
-    readonly maxTokens: number,
   ) {
     this.detok = tokenizer.createStreamDecoder({ skipSpecialTokens: true });
     this.stops = new StopStringMatcher(stop);
-    if (maxTokens <= 0) this.finished = 'length';
   }
 
   get text(): string {
@@ -106,8 +103,6 @@ export class CompletionState {
     if (matched.stopped) {
       this.finished = 'stop';
       this.stoppedByString = true;
-    } else if (this.completionIds.length >= this.maxTokens) {
-      this.finished = 'length';
     }
     return { tokenId: token, text: matched.emit, ...withLogprob };
   }

@@ -132,6 +132,42 @@ export class SequenceKvCache implements Disposable {
     return l instanceof InPlaceLayerKv ? l.rows() : null;
   }
 
+  /** True where rows can be copied out and in (host caches): prefix caching and forks need it. */
+  get copiesRows(): boolean {
+    return !this.runtime.onGpu;
+  }
+
+  /** Floats exportRows() returns for `count` rows. */
+  rowFloats(count: number): number {
+    return 2 * this.shape.numLayers * this.shape.numKvHeads * count * this.shape.headDim;
+  }
+
+  /**
+   * Cached rows [start, start + count) of every layer, copied: per layer its keys (kvHeads, count, headDim)
+   * then its values. Host caches only.
+   */
+  exportRows(start: number, count: number): Float32Array {
+    if (start < 0 || count < 0 || start + count > this.tokens) throw new RangeError(`rows [${start}, ${start + count}) of a cache holding ${this.tokens}`);
+    const out = new Float32Array(this.rowFloats(count));
+    const per = out.length / this.shape.numLayers / 2;
+    this.layers.forEach((l, i) => hostLayer(l).copyOut(start, count, out.subarray(2 * i * per, (2 * i + 1) * per), out.subarray((2 * i + 1) * per, (2 * i + 2) * per)));
+    return out;
+  }
+
+  /** Appends `count` rows laid out as exportRows() gives them after the cached ones, as if computed here. */
+  importRows(rows: Float32Array, count: number): void {
+    if (rows.length !== this.rowFloats(count)) throw new RangeError(`${rows.length} floats are not ${count} rows`);
+    const total = this.tokens + count;
+    if (total > this.shape.maxPositions) throw new ContextLengthError(total, this.shape.maxPositions);
+    const per = rows.length / this.shape.numLayers / 2;
+    this.layers.forEach((l, i) => {
+      const layer = hostLayer(l);
+      layer.reserve(total);
+      layer.copyIn(this.tokens, count, rows.subarray(2 * i * per, (2 * i + 1) * per), rows.subarray((2 * i + 1) * per, (2 * i + 2) * per));
+    });
+    this.tokens = total;
+  }
+
   /** Takes a layer's run outputs; `b`: this sequence's item in a batched run (host caches only). */
   accept(layer: number, outputs: Record<string, RtTensor>, b = 0): void {
     this.layer(layer).accept(outputs, b);
@@ -162,6 +198,11 @@ export class SequenceKvCache implements Disposable {
     SequenceKvCache.live--;
     for (const l of this.layers) l.dispose();
   }
+}
+
+function hostLayer(l: LayerKv): InPlaceLayerKv {
+  if (!(l instanceof InPlaceLayerKv)) throw new Error('KV rows can be copied only from host caches');
+  return l;
 }
 
 class InPlaceLayerKv implements LayerKv {
@@ -202,6 +243,30 @@ class InPlaceLayerKv implements LayerKv {
   rows(): { key: Float32Array; value: Float32Array; capacity: number } {
     if (!this.key || !this.value) throw new Error('KV cache used before reserve()');
     return { key: this.key.data as Float32Array, value: this.value.data as Float32Array, capacity: this.capacity };
+  }
+
+  /** Rows [start, start + count) of every head into keys and values, (kvHeads, count, headDim) each. */
+  copyOut(start: number, count: number, keys: Float32Array, values: Float32Array): void {
+    this.copyRows(start, count, keys, values, 'out');
+  }
+
+  /** The reverse of copyOut: rows written at [start, start + count); reserve() them first. */
+  copyIn(start: number, count: number, keys: Float32Array, values: Float32Array): void {
+    this.copyRows(start, count, keys, values, 'in');
+  }
+
+  private copyRows(start: number, count: number, keys: Float32Array, values: Float32Array, direction: 'in' | 'out'): void {
+    if (count === 0) return;
+    if (!this.key || !this.value) throw new Error('KV cache used before reserve()');
+    const { numKvHeads: nKv, headDim: D } = this.shape;
+    const pairs: [Float32Array, Float32Array][] = [[this.key.data as Float32Array, keys], [this.value.data as Float32Array, values]];
+    for (const [cache, flat] of pairs) {
+      for (let h = 0; h < nKv; h++) {
+        const at = (h * this.capacity + start) * D;
+        if (direction === 'out') flat.set(cache.subarray(at, at + count * D), h * count * D);
+        else cache.set(flat.subarray(h * count * D, (h + 1) * count * D), at);
+      }
+    }
   }
 
   feeds(): Record<string, RtTensor> {

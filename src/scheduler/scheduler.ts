@@ -43,12 +43,30 @@ export interface NewRequest {
   readonly id: string;
   /** Tokens in the prompt, at least 1. */
   readonly promptTokens: number;
-  /** Tokens to generate at most, at least 1; reaching it finishes the request with FINISHED_LENGTH. */
+  /**
+   * Tokens to generate at most; reaching it finishes the request with FINISHED_LENGTH. 0 computes the prompt
+   * only (scoring a prompt's logprobs) and finishes once it is computed.
+   */
   readonly maxTokens: number;
   /** Who sent it (an API key's or a peer address's label), for the per-client limits. */
   readonly client?: string;
   /** KV-cache rows to reserve while it runs; default promptTokens + maxTokens. */
   readonly kvTokens?: number;
+  /**
+   * Not admitted before this request has computed its prompt (or left): the n sequences of one prompt
+   * follow the first, so that they take its prompt's KV instead of computing it again.
+   */
+  readonly after?: string;
+}
+
+/** What the scheduler asks its owner when it admits a request. */
+export interface AdmissionHooks {
+  /**
+   * Prompt tokens whose KV the new request starts with (a cached prefix, or a sibling's prompt): the
+   * scheduler computes from there. Clamped to promptTokens - 1, so the last prompt token is always computed
+   * (its logits choose the first token).
+   */
+  cachedTokens(id: string): number;
 }
 
 /** Tokens [start, start + count) of one request, computed this step. */
@@ -157,6 +175,7 @@ interface TrackedRequest {
   readonly maxTokens: number;
   readonly client: string;
   readonly kvTokens: number;
+  readonly after: string | undefined;
   status: RequestStatus;
   computedTokens: number;
   generatedTokens: number;
@@ -183,7 +202,7 @@ class StepPlan {
     const count = Math.min(uncomputed, this.budgetTokens);
     if (count <= 0) return;
     this.budgetTokens -= count;
-    const chunk = { id: request.id, start: request.computedTokens, count, samples: count === uncomputed };
+    const chunk = { id: request.id, start: request.computedTokens, count, samples: count === uncomputed && request.maxTokens > 0 };
     this.chunks.push({ chunk, request });
   }
 }
@@ -201,7 +220,10 @@ export class Scheduler {
   /** The latest schedule()'s output until update() consumes it, with the request behind each chunk. */
   private inFlight: { readonly output: SchedulerOutput; readonly chunks: readonly PlannedChunk[] } | undefined;
 
-  constructor(config: SchedulerConfig) {
+  constructor(
+    config: SchedulerConfig,
+    private readonly hooks?: AdmissionHooks,
+  ) {
     this.config = validateSchedulerConfig(config);
   }
 
@@ -240,7 +262,7 @@ export class Scheduler {
   add(request: NewRequest): void {
     const { id } = request;
     requirePositiveInteger(`request '${id}' promptTokens`, request.promptTokens);
-    requirePositiveInteger(`request '${id}' maxTokens`, request.maxTokens);
+    if (!Number.isSafeInteger(request.maxTokens) || request.maxTokens < 0) throw new RangeError(`request '${id}' maxTokens must be a non-negative integer, got ${request.maxTokens}.`);
     const kvTokens = requirePositiveInteger(`request '${id}' kvTokens`, request.kvTokens ?? request.promptTokens + request.maxTokens);
     if (this.requests.has(id)) throw new RangeError(`A request with id '${id}' is already waiting or running.`);
     if (kvTokens > this.config.maxKvTokens) throw new KvBudgetError(kvTokens, this.config.maxKvTokens);
@@ -254,6 +276,7 @@ export class Scheduler {
       maxTokens: request.maxTokens,
       client,
       kvTokens,
+      after: request.after,
       status: RequestStatus.WAITING,
       computedTokens: 0,
       generatedTokens: 0,
@@ -323,6 +346,11 @@ export class Scheduler {
     const finished: FinishedRequest[] = [];
     for (const { chunk, request } of live) {
       request.computedTokens += chunk.count;
+      if (request.maxTokens === 0 && request.computedTokens >= request.promptTokens) {
+        this.end(request, RequestStatus.FINISHED_LENGTH);
+        finished.push({ id: request.id, status: RequestStatus.FINISHED_LENGTH });
+        continue;
+      }
       if (!chunk.samples) continue;
       request.generatedTokens += 1;
       if (request.generatedTokens >= request.maxTokens) {
@@ -368,6 +396,8 @@ export class Scheduler {
       request.status = RequestStatus.RUNNING;
       this.running.push(request);
       this.kvReserved += request.kvTokens;
+      const cached = this.hooks?.cachedTokens(request.id) ?? 0;
+      request.computedTokens = Math.max(0, Math.min(Math.floor(cached), request.promptTokens - 1));
       plan.take(request);
       admitted.push(request.id);
     }
@@ -384,6 +414,7 @@ export class Scheduler {
     let best = -1;
     let fewest = this.config.maxSeqsPerClient;
     this.waiting.forEach((r, i) => {
+      if (r.after !== undefined && this.promptPending(r.after)) return;
       const n = runningBy.get(r.client) ?? 0;
       if (n < fewest) {
         fewest = n;
@@ -391,6 +422,12 @@ export class Scheduler {
       }
     });
     return best;
+  }
+
+  /** The request is waiting or running with part of its prompt still to compute. */
+  private promptPending(id: string): boolean {
+    const r = this.requests.get(id);
+    return r !== undefined && r.computedTokens < r.promptTokens;
   }
 
   /** Removes a request from wherever it is; it can no longer be scheduled, aborted or updated. */

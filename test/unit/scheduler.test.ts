@@ -74,13 +74,56 @@ describe('Scheduler', () => {
     }
   });
 
-  test('rejects an empty prompt, a maxTokens below 1 and an id already queued', () => {
+  test('rejects an empty prompt, a negative or fractional maxTokens and an id already queued', () => {
     const s = makeScheduler();
     assert.throws(() => s.add({ id: 'a', promptTokens: 0, maxTokens: 4 }), /promptTokens/);
-    assert.throws(() => s.add({ id: 'a', promptTokens: 3, maxTokens: 0 }), /maxTokens/);
+    assert.throws(() => s.add({ id: 'a', promptTokens: 3, maxTokens: -1 }), /maxTokens/);
+    assert.throws(() => s.add({ id: 'a', promptTokens: 3, maxTokens: 1.5 }), /maxTokens/);
     s.add({ id: 'a', promptTokens: 3, maxTokens: 4 });
     assert.throws(() => s.add({ id: 'a', promptTokens: 3, maxTokens: 4 }), RangeError);
     assert.equal(s.numWaiting, 1);
+  });
+
+  test('maxTokens 0 computes the prompt without sampling and finishes with length once it is computed', () => {
+    const s = makeScheduler({ maxBatchTokens: 4 });
+    s.add({ id: 'a', promptTokens: 6, maxTokens: 0 });
+    const first = step(s);
+    assert.deepEqual(first.output.steps, [chunk('a', 0, 4, false)]);
+    assert.deepEqual(first.finished, []);
+    const second = step(s);
+    assert.deepEqual(second.output.steps, [chunk('a', 4, 2, false)]);
+    assert.deepEqual(second.finished, [{ id: 'a', status: RequestStatus.FINISHED_LENGTH }]);
+    assert.equal(s.hasWork, false);
+  });
+
+  test('a request after another is admitted only once that one has computed its prompt, from the tokens the hook says it holds', () => {
+    const held = new Map<string, number>([['b', 5]]);
+    const s = new Scheduler({ maxBatchTokens: 4, maxSeqs: 4, maxQueue: 8 }, { cachedTokens: (id) => held.get(id) ?? 0 });
+    s.add({ id: 'a', promptTokens: 6, maxTokens: 2 });
+    s.add({ id: 'b', promptTokens: 6, maxTokens: 2, after: 'a' });
+    const first = step(s);
+    // b waits although budget and slots remain: a's prompt is not computed yet.
+    assert.deepEqual(first.output.admitted, ['a']);
+    const second = step(s);
+    assert.deepEqual(second.output.steps, [chunk('a', 4, 2, true)]);
+    const third = step(s);
+    // Admitted now, b computes only its last prompt token (the hook held 5 of 6) and samples.
+    assert.deepEqual(third.output.admitted, ['b']);
+    assert.deepEqual(third.output.steps, [chunk('a', 6, 1, true), chunk('b', 5, 1, true)]);
+  });
+
+  test('a hook holding the whole prompt still leaves the last prompt token to compute', () => {
+    const s = new Scheduler({ maxBatchTokens: 8, maxSeqs: 4, maxQueue: 8 }, { cachedTokens: () => 100 });
+    s.add({ id: 'a', promptTokens: 6, maxTokens: 2 });
+    assert.deepEqual(s.schedule().steps, [chunk('a', 5, 1, true)]);
+  });
+
+  test('a request after one that left is admitted at once', () => {
+    const s = makeScheduler();
+    s.add({ id: 'a', promptTokens: 6, maxTokens: 2 });
+    s.add({ id: 'b', promptTokens: 6, maxTokens: 2, after: 'a' });
+    s.finish('a', RequestStatus.FINISHED_ABORTED);
+    assert.deepEqual(s.schedule().admitted, ['b']);
   });
 
   test('a lone request prefills its whole prompt in one step, then decodes one token per step', () => {
