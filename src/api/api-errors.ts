@@ -2,7 +2,7 @@
 //   {"error": {"message", "type", "param", "code"}}
 // with the status a client of the OpenAI API expects.
 import { ContextLengthError } from '../engine/kv-cache.js';
-import { EmptyPromptError } from '../engine/completion-state.js';
+import { EmptyPromptError, RequestFieldError } from '../engine/request-rules.js';
 import { KvBudgetError, QueueFullError } from '../scheduler/scheduler.js';
 
 export type OpenAiErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'rate_limit_error' | 'server_error';
@@ -40,6 +40,7 @@ export function toApiError(err: unknown, requestId: string): ApiError {
   if (err instanceof ContextLengthError) return badRequest(err.message, null, err.code);
   if (err instanceof KvBudgetError) return badRequest(err.message, 'max_tokens', err.code);
   if (err instanceof EmptyPromptError) return badRequest(err.message, 'prompt', err.code);
+  if (err instanceof RequestFieldError) return badRequest(err.message, err.param, err.code);
   const fastifyCode = (err as { code?: unknown; statusCode?: unknown }).code;
   const statusCode = (err as { statusCode?: unknown }).statusCode;
   if (fastifyCode === 'FST_ERR_CTP_BODY_TOO_LARGE') return new ApiError(413, 'invalid_request_error', 'request body too large', null, 'body_too_large');

@@ -8,7 +8,9 @@ import type { BatchEngine } from '../engine/batch-engine.js';
 import type { RoutingObserver } from '../engine/forward.js';
 import type { MoeModel } from '../engine/moe-model.js';
 import { ApiError, isInternal, toApiError } from './api-errors.js';
+import type { ResponseFormats } from './completion-request.js';
 import { registerCompletionRoutes } from './completion-routes.js';
+import { jsonResponseFormats } from './response-formats.js';
 import { InFlight } from './graceful-shutdown.js';
 import { DEFAULT_CLIENT_LIMITS, type ClientLimits } from './output-watch.js';
 import { ServerMetrics } from './server-metrics.js';
@@ -45,6 +47,8 @@ export interface AppDeps {
   readonly draining?: () => boolean;
   /** Called for every route the app registers (the openapi.yaml test compares them). */
   readonly onRoute?: (method: string, url: string) => void;
+  /** How response_format is compiled; default the JSON grammar engine (response-formats.ts). */
+  readonly responseFormats?: ResponseFormats;
 }
 
 /** What the route modules share: the readiness gate, the metrics and the served model's name. */
@@ -53,6 +57,7 @@ export interface RouteContext {
   readonly metrics: ServerMetrics;
   readonly clientLimits: ClientLimits;
   readonly inFlight: InFlight;
+  readonly formats: ResponseFormats;
   /** The model and engine, or a 503 ApiError while the model loads or the server shuts down. */
   ready(): Serving;
   /** The API error for `err`; an internal one is logged with its details under the request id. */
@@ -78,6 +83,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     metrics,
     clientLimits: deps.clientLimits ?? DEFAULT_CLIENT_LIMITS,
     inFlight: deps.inFlight ?? new InFlight(),
+    formats: deps.responseFormats ?? jsonResponseFormats(),
     ready: () => {
       if (deps.draining?.()) throw new ApiError(503, 'server_error', 'the server is shutting down; retry on another instance', null, 'shutting_down', { 'retry-after': '1' });
       const s = deps.serving();

@@ -6,21 +6,34 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { z } from 'zod';
 import type { CompletionResult } from '../engine/batch-engine.js';
 import type { FinishReason, GeneratedChunk } from '../engine/completion-state.js';
+import type { TokenLogprob } from '../engine/logit-processing.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { badRequest } from './api-errors.js';
 import type { RouteContext } from './build-app.js';
 import { prepareChat, prepareCompletion, type PreparedRequest } from './completion-request.js';
-import { chatLogprobs, legacyLogprobs } from './logprob-format.js';
+import { chatLogprobs, legacyLogprobs, promptTokenLogprobs } from './logprob-format.js';
 import { OutputWatch, stallReason } from './output-watch.js';
 import { chatCompletionRequest, completionRequest } from './request-schemas.js';
-import { startGeneration } from './start-generation.js';
+import { startGenerations, type Generation } from './start-generation.js';
 
-/** How one route shapes its answers: the chunks of a stream, and the whole answer. */
-interface Frames {
-  chunk(c: GeneratedChunk): object;
+/** A choice that finished, with the generation it came from. */
+interface Done {
+  readonly g: Generation;
+  readonly r: CompletionResult;
+}
+
+/** The frames of one choice's stream: what opens it (an echoed prompt), each chunk (null: send nothing), its end. */
+interface ChoiceFrames {
+  open(): object | null;
+  chunk(c: GeneratedChunk): object | null;
   last(r: CompletionResult): object;
-  whole(r: CompletionResult): object;
-  usage(r: CompletionResult): object;
+}
+
+/** How one route shapes its answers: each choice's stream, the whole answer, and the usage chunk. */
+interface RouteShape {
+  streamOf(g: Generation): ChoiceFrames;
+  whole(done: readonly Done[]): object;
+  usageFrame(done: readonly Done[]): object;
 }
 
 export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext): void {
@@ -30,59 +43,86 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
   app.post('/v1/completions', async (req, reply) => {
     const { model } = ctx.ready();
     const body = parseBody(completionRequest, req.body);
-    const prepared = prepareCompletion(model, modelName, body);
+    const prepared = await prepareCompletion(model, modelName, body, ctx.formats);
     const tokenizer = model.tokenizer;
     const id = `cmpl-${randomUUID()}`;
-    const frame = (text: string, logprobs: object | null, finish: FinishReason | null) => ({
-      id,
-      object: 'text_completion',
-      created: created(),
-      model: modelName,
-      choices: [{ text, index: 0, logprobs, finish_reason: finish === null ? null : finishReason(finish) }],
+    const head = () => ({ id, object: 'text_completion', created: created(), model: modelName });
+    const frame = (index: number, text: string, logprobs: object | null, finish: FinishReason | null) => ({
+      ...head(),
+      choices: [{ text, index, logprobs, finish_reason: finish === null ? null : finishReason(finish) }],
     });
-    let offset = 0;
+    const echoed = (g: Generation) => (prepared.echo ? g.prompt.text : '');
+    /** The prompt's logprobs, when echoed with logprobs: its tokens' offsets count from 0. */
+    const promptPart = (g: Generation, lps: readonly (TokenLogprob | null)[] | undefined) =>
+      lps ? legacyLogprobs(tokenizer, promptTokenLogprobs(g.prompt.promptIds, lps), 0) : null;
     return respond(reply, body, prepared, {
-      chunk: (c) => {
-        const lp = c.logprob ? legacyLogprobs(tokenizer, [c.logprob], offset) : null;
-        offset += c.text.length;
-        return frame(c.text, lp, null);
+      streamOf: (g) => {
+        // Offsets count in the choice's text, which starts with the prompt when it is echoed.
+        let offset = echoed(g).length;
+        return {
+          // Echo with logprobs waits for the prompt's logprobs, which come as a chunk once it is computed.
+          open: () => (prepared.echo && prepared.request.promptLogprobs === undefined ? frame(g.index, g.prompt.text, null, null) : null),
+          chunk: (c) => {
+            if (c.promptLogprobs) return prepared.echo ? frame(g.index, g.prompt.text, promptPart(g, c.promptLogprobs), null) : null;
+            // A token whose text is held back (an incomplete UTF-8 sequence, a possible stop string) sends
+            // nothing, unless logprobs were asked for: then every token gets its chunk.
+            if (!c.text && !c.logprob) return null;
+            const lp = c.logprob ? legacyLogprobs(tokenizer, [c.logprob], offset) : null;
+            offset += c.text.length;
+            return frame(g.index, c.text, lp, null);
+          },
+          last: (r) => frame(g.index, '', null, r.finishReason),
+        };
       },
-      last: (r) => frame('', null, r.finishReason),
-      whole: (r) => ({ ...frame(r.text, r.logprobs ? legacyLogprobs(tokenizer, r.logprobs, 0) : null, r.finishReason), usage: usage(r) }),
-      usage: (r) => ({ id, object: 'text_completion', created: created(), model: modelName, choices: [], usage: usage(r) }),
+      whole: (done) => ({
+        ...head(),
+        choices: done.map(({ g, r }) => {
+          const completion = r.logprobs ? legacyLogprobs(tokenizer, r.logprobs, echoed(g).length) : null;
+          const logprobs = joinLegacy(promptPart(g, prepared.echo ? r.promptLogprobs : undefined), completion);
+          return { text: echoed(g) + r.text, index: g.index, logprobs, finish_reason: finishReason(r.finishReason) };
+        }),
+        usage: usage(done),
+      }),
+      usageFrame: (done) => ({ ...head(), choices: [], usage: usage(done) }),
     });
   });
 
   app.post('/v1/chat/completions', async (req, reply) => {
     const { model } = ctx.ready();
     const body = parseBody(chatCompletionRequest, req.body);
-    const prepared = prepareChat(model, modelName, body);
+    const prepared = await prepareChat(model, modelName, body, ctx.formats);
     const tokenizer: TextTokenizer = model.tokenizer;
     const id = `chatcmpl-${randomUUID()}`;
-    const frame = (delta: object, logprobs: object | null, finish: FinishReason | null) => ({
-      id,
-      object: 'chat.completion.chunk',
-      created: created(),
-      model: modelName,
-      choices: [{ index: 0, delta, logprobs, finish_reason: finish === null ? null : finishReason(finish) }],
+    const head = (object: string) => ({ id, object, created: created(), model: modelName });
+    const frame = (index: number, delta: object, logprobs: object | null, finish: FinishReason | null) => ({
+      ...head('chat.completion.chunk'),
+      choices: [{ index, delta, logprobs, finish_reason: finish === null ? null : finishReason(finish) }],
     });
-    let first = true;
     return respond(reply, body, prepared, {
-      chunk: (c) => {
-        const delta = first ? { role: 'assistant', content: c.text } : { content: c.text };
-        first = false;
-        return frame(delta, c.logprob ? chatLogprobs(tokenizer, [c.logprob]) : null, null);
+      streamOf: (g) => {
+        let first = true;
+        return {
+          open: () => null,
+          chunk: (c) => {
+            if (!c.text && !c.logprob) return null;
+            const delta = first ? { role: 'assistant', content: c.text } : { content: c.text };
+            first = false;
+            return frame(g.index, delta, c.logprob ? chatLogprobs(tokenizer, [c.logprob]) : null, null);
+          },
+          last: (r) => frame(g.index, {}, null, r.finishReason),
+        };
       },
-      last: (r) => frame({}, null, r.finishReason),
-      whole: (r) => ({
-        id,
-        object: 'chat.completion',
-        created: created(),
-        model: modelName,
-        choices: [{ index: 0, message: { role: 'assistant', content: r.text }, logprobs: r.logprobs ? chatLogprobs(tokenizer, r.logprobs) : null, finish_reason: finishReason(r.finishReason) }],
-        usage: usage(r),
+      whole: (done) => ({
+        ...head('chat.completion'),
+        choices: done.map(({ g, r }) => ({
+          index: g.index,
+          message: { role: 'assistant', content: r.text },
+          logprobs: r.logprobs ? chatLogprobs(tokenizer, r.logprobs) : null,
+          finish_reason: finishReason(r.finishReason),
+        })),
+        usage: usage(done),
       }),
-      usage: (r) => ({ id, object: 'chat.completion.chunk', created: created(), model: modelName, choices: [], usage: usage(r) }),
+      usageFrame: (done) => ({ ...head('chat.completion.chunk'), choices: [], usage: usage(done) }),
     });
   });
 
@@ -94,17 +134,25 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
     reply: FastifyReply,
     body: { stream?: boolean | null; stream_options?: { include_usage?: boolean } | null },
     prepared: PreparedRequest,
-    frames: Frames,
+    shape: RouteShape,
   ): Promise<unknown> {
     const abort = new AbortController();
-    const gen = startGeneration(ctx, { ...prepared, client: clientOf(reply.request) }, abort.signal);
+    const gens = startGenerations(ctx, prepared, clientOf(reply.request), abort.signal);
     // A client that closes its connection before the answer is complete cancels the generation.
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) abort.abort();
     });
     if (body.stream !== true) {
-      for await (const c of gen.chunks) void c;
-      return frames.whole(await gen.result);
+      try {
+        return shape.whole(await Promise.all(gens.map(async (g) => {
+          for await (const c of g.chunks) void c;
+          return { g, r: await g.result };
+        })));
+      } catch (err) {
+        // One choice failed: the answer is an error, and the other choices stop.
+        abort.abort();
+        throw err;
+      }
     }
     reply.hijack();
     reply.raw.writeHead(200, { ...sseCorsHeaders(reply), 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
@@ -120,20 +168,41 @@ export function registerCompletionRoutes(app: FastifyInstance, ctx: RouteContext
       watch.wrote();
     };
     try {
-      // A token whose text is held back (an incomplete UTF-8 sequence, a possible stop string) sends
-      // nothing, unless logprobs were asked for: then every token gets its chunk.
-      for await (const c of gen.chunks) if (c.text || c.logprob) send(frames.chunk(c));
-      const result = await gen.result;
-      send(frames.last(result));
-      if (body.stream_options?.include_usage === true) send(frames.usage(result));
+      // The choices stream side by side, each chunk naming its choice's index, as OpenAI streams n > 1.
+      const done = await Promise.all(gens.map(async (g) => {
+        const frames = shape.streamOf(g);
+        const open = frames.open();
+        if (open) send(open);
+        for await (const c of g.chunks) {
+          const f = frames.chunk(c);
+          if (f) send(f);
+        }
+        const r = await g.result;
+        send(frames.last(r));
+        return { g, r };
+      }));
+      if (body.stream_options?.include_usage === true) send(shape.usageFrame(done));
       send('[DONE]');
     } catch (err) {
+      abort.abort();
       // The status line has gone; the error travels as an event, as OpenAI sends it.
       send(ctx.errorFor(err, reply.request.id).body());
     }
     reply.raw.end();
     return reply;
   }
+}
+
+/** Two legacy logprobs objects as one (an echoed prompt's, then the completion's). */
+function joinLegacy<T extends ReturnType<typeof legacyLogprobs>>(a: T | null, b: T | null): T | null {
+  if (!a || !b) return a ?? b;
+  return {
+    ...a,
+    tokens: [...a.tokens, ...b.tokens],
+    token_logprobs: [...a.token_logprobs, ...b.token_logprobs],
+    top_logprobs: [...a.top_logprobs, ...b.top_logprobs],
+    text_offset: [...a.text_offset, ...b.text_offset],
+  };
 }
 
 /**
@@ -168,6 +237,19 @@ function finishReason(r: FinishReason): 'stop' | 'length' {
   return r === 'length' ? 'length' : 'stop';
 }
 
-export function usage(r: CompletionResult) {
-  return { prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens };
+/**
+ * OpenAI's usage: each prompt counted once however many choices it has (with its tokens found in the
+ * prefix cache as cached_tokens), every choice's completion tokens.
+ */
+export function usage(done: readonly { readonly g: { readonly first: boolean }; readonly r: CompletionResult }[]) {
+  let prompt = 0;
+  let cached = 0;
+  let completion = 0;
+  for (const { g, r } of done) {
+    completion += r.completionTokens;
+    if (!g.first) continue;
+    prompt += r.promptTokens;
+    cached += r.cachedTokens;
+  }
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
 }

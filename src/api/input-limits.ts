@@ -14,7 +14,7 @@ const MODEL_ECHO_CHARS = 64;
 
 export interface SizedRequest {
   readonly model: string;
-  readonly prompt?: string | readonly string[];
+  readonly prompt?: string | readonly string[] | readonly number[] | readonly (readonly number[])[];
   readonly messages?: readonly { readonly content: string; readonly name?: string | undefined }[];
   readonly stop?: string | readonly string[] | null;
 }
@@ -27,7 +27,8 @@ export function promptCharLimit(model: MoeModel): number {
 export function checkInputSizes(model: MoeModel, servedName: string, body: SizedRequest): void {
   if (body.model !== servedName) throw modelNotFound(body.model, servedName);
   const limit = promptCharLimit(model);
-  const promptChars = typeof body.prompt === 'string' ? body.prompt.length : (body.prompt ?? []).reduce((n, p) => n + p.length, 0);
+  // Each prompt of a list is a request of its own: the longest one must fit. Token-id prompts need no tokenizing.
+  const promptChars = typeof body.prompt === 'string' ? body.prompt.length : (body.prompt ?? []).reduce<number>((n, p) => Math.max(n, typeof p === 'string' ? p.length : 0), 0);
   const messageChars = (body.messages ?? []).reduce((n, m) => n + m.content.length + (m.name?.length ?? 0), 0);
   const [param, chars] = body.messages ? ['messages', messageChars] : ['prompt', promptChars];
   if (chars > limit) {

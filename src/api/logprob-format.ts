@@ -4,20 +4,36 @@ import type { TokenLogprob } from '../engine/logit-processing.js';
 import type { Token } from '../tokenizer/token.js';
 import type { TextTokenizer } from '../tokenizer/tokenizer.js';
 
+/** A prompt's first token, which nothing before it predicts: OpenAI and vLLM give it null logprobs. */
+export interface UnscoredToken {
+  readonly token: Token;
+  readonly logprob: null;
+  readonly top: null;
+}
+
+/** An echoed prompt's tokens with their logprobs (the engine's promptLogprobs: one per token, the first null). */
+export function promptTokenLogprobs(promptIds: readonly Token[], lps: readonly (TokenLogprob | null)[]): (TokenLogprob | UnscoredToken)[] {
+  return promptIds.map((token, i) => lps[i] ?? { token, logprob: null, top: null });
+}
+
 /** /v1/completions: parallel lists; top_logprobs maps token text to logprob (the sampled token included, as vLLM does). */
-export function legacyLogprobs(tokenizer: TextTokenizer, lps: readonly TokenLogprob[], textOffset: number) {
+export function legacyLogprobs(tokenizer: TextTokenizer, lps: readonly (TokenLogprob | UnscoredToken)[], textOffset: number) {
   const tokens: string[] = [];
-  const tokenLogprobs: number[] = [];
-  const topLogprobs: Record<string, number>[] = [];
+  const tokenLogprobs: (number | null)[] = [];
+  const topLogprobs: (Record<string, number> | null)[] = [];
   const offsets: number[] = [];
   let offset = textOffset;
   for (const lp of lps) {
     const text = tokenText(tokenizer, lp.token);
     tokens.push(text);
     tokenLogprobs.push(lp.logprob);
-    const top: Record<string, number> = { [text]: lp.logprob };
-    for (const t of lp.top) top[tokenText(tokenizer, t.token)] ??= t.logprob;
-    topLogprobs.push(top);
+    if (lp.top === null) {
+      topLogprobs.push(null);
+    } else {
+      const top: Record<string, number> = { [text]: lp.logprob as number };
+      for (const t of lp.top) top[tokenText(tokenizer, t.token)] ??= t.logprob;
+      topLogprobs.push(top);
+    }
     offsets.push(offset);
     offset += text.length;
   }

@@ -13,8 +13,8 @@ import { clientOf, parseBody, usage } from './completion-routes.js';
 import { prepareChat, prepareCompletion, type PreparedRequest } from './completion-request.js';
 import { chatLogprobs } from './logprob-format.js';
 import { OutputWatch, stallReason } from './output-watch.js';
-import { socketMessage } from './request-schemas.js';
-import { startGeneration } from './start-generation.js';
+import { socketMessage, type SocketMessage } from './request-schemas.js';
+import { startGenerations } from './start-generation.js';
 
 const ROUTE = '/v1/stream';
 
@@ -63,36 +63,47 @@ export function registerStreamSocket(app: FastifyInstance, ctx: RouteContext): v
         if (running.size >= limits.maxSocketRequests) {
           throw new ApiError(429, 'rate_limit_error', `this socket already has ${running.size} requests running, its most; wait for one to finish`, 'id', 'too_many_socket_requests');
         }
-        const { model } = ctx.ready();
-        const prepared = msg.type === 'chat' ? prepareChat(model, ctx.deps.modelName, msg) : prepareCompletion(model, ctx.deps.modelName, msg);
-        void ctx.inFlight.track(stream(msg.id, { ...prepared, client: clientOf(req) }, model.tokenizer));
+        void ctx.inFlight.track(start(msg));
       } catch (err) {
         fail(id, err);
       }
     });
+
+    /** Prepares (a response_format compiles asynchronously) and streams one request message. */
+    async function start(msg: Exclude<SocketMessage, { type: 'cancel' }>): Promise<void> {
+      // Taken now, so that a second message with this id is refused while this one is prepared.
+      const abort = new AbortController();
+      running.set(msg.id, abort);
+      try {
+        const { model } = ctx.ready();
+        const prepared = msg.type === 'chat' ? await prepareChat(model, ctx.deps.modelName, msg, ctx.formats) : await prepareCompletion(model, ctx.deps.modelName, msg, ctx.formats);
+        // A socket message streams one sequence: its messages carry no choice index.
+        if (prepared.n > 1 || prepared.prompts.length > 1 || prepared.echo) {
+          throw badRequest('n > 1, prompt lists and echo are served on POST /v1/completions and /v1/chat/completions; a socket request streams one sequence', prepared.n > 1 ? 'n' : prepared.echo ? 'echo' : 'prompt', 'unsupported_on_socket');
+        }
+        await stream(msg.id, prepared, model.tokenizer, abort);
+      } catch (err) {
+        fail(msg.id, err);
+      } finally {
+        running.delete(msg.id);
+      }
+    }
     socket.on('close', () => {
       watch[Symbol.dispose]();
       for (const abort of running.values()) abort.abort();
     });
 
-    async function stream(id: string, prepared: PreparedRequest, tokenizer: TextTokenizer): Promise<void> {
-      const abort = new AbortController();
-      running.set(id, abort);
-      try {
-        const gen = startGeneration(ctx, prepared, abort.signal);
-        for await (const c of gen.chunks) {
-          if (c.tokenId === null && !c.text) continue;
-          const token_ids = c.tokenId === null ? [] : [c.tokenId];
-          send(c.logprob ? { type: 'token', id, text: c.text, token_ids, logprobs: chatLogprobs(tokenizer, [c.logprob]).content } : { type: 'token', id, text: c.text, token_ids });
-        }
-        const result = await gen.result;
-        ctx.metrics.countRequest(ROUTE, 200);
-        send({ type: 'done', id, finish_reason: socketFinish(result.finishReason), usage: usage(result) });
-      } catch (err) {
-        fail(id, err);
-      } finally {
-        running.delete(id);
+    async function stream(id: string, prepared: PreparedRequest, tokenizer: TextTokenizer, abort: AbortController): Promise<void> {
+      const [gen] = startGenerations(ctx, prepared, clientOf(req), abort.signal);
+      if (!gen) return;
+      for await (const c of gen.chunks) {
+        if (c.tokenId === null && !c.text) continue;
+        const token_ids = c.tokenId === null ? [] : [c.tokenId];
+        send(c.logprob ? { type: 'token', id, text: c.text, token_ids, logprobs: chatLogprobs(tokenizer, [c.logprob]).content } : { type: 'token', id, text: c.text, token_ids });
       }
+      const result = await gen.result;
+      ctx.metrics.countRequest(ROUTE, 200);
+      send({ type: 'done', id, finish_reason: socketFinish(result.finishReason), usage: usage([{ g: gen, r: result }]) });
     }
   });
 }

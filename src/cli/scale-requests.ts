@@ -42,8 +42,9 @@ export async function connect(baseUrl: string, apiKey: string | undefined): Prom
 async function streamGreedy(client: OpenAI, model: string, prompt: string, maxTokens: number): Promise<RequestResult> {
   const startMs = performance.now();
   try {
-    // The API has no ignore_eos: a request may end early, and its tokens are counted as generated.
-    const stream = await client.completions.create({ model, prompt, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    // ignore_eos (vLLM's extension, which the server takes): every request decodes exactly maxTokens.
+    const body = { model, prompt, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true }, ignore_eos: true } as const;
+    const stream = await client.completions.create(body as Omit<typeof body, 'ignore_eos'>);
     let text = '';
     let firstTokenMs: number | null = null;
     let tokens: number | null = null;

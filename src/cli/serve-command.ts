@@ -7,6 +7,7 @@ import { InFlight, shutDown } from '../api/graceful-shutdown.js';
 import { DEFAULT_CLIENT_LIMITS, type ClientLimits } from '../api/output-watch.js';
 import { availableMemoryBytes, defaultKvBudgetBytes, kvTokensFor } from '../engine/kv-budget.js';
 import { BatchEngine } from '../engine/batch-engine.js';
+import { PrefixCache } from '../engine/prefix-cache.js';
 import { MoeModel } from '../engine/moe-model.js';
 import type { TraceWriter } from '../experts/trace-writer.js';
 import { argsFromEnv, blameEnv, ENV_PREFIX, unknownEnvVars } from './env-options.js';
@@ -34,6 +35,9 @@ ${SCHEDULER_OPTIONS_HELP}
   --kv-cache-mb N              KV-cache memory for all running requests; each reserves its prompt plus
                                max_tokens when admitted, and waits while that does not fit (default: every
                                --max-seqs slot at the full context, at most half the memory left after loading)
+  --prefix-cache-mb N          KV of earlier prompts kept for later requests that start the same way (a chat's
+                               system prompt and history): their prompt is not computed again. 0 turns it
+                               off (default: a quarter of the KV budget; CPU only, off on GPU providers)
 
 Clients (one client = one peer address):
   --client-max-running N       most requests one client has running; more of its requests wait while
@@ -60,6 +64,7 @@ const SERVE_OPTIONS = {
   log: { type: 'boolean', default: false },
   'drain-seconds': { type: 'string', default: '30' },
   'kv-cache-mb': { type: 'string' },
+  'prefix-cache-mb': { type: 'string' },
   'client-max-running': { type: 'string' },
   'client-max-queued': { type: 'string' },
   'socket-max-requests': { type: 'string', default: String(DEFAULT_CLIENT_LIMITS.maxSocketRequests) },
@@ -89,6 +94,7 @@ async function serve(args: readonly string[]): Promise<void> {
   const apiKey = values['api-key'] === undefined ? undefined : parseFlag('api-key', z.string().trim().min(1, 'the key is empty; leave --api-key out to serve without authentication'), values['api-key']);
   const drainMs = parseFlag('drain-seconds', numberFlag(0, 3600), values['drain-seconds']) * 1000;
   const kvCacheMb = values['kv-cache-mb'] === undefined ? undefined : parseFlag('kv-cache-mb', numberFlag(1, 1 << 30), values['kv-cache-mb']);
+  const prefixCacheMb = values['prefix-cache-mb'] === undefined ? undefined : parseFlag('prefix-cache-mb', numberFlag(0, 1 << 30), values['prefix-cache-mb']);
   const maxSeqsPerClient = values['client-max-running'] === undefined ? scheduler.maxSeqs : parseFlag('client-max-running', intFlag(1), values['client-max-running']);
   const maxQueuePerClient = values['client-max-queued'] === undefined ? Math.ceil(scheduler.maxQueue / 2) : parseFlag('client-max-queued', intFlag(1), values['client-max-queued']);
   const clientLimits: ClientLimits = {
@@ -131,7 +137,9 @@ async function serve(args: readonly string[]): Promise<void> {
   if (maxKvTokens < model.spec.maxPositions) {
     process.stderr.write(`moe-serve serve: warning: --kv-cache-mb holds ${maxKvTokens} tokens, less than one full context (${model.spec.maxPositions}); longer requests get 400\n`);
   }
-  const engine = new BatchEngine(model, { ...scheduler, maxKvTokens, maxSeqsPerClient, maxQueuePerClient });
+  const prefixCacheBytes = model.runtime.onGpu ? 0 : Math.floor(prefixCacheMb === undefined ? kvBudgetBytes / 4 : prefixCacheMb * 2 ** 20);
+  const prefixCache = prefixCacheBytes >= 1 ? new PrefixCache(prefixCacheBytes) : undefined;
+  const engine = new BatchEngine(model, { ...scheduler, maxKvTokens, maxSeqsPerClient, maxQueuePerClient }, { prefixCache });
   const observer = trace ? () => (trace as TraceWriter).request() : undefined;
   // /health is open to anyone: the error's code, not the trace file's path.
   const warnings = () => (trace?.error ? [`the routing trace is off after a write error (${errorCode(trace.error.cause)}); requests are served without it`] : []);
@@ -139,6 +147,7 @@ async function serve(args: readonly string[]): Promise<void> {
   const forms = model.computeForms;
   process.stderr.write(
     `model loaded: serving '${modelName}' on ${address}; KV budget ${(kvBudgetBytes / 2 ** 20).toFixed(0)} MiB (${maxKvTokens} tokens); ` +
+      `prefix cache ${prefixCache ? `${(prefixCacheBytes / 2 ** 20).toFixed(0)} MiB` : 'off'}; ` +
       `experts ${forms.experts} (${forms.expertRoute} route), attention ${forms.attention}, other weights ${forms.weights}\n`,
   );
   await signalled.first;

@@ -41,7 +41,7 @@ describe('OpenAI-compatible API with the official client', () => {
     assert.equal(r.object, 'text_completion');
     assert.equal(r.choices[0]?.text, first.greedy_text);
     assert.equal(r.choices[0]?.finish_reason, 'length');
-    assert.deepEqual(r.usage, { prompt_tokens: 3, completion_tokens: 32, total_tokens: 35 });
+    assert.deepEqual(r.usage, { prompt_tokens: 3, completion_tokens: 32, total_tokens: 35, prompt_tokens_details: { cached_tokens: 0 } });
   });
 
   test('a streamed completion sends the same text in chunks sharing one id, finish_reason only at the end, then usage', async () => {

@@ -4,6 +4,7 @@ import OpenAI from 'openai';
 import { buildApp, type AppDeps } from '../../src/api/build-app.js';
 import { BatchEngine } from '../../src/engine/batch-engine.js';
 import type { MoeModel } from '../../src/engine/moe-model.js';
+import { PrefixCache } from '../../src/engine/prefix-cache.js';
 
 export const MODEL_NAME = 'tiny-moe';
 
@@ -20,11 +21,14 @@ export interface TestServer {
 export interface TestServerOptions extends Partial<Omit<AppDeps, 'serving' | 'modelName'>> {
   maxSeqs?: number;
   maxQueue?: number;
+  /** Prefix-cache budget; default none. */
+  prefixCacheBytes?: number;
 }
 
 export async function startServer(model: MoeModel, opts: TestServerOptions = {}): Promise<TestServer> {
-  const { maxSeqs, maxQueue, ...deps } = opts;
-  const engine = new BatchEngine(model, { maxBatchTokens: 256, maxSeqs: maxSeqs ?? 8, maxQueue: maxQueue ?? 32 });
+  const { maxSeqs, maxQueue, prefixCacheBytes, ...deps } = opts;
+  const prefixCache = prefixCacheBytes ? new PrefixCache(prefixCacheBytes) : undefined;
+  const engine = new BatchEngine(model, { maxBatchTokens: 256, maxSeqs: maxSeqs ?? 8, maxQueue: maxQueue ?? 32 }, { prefixCache });
   const app = buildApp({ ...deps, serving: () => ({ model, engine }), modelName: MODEL_NAME });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const { port } = app.server.address() as AddressInfo;
