@@ -8,12 +8,13 @@ import { benchBatch } from './bench-batch.js';
 import { benchDecodeRow, decodeTable, parseFormPairs, type DecodeRow, type FormPair } from './bench-decode.js';
 import { benchKernelRoute, benchKernels, KERNEL_SHAPES } from './bench-kernels.js';
 import { benchOffload } from './bench-offload.js';
+import { benchPrefix } from './bench-prefix.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 import { benchQuant } from './bench-quant.js';
 import { benchScale } from './bench-scale.js';
 import { computeOptions, DEFAULT_MODEL_DIR, intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
 
-export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels|scale [options]
+export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels|scale|prefix [options]
 
 decode: batch-1 prompt and decode tokens/s, and where each token's time goes (session runs by kind,
 sampling, the JavaScript between runs). Greedy, end-of-sequence ignored so every run decodes the same
@@ -63,6 +64,22 @@ Model flags given here and serve flags after -- go to the server, e.g.
                        start (--expert-policy all), and report each batch's decode time against the bound
                        (disk bytes per token / sequential bandwidth + that all-resident time per token)
 
+prefix: multi-turn chat sessions (the model's chat template, greedy) replayed on an engine with the
+prefix cache and on one without, one request at a time, alternating which goes first each turn; each
+engine's replies become its own history. Per turn: time to first token with and without, prompt tokens
+computed, cached tokens, and the share of the prompt the previous turn's prompt and reply held. Fails
+unless both engines generate the same tokens. End-of-sequence is ignored, so every reply is
+--reply-tokens long and the history grows the same way on every run. Texts are built from a fixed pool of
+documentation sentences; sessions share no prefix unless --shared-system.
+  --sessions N         chat sessions (default 3)
+  --turns N            user turns per session (default 4)
+  --system-tokens N    system prompt length, about (default 300)
+  --user-tokens N      each user message's length, about (default 40)
+  --reply-tokens N     tokens generated per turn (max_tokens; default 32)
+  --shared-system      every session starts from the same system prompt
+  --prefix-cache-mb N  the prefix cache's budget (default 64)
+  --max-batch-tokens N most tokens per engine step, so prompt chunk size (default 512)
+
   --tokens N         tokens to generate per run (default 128)
   --runs N           measured runs per prompt (default 3)
   --threads LIST     comma-separated CPU thread counts to compare, 0 = automatic (default 0)
@@ -95,6 +112,13 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       rounds: { type: 'string', default: '1' },
       'compare-unlimited': { type: 'boolean', default: false },
       'resident-baseline': { type: 'boolean', default: false },
+      sessions: { type: 'string', default: '3' },
+      turns: { type: 'string', default: '4' },
+      'system-tokens': { type: 'string', default: '300' },
+      'user-tokens': { type: 'string', default: '40' },
+      'reply-tokens': { type: 'string', default: '32' },
+      'shared-system': { type: 'boolean', default: false },
+      'prefix-cache-mb': { type: 'string', default: '64' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     allowPositionals: true,
@@ -161,10 +185,24 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       });
       return;
     }
+    case 'prefix':
+      await benchPrefix({
+        modelDir: opts.modelDir,
+        load: loadOptions(opts),
+        sessions: parseFlag('sessions', intFlag(1), values.sessions),
+        turns: parseFlag('turns', intFlag(1), values.turns),
+        systemTokens: parseFlag('system-tokens', intFlag(1), values['system-tokens']),
+        userTokens: parseFlag('user-tokens', intFlag(1), values['user-tokens']),
+        replyTokens: parseFlag('reply-tokens', intFlag(1), values['reply-tokens']),
+        sharedSystem: values['shared-system'],
+        prefixCacheMb: parseFlag('prefix-cache-mb', z.coerce.number().positive('must be a positive number of MiB'), values['prefix-cache-mb']),
+        maxBatchTokens: schedulerOptions(values).maxBatchTokens,
+      });
+      return;
     case 'decode':
       break;
     default:
-      throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, quant, kernels, scale)`);
+      throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, quant, kernels, scale, prefix)`);
   }
   const runs = parseFlag('runs', intFlag(1), values.runs);
   const threadList = parseFlag('threads', z.array(intFlag(0)).min(1), values.threads.split(','));
