@@ -155,6 +155,8 @@ export class BatchEngine implements AsyncDisposable {
   private readonly scheduler: Scheduler;
   private readonly sequences = new Map<string, Sequence>();
   private readonly prefixCache: PrefixCache | undefined;
+  /** Sequences whose prompt the last step finished computing, for the prefix cache. */
+  private readonly toStore: Sequence[] = [];
   private nextId = 0;
   private loop: Promise<void> | null = null;
   private steps = 0;
@@ -329,6 +331,7 @@ export class BatchEngine implements AsyncDisposable {
       }
       // Between steps the event loop serves I/O: each step blocks it (session.run is synchronous).
       await yieldToEventLoop();
+      this.storePrompts();
     }
   }
 
@@ -398,8 +401,16 @@ export class BatchEngine implements AsyncDisposable {
       }
     }
     if (start + count < P) return;
-    if (seq.kv) this.prefixCache?.store(seq.promptIds, seq.kv);
+    // Stored after the step has handed out its tokens: copying the blocks out is not on the way to the first token.
+    if (this.prefixCache) this.toStore.push(seq);
     if (seq.promptTop !== undefined) seq.stream.push({ tokenId: null, text: '', promptLogprobs: seq.promptLogprobs });
+  }
+
+  /** Keeps the prompts computed last step in the prefix cache (those still running: end() stores the others). */
+  private storePrompts(): void {
+    for (const seq of this.toStore.splice(0)) {
+      if (seq.kv && this.sequences.has(seq.id)) this.prefixCache?.store(seq.promptIds, seq.kv);
+    }
   }
 
   /**

@@ -154,6 +154,15 @@ export class SequenceKvCache implements Disposable {
     return out;
   }
 
+  /**
+   * Grows every layer's buffer to hold `total` rows at once (host caches), so that rows imported block by
+   * block do not regrow, and copy, the buffer every few blocks.
+   */
+  reserveRows(total: number): void {
+    if (total > this.shape.maxPositions) throw new ContextLengthError(total, this.shape.maxPositions);
+    for (const l of this.layers) hostLayer(l).reserve(Math.max(total, this.tokens));
+  }
+
   /** Appends `count` rows laid out as exportRows() gives them after the cached ones, as if computed here. */
   importRows(rows: Float32Array, count: number): void {
     if (rows.length !== this.rowFloats(count)) throw new RangeError(`${rows.length} floats are not ${count} rows`);

@@ -82,6 +82,7 @@ export class PrefixCache {
       if (!block || !sameTokens(block.tokens, blockTokens)) break;
       found.push({ key, block });
     }
+    if (found.length > 0) kv.reserveRows(found.length * this.blockTokens);
     for (const { block } of found) kv.importRows(block.rows, this.blockTokens);
     this.touch(found.map((f) => f.key));
     const hit = found.length * this.blockTokens;
