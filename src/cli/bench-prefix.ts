@@ -6,6 +6,7 @@ import { prepareChat, type ResponseFormats } from '../api/completion-request.js'
 import { BatchEngine, type CompletionRequest } from '../engine/batch-engine.js';
 import { MoeModel, type ModelLoadOptions } from '../engine/moe-model.js';
 import { PrefixCache, type PrefixCacheStats } from '../engine/prefix-cache.js';
+import { createRng } from '../engine/sampler.js';
 import type { Token } from '../tokenizer/token.js';
 import { round } from './bench-format.js';
 import { UsageError } from './cli-error.js';
@@ -225,7 +226,9 @@ class SessionTexts {
 
   /** The pool's sentences as words, shuffled by `seed` and started at sentence `seed`, repeated as needed. */
   sentences(seed: number): string[] {
-    const next = mulberry32(seed + 1);
+    // The sampler's seeded generator: the same sessions on every run and machine.
+    const rng = createRng(seed + 1);
+    const next = () => rng.next();
     const order = POOL.map((_, i) => i);
     for (let i = order.length - 1; i > 0; i--) {
       const j = Math.floor(next() * (i + 1));
@@ -250,18 +253,6 @@ class SessionTexts {
     }
     return words.slice(0, lo).join(' ');
   }
-}
-
-/** A small seeded generator (mulberry32): the same sessions on every run and machine. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function commonPrefix(a: readonly number[], b: readonly number[]): number {
