@@ -122,6 +122,9 @@ export interface EngineOptions {
  */
 export const FAILING_AFTER = 5;
 
+/** Most logits one step returns for a sequence that scores its prompt (echo with logprobs). */
+const PROMPT_LOGITS_BYTES = 64 * 2 ** 20;
+
 export interface EngineHealth {
   readonly failing: boolean;
   /** Why, when failing: the count and the latest error's kind (its message, which may hold paths, is in the log). */
@@ -213,6 +216,9 @@ export class BatchEngine implements AsyncDisposable {
     const kvTokens = kvRowsFor(req.promptIds.length + maxTokens, spec.maxPositions);
     // Prompt logprobs need every prompt position's logits: such sequences compute their whole prompt.
     const shares = !this.model.runtime.onGpu && req.promptLogprobs === undefined;
+    // Their chunks return a logits row per token: bounded, so that a long prompt of a large vocabulary
+    // does not ask the LM head for hundreds of MB at once.
+    const maxChunk = req.promptLogprobs === undefined ? undefined : Math.max(1, Math.floor(PROMPT_LOGITS_BYTES / (spec.vocabSize * Float32Array.BYTES_PER_ELEMENT)));
     const added: Sequence[] = [];
     try {
       for (let i = 0; i < n; i++) {
@@ -221,7 +227,7 @@ export class BatchEngine implements AsyncDisposable {
         const seq = this.newSequence(id, { ...req, observer: observerFor ? observerFor(i) : req.observer }, i, leader);
         // Everything that can throw for a bad request has run: the scheduler never holds a request the
         // engine does not know (a throw after add() would leave a slot no step could fill).
-        this.scheduler.add({ id, promptTokens: req.promptIds.length, maxTokens, kvTokens, client: req.client, after: leader });
+        this.scheduler.add({ id, promptTokens: req.promptIds.length, maxTokens, kvTokens, client: req.client, after: leader, maxChunk });
         this.sequences.set(id, seq);
         added.push(seq);
       }

@@ -57,6 +57,8 @@ export interface NewRequest {
    * follow the first, so that they take its prompt's KV instead of computing it again.
    */
   readonly after?: string;
+  /** Most tokens of it one step computes (default: the step's budget), e.g. to bound a chunk's logits. */
+  readonly maxChunk?: number;
 }
 
 /** What the scheduler asks its owner when it admits a request. */
@@ -176,6 +178,7 @@ interface TrackedRequest {
   readonly client: string;
   readonly kvTokens: number;
   readonly after: string | undefined;
+  readonly maxChunk: number;
   status: RequestStatus;
   computedTokens: number;
   generatedTokens: number;
@@ -199,7 +202,7 @@ class StepPlan {
   /** Gives the request as many of its uncomputed tokens as the budget allows (maybe none). */
   take(request: TrackedRequest): void {
     const uncomputed = totalTokens(request) - request.computedTokens;
-    const count = Math.min(uncomputed, this.budgetTokens);
+    const count = Math.min(uncomputed, this.budgetTokens, request.maxChunk);
     if (count <= 0) return;
     this.budgetTokens -= count;
     const chunk = { id: request.id, start: request.computedTokens, count, samples: count === uncomputed && request.maxTokens > 0 };
@@ -277,6 +280,7 @@ export class Scheduler {
       client,
       kvTokens,
       after: request.after,
+      maxChunk: request.maxChunk === undefined ? Number.MAX_SAFE_INTEGER : requirePositiveInteger(`request '${id}' maxChunk`, request.maxChunk),
       status: RequestStatus.WAITING,
       computedTokens: 0,
       generatedTokens: 0,

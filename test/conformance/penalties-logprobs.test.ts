@@ -126,5 +126,25 @@ for (const device of testDevices()) {
         }
       }
     });
+
+    test('prompt logprobs are the same computed in one step and in chunks of 3 tokens beside other requests', async () => {
+      const tolerance = logitTolerance(device, 1e-4);
+      const ids = asTokens([...reference.prompts[0]!.input_ids, ...reference.prompts[0]!.greedy_ids.slice(0, 10)]);
+      const score = { promptIds: ids, maxTokens: 0, sampling: GREEDY, promptLogprobs: 2 };
+      const whole = await alone(model, score);
+      await using engine = new BatchEngine(model, { maxBatchTokens: 3, maxSeqs: 4, maxQueue: 8 });
+      const others = [1, 2].map((i) => engine.submit({ promptIds: asTokens(reference.prompts[i]!.input_ids), maxTokens: 6, sampling: GREEDY }));
+      const chunked = engine.submit(score);
+      for (const o of others) await drain(o);
+      for await (const c of chunked) void c;
+      const r = await chunked.result;
+      assert.equal(whole.promptLogprobs?.length, ids.length);
+      assert.equal(whole.promptLogprobs?.[0], null);
+      assert.deepEqual(r.completionIds, [], 'max_tokens 0 generates nothing');
+      assert.equal(r.finishReason, 'length');
+      assertLogprobsClose(r.promptLogprobs?.slice(1) as TokenLogprob[], whole.promptLogprobs?.slice(1) as TokenLogprob[], tolerance, 'chunked prompt');
+      // Position t's logprob is of the prompt's own token t.
+      r.promptLogprobs?.slice(1).forEach((lp, t) => assert.equal(lp?.token, ids[t + 1]));
+    });
   });
 }

@@ -118,6 +118,14 @@ describe('Scheduler', () => {
     assert.deepEqual(s.schedule().steps, [chunk('a', 5, 1, true)]);
   });
 
+  test('maxChunk bounds how many of a request\'s tokens one step computes', () => {
+    const s = makeScheduler({ maxBatchTokens: 16 });
+    s.add({ id: 'a', promptTokens: 7, maxTokens: 1, maxChunk: 3 });
+    assert.deepEqual(step(s).output.steps, [chunk('a', 0, 3, false)]);
+    assert.deepEqual(step(s).output.steps, [chunk('a', 3, 3, false)]);
+    assert.deepEqual(step(s).output.steps, [chunk('a', 6, 1, true)]);
+  });
+
   test('a request after one that left is admitted at once', () => {
     const s = makeScheduler();
     s.add({ id: 'a', promptTokens: 6, maxTokens: 2 });
