@@ -2,6 +2,7 @@
 // sequence and the request's latency metrics.
 import type { CompletionResult } from '../engine/batch-engine.js';
 import type { GeneratedChunk } from '../engine/completion-state.js';
+import { badRequest } from './api-errors.js';
 import type { RouteContext } from './build-app.js';
 import type { PreparedPrompt, PreparedRequest } from './completion-request.js';
 
@@ -23,6 +24,11 @@ export interface Generation {
 export function startGenerations(ctx: RouteContext, prepared: PreparedRequest, client: string, signal: AbortSignal): Generation[] {
   const receivedAt = performance.now();
   const serving = ctx.ready();
+  const sequences = prepared.prompts.length * prepared.n;
+  // A request that could never be queued whole is the client's to change, not to retry (429 would say retry).
+  if (sequences > serving.engine.queueCapacity) {
+    throw badRequest(`this request is ${prepared.prompts.length} prompt(s) x n = ${prepared.n}: ${sequences} sequences; this server queues at most ${serving.engine.queueCapacity} per client`, prepared.prompts.length > 1 ? 'prompt' : 'n', 'too_many_sequences');
+  }
   const own = new AbortController();
   const cancel = () => own.abort();
   if (signal.aborted) cancel();

@@ -178,6 +178,12 @@ export class BatchEngine implements AsyncDisposable {
     this.prefixCache = model.runtime.onGpu ? undefined : options.prefixCache;
   }
 
+  /** Most sequences one client's request can queue at once: more can never be accepted, whatever runs. */
+  get queueCapacity(): number {
+    const c = this.scheduler.config;
+    return Math.min(c.maxQueue, c.maxQueuePerClient);
+  }
+
   get stats(): EngineStats {
     return {
       steps: this.steps,

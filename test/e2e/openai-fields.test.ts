@@ -187,6 +187,14 @@ describe('OpenAI request fields through the official client', () => {
     }
   });
 
+  test('a request of more sequences than the server can ever queue is a 400, not a 429 to retry', async () => {
+    const capacity = server.engine.queueCapacity;
+    const prompts = Array.from({ length: Math.ceil((capacity + 1) / 16) }, () => 'x');
+    const err = await refusal(server.client.completions.create({ model: MODEL, prompt: prompts, n: 16, max_tokens: 1 }));
+    assert.equal(err.status, 400);
+    assert.equal(err.code, 'too_many_sequences');
+  });
+
   test('a list of prompts is refused whole when one prompt is too long: nothing of it runs', async () => {
     const tooLong = Array(model.spec.maxPositions).fill(5);
     const before = server.engine.stats.steps;
