@@ -8,7 +8,7 @@ import { MoeModel, type ModelLoadOptions } from '../engine/moe-model.js';
 import { PrefixCache, type PrefixCacheStats } from '../engine/prefix-cache.js';
 import { createRng } from '../engine/sampler.js';
 import type { Token } from '../tokenizer/token.js';
-import { round } from './bench-format.js';
+import { median, round } from './bench-format.js';
 import { UsageError } from './cli-error.js';
 
 export interface PrefixBenchOptions {
@@ -265,12 +265,6 @@ function commonPrefix(a: readonly number[], b: readonly number[]): number {
 function firstDifference(a: readonly number[], b: readonly number[]): number {
   const common = commonPrefix(a, b);
   return common === a.length && common === b.length ? -1 : common;
-}
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((x, y) => x - y);
-  const mid = s.length >> 1;
-  return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
 const mean = (xs: readonly number[]) => xs.reduce((n, x) => n + x, 0) / xs.length;

@@ -5,7 +5,7 @@
 // output equals a server's without the limit.
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { round } from './bench-format.js';
+import { median, round } from './bench-format.js';
 import { CgroupUnavailableError, createMemoryGroup, type MemoryGroup, type MemoryGroupUsage } from './cgroup-memory.js';
 import { UsageError } from './cli-error.js';
 import { dropPageCache, measureSequentialRead, type SequentialRead } from './disk-bandwidth.js';
@@ -278,9 +278,9 @@ function phaseRow(phase: DecodePhase, tokens: number, experts: ExpertDelta | nul
     ended_early: ok.filter((r) => r.tokens < tokens).length,
     output_tokens_per_s: round(outputTokens / (phase.wallMs / 1000), 2),
     decode_tokens_per_s: phase.decodeWindowMs > 0 && decodeTokens > 0 ? round(decodeTokens / (phase.decodeWindowMs / 1000), 2) : null,
-    latency_p50_s: median(latencies),
+    latency_p50_s: p50(latencies),
     latency_max_s: latencies.length ? round(Math.max(...latencies), 3) : null,
-    ttft_p50_s: median(ok.map((r) => (r.firstTokenMs - r.startMs) / 1000)),
+    ttft_p50_s: p50(ok.map((r) => (r.firstTokenMs - r.startMs) / 1000)),
     disk_bytes_per_token: experts && outputTokens > 0 ? Math.round(experts.bytesFromDisk / outputTokens) : null,
     disk_reads: experts?.diskReads ?? null,
     disk_busy_s: experts?.diskBusyMs == null ? null : round(experts.diskBusyMs / 1000, 3),
@@ -321,11 +321,9 @@ function requestFailures(results: readonly RequestResult[], where: string): stri
   return results.flatMap((r) => (r.ok ? [] : [`${where}: request for ${JSON.stringify(r.prompt)} failed: ${r.error}`]));
 }
 
-function median(xs: readonly number[]): number | null {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return round(s.length % 2 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2, 3);
+/** The median to 3 decimals; null for none (a phase whose every request failed). */
+function p50(xs: readonly number[]): number | null {
+  return xs.length === 0 ? null : round(median(xs), 3);
 }
 
 function bandwidthRow(b: SequentialRead) {
