@@ -149,8 +149,7 @@ export class SequenceKvCache implements Disposable {
   exportRows(start: number, count: number): Float32Array {
     if (start < 0 || count < 0 || start + count > this.tokens) throw new RangeError(`rows [${start}, ${start + count}) of a cache holding ${this.tokens}`);
     const out = new Float32Array(this.rowFloats(count));
-    const per = out.length / this.shape.numLayers / 2;
-    this.layers.forEach((l, i) => hostLayer(l).copyOut(start, count, out.subarray(2 * i * per, (2 * i + 1) * per), out.subarray((2 * i + 1) * per, (2 * i + 2) * per)));
+    this.eachLayerOf(out, (layer, keys, values) => layer.copyOut(start, count, keys, values));
     return out;
   }
 
@@ -166,15 +165,15 @@ export class SequenceKvCache implements Disposable {
   /** Appends `count` rows laid out as exportRows() gives them after the cached ones, as if computed here. */
   importRows(rows: Float32Array, count: number): void {
     if (rows.length !== this.rowFloats(count)) throw new RangeError(`${rows.length} floats are not ${count} rows`);
-    const total = this.tokens + count;
-    if (total > this.shape.maxPositions) throw new ContextLengthError(total, this.shape.maxPositions);
+    this.reserveRows(this.tokens + count);
+    this.eachLayerOf(rows, (layer, keys, values) => layer.copyIn(this.tokens, count, keys, values));
+    this.tokens += count;
+  }
+
+  /** Each host layer with its keys and values in `rows`, laid out as exportRows() lays them out. */
+  private eachLayerOf(rows: Float32Array, f: (layer: InPlaceLayerKv, keys: Float32Array, values: Float32Array) => void): void {
     const per = rows.length / this.shape.numLayers / 2;
-    this.layers.forEach((l, i) => {
-      const layer = hostLayer(l);
-      layer.reserve(total);
-      layer.copyIn(this.tokens, count, rows.subarray(2 * i * per, (2 * i + 1) * per), rows.subarray((2 * i + 1) * per, (2 * i + 2) * per));
-    });
-    this.tokens = total;
+    this.layers.forEach((l, i) => f(hostLayer(l), rows.subarray(2 * i * per, (2 * i + 1) * per), rows.subarray((2 * i + 1) * per, (2 * i + 2) * per)));
   }
 
   /** Takes a layer's run outputs; `b`: this sequence's item in a batched run (host caches only). */
