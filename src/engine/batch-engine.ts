@@ -149,7 +149,6 @@ interface Sequence {
   /** What went wrong while admitting it (allocating or filling its KV cache): it fails after schedule(). */
   admitError: unknown;
   cachedTokens: number;
-  sampledAny: boolean;
   timings: { promptMs: number; decodeMs: number; samplingMs: number };
   detachAbort: () => void;
 }
@@ -279,7 +278,6 @@ export class BatchEngine implements AsyncDisposable {
       kv: null,
       admitError: null,
       cachedTokens: 0,
-      sampledAny: false,
       timings: { promptMs: 0, decodeMs: 0, samplingMs: 0 },
       detachAbort: () => undefined,
     };
@@ -371,7 +369,8 @@ export class BatchEngine implements AsyncDisposable {
       const rows = logits[i];
       if (rows === undefined) return; // its forward pass failed: already failed
       this.tokensComputed += chunk.count;
-      if (seq.sampledAny) seq.timings.decodeMs += stepMs;
+      // Steps before its first token are its prompt's, the rest decode.
+      if (seq.tokens.length > seq.promptIds.length) seq.timings.decodeMs += stepMs;
       else seq.timings.promptMs += stepMs;
       try {
         if (promptCount > 0) this.promptComputed(seq, chunk.start, promptCount, rows);
@@ -381,7 +380,6 @@ export class BatchEngine implements AsyncDisposable {
         const out = seq.state.accept(token, logprob);
         seq.timings.samplingMs += performance.now() - ts;
         seq.tokens.push(token);
-        seq.sampledAny = true;
         this.tokensGenerated++;
         this.failuresInARow = 0;
         sampled.set(seq.id, token);
