@@ -6,23 +6,13 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { buildApp, EmptyApiKeyError } from '../../src/api/build-app.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
-import { engineIdle, MODEL_NAME as MODEL, startServer as start, type TestServer as Server } from '../helpers/api-server.js';
+import { apiErrorOf, engineIdle, MODEL_NAME as MODEL, startServer as start, type TestServer as Server } from '../helpers/api-server.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
 import { FIXTURES_DIR, readJson, TINY_MOE_DIR } from '../helpers/paths.js';
 import { join } from 'node:path';
 
 const reference = readJson<{ prompts: FixturePrompt[] }>(join(FIXTURES_DIR, 'tiny-moe-reference.json'));
 const first = reference.prompts[0]!;
-
-async function statusOf(p: Promise<unknown>): Promise<InstanceType<typeof OpenAI.APIError>> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof OpenAI.APIError) return err;
-    throw err;
-  }
-  assert.fail('the request succeeded');
-}
 
 describe('OpenAI-compatible API with the official client', () => {
   let model: MoeModel;
@@ -139,13 +129,13 @@ describe('OpenAI-compatible API with the official client', () => {
   });
 
   test('unsupported or out-of-range sampling fields are 400s naming the field', async () => {
-    const e1 = await statusOf(server.client.completions.create({ model: MODEL, prompt: 'x', presence_penalty: 3 }));
+    const e1 = await apiErrorOf(server.client.completions.create({ model: MODEL, prompt: 'x', presence_penalty: 3 }));
     assert.equal(e1.status, 400);
     assert.equal(e1.param, 'presence_penalty');
-    const e2 = await statusOf(server.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }], top_logprobs: 2 }));
+    const e2 = await apiErrorOf(server.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'x' }], top_logprobs: 2 }));
     assert.equal(e2.status, 400);
     assert.equal(e2.param, 'top_logprobs');
-    const e3 = await statusOf(server.client.completions.create({ model: MODEL, prompt: 'x', best_of: 2 }));
+    const e3 = await apiErrorOf(server.client.completions.create({ model: MODEL, prompt: 'x', best_of: 2 }));
     assert.equal(e3.status, 400);
     assert.equal(e3.param, 'best_of');
   });
@@ -166,7 +156,7 @@ describe('OpenAI-compatible API with the official client', () => {
       const { port } = app.server.address() as AddressInfo;
       assert.equal((await fetch(`http://127.0.0.1:${port}/health`)).status, 503);
       const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'unused', maxRetries: 0 });
-      const e = await statusOf(client.completions.create({ model: MODEL, prompt: 'x' }));
+      const e = await apiErrorOf(client.completions.create({ model: MODEL, prompt: 'x' }));
       assert.equal(e.status, 503);
       assert.equal(e.code, 'model_loading');
     } finally {
@@ -180,28 +170,28 @@ describe('OpenAI-compatible API with the official client', () => {
   });
 
   test('errors come back in the OpenAI shape: 400 naming the field, 404 for an unknown model', async () => {
-    const bad = await statusOf(server.client.completions.create({ model: MODEL, prompt: 'x', temperature: 7 }));
+    const bad = await apiErrorOf(server.client.completions.create({ model: MODEL, prompt: 'x', temperature: 7 }));
     assert.equal(bad.status, 400);
     assert.equal(bad.type, 'invalid_request_error');
     assert.equal(bad.param, 'temperature');
-    const unknown = await statusOf(server.client.completions.create({ model: 'gpt-9', prompt: 'x' }));
+    const unknown = await apiErrorOf(server.client.completions.create({ model: 'gpt-9', prompt: 'x' }));
     assert.equal(unknown.status, 404);
     assert.equal(unknown.code, 'model_not_found');
-    const empty = await statusOf(server.client.completions.create({ model: MODEL, prompt: '' }));
+    const empty = await apiErrorOf(server.client.completions.create({ model: MODEL, prompt: '' }));
     assert.equal(empty.status, 400);
     for (const max_tokens of [-1, 0, 1.5, 10_000_000]) {
-      const e = await statusOf(server.client.completions.create({ model: MODEL, prompt: 'x', max_tokens }));
+      const e = await apiErrorOf(server.client.completions.create({ model: MODEL, prompt: 'x', max_tokens }));
       assert.equal(e.status, 400, `max_tokens ${max_tokens}`);
       assert.equal(e.param, 'max_tokens');
     }
-    const wrongType = await statusOf(server.client.completions.create({ model: MODEL, prompt: 7 as unknown as string }));
+    const wrongType = await apiErrorOf(server.client.completions.create({ model: MODEL, prompt: 7 as unknown as string }));
     assert.equal(wrongType.param, 'prompt');
     const long = 'The Python interpreter '.repeat(2 * model.spec.maxPositions);
-    const tooLong = await statusOf(server.client.completions.create({ model: MODEL, prompt: long }));
+    const tooLong = await apiErrorOf(server.client.completions.create({ model: MODEL, prompt: long }));
     assert.equal(tooLong.status, 400);
     assert.equal(tooLong.code, 'context_length_exceeded');
     assert.equal(tooLong.param, 'prompt');
-    const chatTooLong = await statusOf(server.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: long }] }));
+    const chatTooLong = await apiErrorOf(server.client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: long }] }));
     assert.equal(chatTooLong.param, 'messages');
   });
 
@@ -233,7 +223,7 @@ describe('OpenAI-compatible API with the official client', () => {
     const guarded = await start(model, { apiKey: 'secret' });
     try {
       const wrong = new OpenAI({ baseURL: guarded.baseURL, apiKey: 'nope', maxRetries: 0 });
-      const e = await statusOf(wrong.models.list());
+      const e = await apiErrorOf(wrong.models.list());
       assert.equal(e.status, 401);
       assert.equal(e.type, 'authentication_error');
       assert.equal((await guarded.client.models.list()).data.length, 1);
@@ -251,7 +241,7 @@ describe('OpenAI-compatible API with the official client', () => {
     const guarded = await start(model, { apiKey: 'secret' });
     try {
       for (const key of ['secres', 'secret-longer', 's']) {
-        const e = await statusOf(new OpenAI({ baseURL: guarded.baseURL, apiKey: key, maxRetries: 0 }).models.list());
+        const e = await apiErrorOf(new OpenAI({ baseURL: guarded.baseURL, apiKey: key, maxRetries: 0 }).models.list());
         assert.equal(e.status, 401, key);
       }
     } finally {

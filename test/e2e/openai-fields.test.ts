@@ -7,22 +7,12 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { F32 } from '../helpers/devices.js';
-import { MODEL_NAME as MODEL, startServer, type TestServer } from '../helpers/api-server.js';
+import { apiErrorOf, MODEL_NAME as MODEL, startServer, type TestServer } from '../helpers/api-server.js';
 import type { FixturePrompt } from '../helpers/fixtures.js';
 import { FIXTURES_DIR, readJson, TINY_MOE_DIR } from '../helpers/paths.js';
 
 const reference = readJson<{ prompts: FixturePrompt[] }>(join(FIXTURES_DIR, 'tiny-moe-reference.json'));
 const [first, second] = reference.prompts as [FixturePrompt, FixturePrompt];
-
-async function refusal(p: Promise<unknown>): Promise<InstanceType<typeof OpenAI.APIError>> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof OpenAI.APIError) return err;
-    throw err;
-  }
-  assert.fail('the request succeeded');
-}
 
 function logSoftmax(logits: readonly number[], token: number): number {
   const max = Math.max(...logits);
@@ -181,7 +171,7 @@ describe('OpenAI request fields through the official client', () => {
       [{ prompt: [[]] }, 'prompt.0'],
     ];
     for (const [body, param] of cases) {
-      const err = await refusal(server.client.completions.create({ model: MODEL, ...body } as OpenAI.CompletionCreateParamsNonStreaming));
+      const err = await apiErrorOf(server.client.completions.create({ model: MODEL, ...body } as OpenAI.CompletionCreateParamsNonStreaming));
       assert.equal(err.status, 400, JSON.stringify(body));
       assert.equal((err.error as { param?: string }).param, param, JSON.stringify(body));
     }
@@ -190,7 +180,7 @@ describe('OpenAI request fields through the official client', () => {
   test('a request of more sequences than the server can ever queue is a 400, not a 429 to retry', async () => {
     const capacity = server.engine.queueCapacity;
     const prompts = Array.from({ length: Math.ceil((capacity + 1) / 16) }, () => 'x');
-    const err = await refusal(server.client.completions.create({ model: MODEL, prompt: prompts, n: 16, max_tokens: 1 }));
+    const err = await apiErrorOf(server.client.completions.create({ model: MODEL, prompt: prompts, n: 16, max_tokens: 1 }));
     assert.equal(err.status, 400);
     assert.equal(err.code, 'too_many_sequences');
   });
@@ -198,7 +188,7 @@ describe('OpenAI request fields through the official client', () => {
   test('a list of prompts is refused whole when one prompt is too long: nothing of it runs', async () => {
     const tooLong = Array(model.spec.maxPositions).fill(5);
     const before = server.engine.stats.steps;
-    const err = await refusal(server.client.completions.create({ model: MODEL, prompt: [[1, 2], tooLong], max_tokens: 2 }));
+    const err = await apiErrorOf(server.client.completions.create({ model: MODEL, prompt: [[1, 2], tooLong], max_tokens: 2 }));
     assert.equal(err.status, 400);
     assert.equal(err.code, 'context_length_exceeded');
     assert.equal(server.engine.stats.steps, before);

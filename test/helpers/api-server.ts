@@ -1,5 +1,6 @@
 // The API app on a real loopback port with the batching engine, for tests that talk to it as clients do.
 import type { AddressInfo } from 'node:net';
+import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { buildApp, type AppDeps } from '../../src/api/build-app.js';
 import { BatchEngine } from '../../src/engine/batch-engine.js';
@@ -50,4 +51,15 @@ export async function engineIdle(engine: BatchEngine, timeoutMs = 5000): Promise
   const until = Date.now() + timeoutMs;
   while (engine.stats.running + engine.stats.waiting > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
   return engine.stats.running + engine.stats.waiting === 0;
+}
+
+/** The API error a client call fails with; fails the test if the call succeeds or fails otherwise. */
+export async function apiErrorOf(p: Promise<unknown>): Promise<InstanceType<typeof OpenAI.APIError>> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof OpenAI.APIError) return err;
+    throw err;
+  }
+  assert.fail('the request succeeded');
 }
