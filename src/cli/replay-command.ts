@@ -1,5 +1,6 @@
 // `moe-serve replay`: the policy lab. Replays a routing trace against every (policy, prefetch depth,
-// budget) and Belady's optimum, prints hit ratios (JSON lines and a table) and writes an SVG chart.
+// budget) and Belady's optimum, prints hit ratios and loads avoided (JSON lines and tables) and writes
+// an SVG chart.
 import { basename } from 'node:path';
 import { stat, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
@@ -8,7 +9,7 @@ import { POLICY_NAMES } from '../experts/policies/index.js';
 import { belady } from '../experts/replay/belady.js';
 import { hitRatioChartSvg, type ChartLine } from '../experts/replay/hit-ratio-chart.js';
 import { readTrace } from '../experts/replay/read-trace.js';
-import { simulate, type HitCounts, type ReplayResult } from '../experts/replay/simulate.js';
+import { loadsAvoided, simulate, type HitCounts, type ReplayResult } from '../experts/replay/simulate.js';
 import { allExpertBytes } from '../experts/replay/trace-accesses.js';
 import { UsageError } from './cli-error.js';
 import { intFlag, parseFlag } from './model-options.js';
@@ -16,8 +17,10 @@ import { intFlag, parseFlag } from './model-options.js';
 export const REPLAY_HELP = `Usage: moe-serve replay --trace FILE [options]
 
 Replays a routing trace against expert-cache policies, prefetch depths and budgets, and against
-Belady's offline optimum (the upper bound without prefetching). Prints a table of hit ratios and
-writes an SVG chart of hit ratio against budget.
+Belady's offline optimum (MIN, with the server's rules: a batched pass uses the union of its
+sequences' experts, experts in use count against the budget). Prints tables of hit ratios and of
+loads avoided (1 - (misses + prefetches) / uses: no policy, prefetching or not, avoids more loads
+than Belady) and writes an SVG chart of hit ratio against budget.
 
   --trace FILE            routing trace, JSON Lines (src/experts/trace-format.ts) (required)
   --budgets LIST          comma-separated expert-cache budgets: a percentage of all expert bytes
@@ -112,7 +115,8 @@ export async function replayCommand(argv: readonly string[]): Promise<void> {
   process.stdout.write(
     `${values.json ? '\n' : ''}${tracePath}: ${trace.header.model}, ${trace.lines.length} lines, ${accesses} expert accesses; ` +
       `100% = ${trace.header.sparse_layers.length} sparse layers x ${trace.header.num_experts} experts x ${trace.header.expert_bytes} bytes\n\n` +
-      `${table(budgets, rows)}\n\n`,
+      `Hit ratio (uses that found their expert resident, prefetched or not):\n\n${table(budgets, rows, (r) => r.hitRatio)}\n\n` +
+      `Loads avoided (1 - (misses + prefetches) / uses; Belady's is the most any policy can avoid):\n\n${table(budgets, rows, loadsAvoided)}\n\n`,
   );
   await writeFile(svgPath, hitRatioChartSvg(basename(trace.header.model), chart));
   process.stdout.write(`chart written to ${svgPath}\n`);
@@ -149,6 +153,7 @@ function jsonRow(policy: string, prefetchDepth: number, budget: Budget, r: HitCo
     hits: r.hits,
     misses: r.misses,
     hit_ratio: round6(r.hitRatio),
+    loads_avoided: round6(loadsAvoided(r)),
     evictions: r.evictions,
     ...prefetch,
   };
@@ -158,8 +163,8 @@ function round6(x: number): number {
   return Number(x.toFixed(6));
 }
 
-function table(budgets: readonly Budget[], rows: readonly { label: string; results: readonly HitCounts[] }[]): string {
+function table(budgets: readonly Budget[], rows: readonly { label: string; results: readonly HitCounts[] }[], value: (r: HitCounts) => number): string {
   const head = `| policy @ prefetch depth | ${budgets.map((b) => b.label).join(' | ')} |\n|---|${budgets.map(() => '---:|').join('')}`;
-  const body = rows.map((row) => `| ${row.label} | ${row.results.map((r) => `${(r.hitRatio * 100).toFixed(1)}%`).join(' | ')} |`);
+  const body = rows.map((row) => `| ${row.label} | ${row.results.map((r) => `${(value(r) * 100).toFixed(1)}%`).join(' | ')} |`);
   return [head, ...body].join('\n');
 }

@@ -5,6 +5,7 @@ import { ATTN } from '../graphs/attention-block.js';
 import { LM_HEAD_IO } from '../graphs/lm-head.js';
 import type { ModelSpec } from '../model/hf-config.js';
 import type { ExpertStore } from '../experts/expert-store.js';
+import { countVotes, sumVotes, type RankedVotes } from '../experts/lookahead-votes.js';
 import type { RtTensor, Runtime } from '../runtime/onnx-runtime.js';
 import type { ExpertRoute } from './expert-routes.js';
 import { appendRowsFeed, type SequenceKvCache } from './kv-cache.js';
@@ -15,17 +16,36 @@ import { RowOps } from './row-ops.js';
 
 /** One sparse layer's routing in one forward step. */
 export interface RoutingEvent {
+  /**
+   * Which forward pass: this model's count of committed batched steps (from 0), so events with the same
+   * pass were routed together and share the pass's use of the expert cache. A failed step is not counted.
+   */
+  readonly pass: number;
   readonly layer: number;
   /** Position of the step's first token in its sequence (0 for a prompt). */
   readonly position: number;
   readonly routing: Routing;
-  /** Router lookahead: lookahead[d - 1] holds the experts predicted for the d-th next sparse layer. */
+  /** Router lookahead: lookahead[d - 1] holds the experts predicted for the d-th next sparse layer, most voted first. */
   readonly lookahead: readonly (readonly number[])[];
+  /**
+   * lookaheadVotes[d - 1][i]: how many of the step's tokens put lookahead[d - 1][i] in their top-k. The
+   * batch's prefetch sums these over its sequences (lookahead-votes.ts), so a trace can rebuild it.
+   */
+  readonly lookaheadVotes: readonly (readonly number[])[];
 }
 
 /** Sees every routing decision; used by conformance tests and routing traces. */
 export interface RoutingObserver {
   onRouting(event: RoutingEvent): void;
+}
+
+/**
+ * Sees the routing of every token of a committed step, whichever sequences have an observer: the engine's
+ * expert-affinity table learns from it (expert-affinity.ts).
+ */
+export interface StepRoutingObserver {
+  /** One sparse layer's routing: row t of `routing` is `tokens[t]`'s (the items' tokens, one after another). */
+  onStepRouting(layer: number, tokens: readonly number[], routing: Routing): void;
 }
 
 export interface ForwardParts {
@@ -59,6 +79,8 @@ const YIELD_AFTER_MS = 4;
 export class ForwardPass {
   private readonly rows: RowOps;
   private lastYield = performance.now();
+  /** Batched steps committed so far: the next one's pass number for routing events. */
+  private committedPasses = 0;
 
   constructor(private readonly m: ForwardParts) {
     this.rows = new RowOps(m.runtime, m.spec.hiddenSize);
@@ -79,9 +101,9 @@ export class ForwardPass {
    * routed experts run once for the tokens of all of them, so each expert the step needs is loaded
    * once and applied to every token routed to it; the LM head runs once for every row asked for.
    * Returns each item's logits ((rows, V), or null for 'none'). A step that throws leaves every KV cache
-   * as it was.
+   * as it was. `stepObserver` sees every sparse layer's routing of the whole batch once the step commits.
    */
-  async stepBatch(items: readonly BatchItem[]): Promise<(Float32Array | null)[]> {
+  async stepBatch(items: readonly BatchItem[], stepObserver?: StepRoutingObserver): Promise<(Float32Array | null)[]> {
     const { spec, runtime, weights, sessions } = this.m;
     const H = spec.hiddenSize;
     if (items.length === 0) return [];
@@ -112,7 +134,8 @@ export class ForwardPass {
     let joined: RtTensor | undefined;
     // Routing reaches the observers only once the step commits: a failed step is run again (per sequence,
     // by the engine), and its routing must not be traced twice.
-    const observed: { observer: RoutingObserver; event: RoutingEvent }[] = [];
+    const observed: { observer: RoutingObserver; event: Omit<RoutingEvent, 'pass'> }[] = [];
+    const stepRoutings: { layer: number; routing: Routing }[] = [];
     try {
       for (let layer = 0; layer < spec.numLayers; layer++) {
         await this.letIoIn();
@@ -139,9 +162,16 @@ export class ForwardPass {
         if (variant.mlp === 'dense') continue;
         // (sum T_i, E) router logits of the whole batch, always on the host
         const routing = routeTokens(concatData(outs.map((o) => required(o, ATTN.routerLogits))), spec.numExperts, spec.topK, spec.normTopKProb);
-        const lookaheads = outs.map((o) => this.predictLookahead([o[ATTN.lookaheadLogits]]));
+        if (stepObserver) stepRoutings.push({ layer, routing });
+        const lookaheads = outs.map((o) => this.predictLookahead(o[ATTN.lookaheadLogits]));
         items.forEach((item, i) => {
-          if (item.observer) observed.push({ observer: item.observer, event: { layer, position: starts[i] as number, routing: sliceRouting(routing, offsets[i] as number, item.tokens.length), lookahead: lookaheads[i] ?? [] } });
+          const lookahead = lookaheads[i] ?? [];
+          if (item.observer) {
+            observed.push({
+              observer: item.observer,
+              event: { layer, position: starts[i] as number, routing: sliceRouting(routing, offsets[i] as number, item.tokens.length), lookahead: lookahead.map((p) => p.experts), lookaheadVotes: lookahead.map((p) => p.votes) },
+            });
+          }
         });
         const moeInputs = outs.map((o) => required(o, ATTN.moeInput));
         const residual = await this.join(hidden as RtTensor[]);
@@ -149,7 +179,9 @@ export class ForwardPass {
         const moeInput = await this.join(moeInputs, false);
         let out: RtTensor;
         try {
-          const batchLookahead = items.length === 1 ? (lookaheads[0] ?? []) : this.predictLookahead(outs.map((o) => o[ATTN.lookaheadLogits]));
+          // Summing the sequences' votes ranks the batch as voting over all its tokens would.
+          const depths = Math.max(0, ...lookaheads.map((l) => l.length));
+          const batchLookahead = Array.from({ length: depths }, (_, d) => sumVotes(lookaheads.flatMap((l) => l[d] ?? [])).experts);
           out = await this.applyExperts(layer, residual, moeInput, total, groupByExpert(routing), batchLookahead);
         } finally {
           if (items.length > 1) runtime.release(moeInput);
@@ -172,7 +204,12 @@ export class ForwardPass {
       }
       const logits = await this.logits(joined, items, offsets);
       items.forEach((item) => item.kv.commit());
-      for (const { observer, event } of observed) observer.onRouting(event);
+      const pass = this.committedPasses++;
+      for (const { observer, event } of observed) observer.onRouting({ pass, ...event });
+      if (stepObserver && stepRoutings.length > 0) {
+        const tokens = items.flatMap((item) => item.tokens);
+        for (const { layer, routing } of stepRoutings) stepObserver.onStepRouting(layer, tokens, routing);
+      }
       return logits;
     } catch (err) {
       // Nothing of a failed step stays in the caches, so the engine can run its sequences again.
@@ -281,24 +318,22 @@ export class ForwardPass {
   }
 
   /**
-   * Top-k experts per token from lookahead logits, per predicted layer, most-voted first (ties: lower
-   * id), so that a prefetch limited to a few experts takes the likeliest.
+   * One sequence's lookahead: per predicted layer, the top-k experts of each token counted as votes and
+   * ranked (lookahead-votes.ts), so that a prefetch limited to a few experts takes the likeliest.
    */
-  private predictLookahead(logits: readonly (RtTensor | undefined)[]): number[][] {
-    const present = logits.filter((t): t is RtTensor => t !== undefined);
-    if (present.length === 0) return [];
+  private predictLookahead(logits: RtTensor | undefined): RankedVotes[] {
+    if (!logits) return [];
     const { numExperts: E, topK } = this.m.spec;
-    const data = concatData(present);
-    const width = present[0]?.dims[1] as number;
+    // (T, layers * E): each token's logits for every predicted layer, side by side
+    const data = logits.data as Float32Array;
+    const width = logits.dims[1] as number;
     const T = data.length / width;
     const layers = width / E;
-    const out: number[][] = [];
+    const out: RankedVotes[] = [];
     for (let d = 0; d < layers; d++) {
       const rows = new Float32Array(T * E);
       for (let t = 0; t < T; t++) rows.set(data.subarray((t * layers + d) * E, (t * layers + d + 1) * E), t * E);
-      const votes = new Map<number, number>();
-      for (const e of routeTokens(rows, E, topK, false).experts) votes.set(e, (votes.get(e) ?? 0) + 1);
-      out.push([...votes.keys()].sort((a, b) => (votes.get(b) as number) - (votes.get(a) as number) || a - b));
+      out.push(countVotes(routeTokens(rows, E, topK, false).experts));
     }
     return out;
   }
@@ -329,8 +364,7 @@ export class ForwardPass {
           if (first === 0) {
             weights.lookaheadTargets(layer).forEach((target, d) => {
               const predicted = lookahead[d] ?? [];
-              if (d < experts.prefetchDepth) experts.prefetch(target, predicted);
-              else experts.recordPrediction(target, predicted);
+              experts.lookahead(target, predicted, d + 1);
             });
           }
           for (let run = 0; run < leased.length; run += route.maxPerRun) {

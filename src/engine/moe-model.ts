@@ -5,7 +5,7 @@ import { ATTN } from '../graphs/attention-block.js';
 import { ExpertStore } from '../experts/expert-store.js';
 import { HostExpertCache, storedBytes } from '../experts/host-expert-cache.js';
 import { planCache, type CachePlan } from '../experts/cache-plan.js';
-import { createPolicy, type PolicyName } from '../experts/policies/index.js';
+import { createPolicy, usesLookahead, type ExpertLayout, type PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
 import { TraceWriter, type TraceWriterOptions } from '../experts/trace-writer.js';
 import { loadGenerationDefaults, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
@@ -94,6 +94,11 @@ function expertComputeBytes(sample: StoredExpert, compute: ResolvedCompute): num
   return [sample.gate, sample.up, sample.down].reduce((n, m) => n + computeBytes(computeMatrix(m, 'experts', compute)), 0);
 }
 
+/** Which layers have experts: what the cycle-following policies need to know. */
+function expertLayout(spec: ModelSpec): ExpertLayout {
+  return { numExperts: spec.numExperts, sparseLayers: spec.sparseLayers.flatMap((sparse, layer) => (sparse ? [layer] : [])) };
+}
+
 /** The expert cache's budget, policy and preload for these options: planned before the compute route is chosen. */
 async function planExpertCache(dir: string, spec: ModelSpec, expertBytes: number, budgetBytes: number, o: ExpertCacheOptions): Promise<{ plan: CachePlan; totalBytes: number }> {
   const policy = o.policy ?? 'lru';
@@ -106,7 +111,7 @@ async function planExpertCache(dir: string, spec: ModelSpec, expertBytes: number
     const path = o.profilePath ?? (existsSync(defaultProfile) ? defaultProfile : undefined);
     if (path !== undefined) profile = await loadRoutingProfile(path, ids);
   }
-  return { plan: planCache({ policy, budgetBytes, expertBytes, topK: spec.topK, allExperts, profile }), totalBytes };
+  return { plan: planCache({ policy, budgetBytes, expertBytes, topK: spec.topK, allExperts, profile, layout: expertLayout(spec) }), totalBytes };
 }
 
 /**
@@ -200,7 +205,7 @@ export class MoeModel implements AsyncDisposable {
       const budgeted = cache.policy !== 'all' && (cache.budgetMb !== undefined || (cache.budgetFraction ?? 1) < 1);
       let compute = resolveCompute(options.device, options.compute, budgeted);
       const prefetchDepth = cache.prefetchDepth ?? 1;
-      const data = await readResidentWeights(archive, spec, compute, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0), (d, t) =>
+      const data = await readResidentWeights(archive, spec, compute, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0, usesLookahead(cache.policy ?? 'lru') ? 1 : 0), (d, t) =>
         options.onProgress?.('resident weights', d, t),
       );
       const weights = await ResidentWeights.create(runtime, data);

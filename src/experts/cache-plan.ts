@@ -2,7 +2,7 @@
 // experts loaded before serving. The server (createExpertStore) and the replay simulator both start
 // from here, so they cannot drift apart.
 import type { ExpertId } from './expert-id.js';
-import { createPolicy, type CachePolicy, type PolicyName } from './policies/index.js';
+import { createPolicy, type CachePolicy, type ExpertLayout, type PolicyName } from './policies/index.js';
 
 export interface CachePlanInput {
   readonly policy: PolicyName;
@@ -13,6 +13,8 @@ export interface CachePlanInput {
   readonly allExperts: readonly ExpertId[];
   /** Experts most used first ('static' only). */
   readonly profile?: readonly ExpertId[];
+  /** Which layers have experts, for the policies that follow the forward pass's cycle. */
+  readonly layout: ExpertLayout;
 }
 
 export interface CachePlan {
@@ -27,7 +29,8 @@ export function planCache(i: CachePlanInput): CachePlan {
   const budgetBytes = i.policy === 'all' ? i.allExperts.length * i.expertBytes : i.budgetBytes;
   // 'static' keeps room beside its hot set for one step's experts, which pass through the budget too.
   const hotCapacity = Math.max(0, Math.floor(budgetBytes / i.expertBytes) - i.topK);
-  const policy = createPolicy(i.policy, { profile: i.profile, capacityExperts: hotCapacity });
+  const capacityExperts = i.policy === 'static' ? hotCapacity : Math.floor(budgetBytes / i.expertBytes);
+  const policy = createPolicy(i.policy, { profile: i.profile, capacityExperts, layout: i.layout });
   const preload = i.policy === 'all' ? i.allExperts : i.policy === 'static' ? (i.profile ?? []).slice(0, hotCapacity) : [];
   return { budgetBytes, policy, preload };
 }

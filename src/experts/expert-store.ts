@@ -107,6 +107,16 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
     return Math.floor(this.o.budgetBytes / this.expertBytes);
   }
 
+  /** Whether the expert is in the device cache now (a prefetch in flight counts): for expert-aware admission. */
+  isResident(layer: number, expert: number): boolean {
+    return this.residency.has(this.ids.id({ layer, expert }));
+  }
+
+  /** Share of all routed experts resident now, 0..1. */
+  get residentShare(): number {
+    return Math.min(1, this.residency.residentBytes / this.totalExpertBytes);
+  }
+
   /**
    * Holds the given experts of `layer` for one run: hits are pinned, misses loaded (through the host
    * tier) and pinned. `experts` must not exceed maxExpertsInUse.
@@ -180,6 +190,17 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
     }
     if (issued.length === 0) return;
     for (const i of issued) this.load(i.id).then(i.resolve, i.reject);
+  }
+
+  /**
+   * The router lookahead's prediction for `layer`, `depth` sparse layers after the one computing: counted
+   * for recall, told to the policy (the next layer's only, which every lookahead-computing model has),
+   * and prefetched within the prefetch depth.
+   */
+  lookahead(layer: number, predicted: readonly number[], depth: number): void {
+    if (depth === 1) this.o.policy.onPredicted?.(predicted.map((expert) => this.ids.id({ layer, expert })));
+    if (depth <= this.prefetchDepth) this.prefetch(layer, predicted);
+    else this.recordPrediction(layer, predicted);
   }
 
   /** Records lookahead predictions for recall without loading anything (prefetch depth 0 with tracing). */

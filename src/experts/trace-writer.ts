@@ -1,5 +1,6 @@
 // Writes the routing trace (`--trace FILE`): a header line, then one line per (request, step, sparse
-// layer) with the experts each token was routed to and the router lookahead's predictions.
+// layer) with the forward pass it ran in, the experts each token was routed to, and the router
+// lookahead's predictions with their votes.
 //
 // A trace is a diagnostic: when writing it fails (a full disk, say) the writer reports the error once
 // and turns itself off, and requests go on. The observer runs inside the forward pass, so an error
@@ -80,9 +81,11 @@ export class TraceWriter implements AsyncDisposable {
         const line: TraceLine = {
           request,
           step,
+          pass: e.pass,
           layer: e.layer,
           experts: Array.from({ length: r.tokens }, (_, t) => [...r.experts.subarray(t * r.topK, (t + 1) * r.topK)]),
           lookahead: e.lookahead.map((l) => [...l]),
+          lookahead_votes: e.lookaheadVotes.map((v) => [...v]),
         };
         this.write(line);
       },

@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import type { BatchItem } from '../../src/engine/forward.js';
+import type { BatchItem, RoutingEvent, StepRoutingObserver } from '../../src/engine/forward.js';
+import type { Routing } from '../../src/engine/routing.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { logitTolerance, testDevices, F32 } from '../helpers/devices.js';
 import { FIXTURES_DIR, TINY_MOE_DIR } from '../helpers/paths.js';
@@ -125,5 +126,38 @@ for (const device of testDevices()) {
       assert.ok(row && maxDiff(row, at(p)) <= tolerance, `position ${p}: max |logit diff| ${row ? maxDiff(row, at(p)) : 'none'}`);
       if (otherRow) assert.ok(maxDiff(otherRow, at(40 + p - 5)) <= tolerance, `other sequence, position ${40 + p - 5}: max |logit diff| ${maxDiff(otherRow, at(40 + p - 5))}`);
     }
+  });
+}
+
+// The engine's expert-affinity table learns from every sequence of every step, not only from those with a
+// routing observer: the step observer sees the whole batch's routing, row for row what the sequences'
+// observers see, once the step commits.
+for (const device of testDevices()) {
+  test(`the step routing observer on ${device} sees every sparse layer's routing of every token of the batch`, async () => {
+    await using model = await MoeModel.load(TINY_MOE_DIR, { device, compute: F32 });
+    using a = model.newSequence();
+    using b = model.newSequence();
+    const prompts = [model.tokenizer.encode(PROMPTS[0] ?? '') as number[], model.tokenizer.encode(PROMPTS[1] ?? '') as number[]];
+    const perSequence: RoutingEvent[][] = [[], []];
+    const seen: { layer: number; tokens: readonly number[]; routing: Routing }[] = [];
+    const stepObserver: StepRoutingObserver = { onStepRouting: (layer, tokens, routing) => seen.push({ layer, tokens, routing }) };
+    await model.forward.stepBatch(
+      [
+        { kv: a, tokens: prompts[0] ?? [], logits: 'last', observer: { onRouting: (e) => perSequence[0]?.push(e) } },
+        { kv: b, tokens: prompts[1] ?? [], logits: 'last', observer: { onRouting: (e) => perSequence[1]?.push(e) } },
+      ],
+      stepObserver,
+    );
+    const sparse = model.spec.sparseLayers.flatMap((isSparse, layer) => (isSparse ? [layer] : []));
+    assert.deepEqual(seen.map((s) => s.layer), sparse);
+    for (const s of seen) {
+      assert.deepEqual(s.tokens, [...(prompts[0] ?? []), ...(prompts[1] ?? [])]);
+      const rows = perSequence.map((events) => [...(events.find((e) => e.layer === s.layer)?.routing.experts ?? [])]);
+      assert.deepEqual([...s.routing.experts], rows.flat(), `layer ${s.layer}`);
+    }
+    // A sequence without an observer is seen all the same.
+    seen.length = 0;
+    await model.forward.stepBatch([{ kv: a, tokens: [1], logits: 'last' }], stepObserver);
+    assert.deepEqual(seen.map((s) => [s.layer, s.tokens]), sparse.map((layer) => [layer, [1]]));
   });
 }

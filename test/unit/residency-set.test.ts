@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { ExpertId } from '../../src/experts/expert-id.js';
-import { createPolicy, POLICY_NAMES, type CachePolicy, type PolicyName } from '../../src/experts/policies/index.js';
+import { createPolicy, POLICY_NAMES, type CachePolicy, type ExpertLayout, type PolicyName } from '../../src/experts/policies/index.js';
 import { StaticPolicy } from '../../src/experts/policies/static-policy.js';
 import { ResidencySet } from '../../src/experts/residency-set.js';
 import { createRng } from '../../src/engine/sampler.js';
@@ -25,6 +25,8 @@ interface Shape {
 
 const SHAPE: Shape = { layers: 4, experts: 8, maxBusy: 4 };
 const ALL_EXPERTS = SHAPE.layers * SHAPE.experts;
+/** Every layer sparse, as in Mixtral: ids are layer * 8 + expert. */
+const LAYOUT: ExpertLayout = { numExperts: SHAPE.experts, sparseLayers: Array.from({ length: SHAPE.layers }, (_, l) => l) };
 
 /**
  * One line of routing (one sparse layer of one step): the experts in use (ascending), and what the
@@ -95,7 +97,7 @@ function residencySet(
 ): { set: ResidencySet; policy: CachePolicy; preload: readonly ExpertId[] } {
   const capacityExperts = Math.floor(capacityBytes / EXPERT_BYTES);
   const hotCapacity = reserveForBusy ? Math.max(0, capacityExperts - SHAPE.maxBusy) : capacityExperts;
-  const policy = createPolicy(policyName, { profile, capacityExperts: hotCapacity });
+  const policy = createPolicy(policyName, { profile, capacityExperts: policyName === 'static' ? hotCapacity : capacityExperts, layout: LAYOUT });
   const preload = policyName === 'static' ? profile.slice(0, hotCapacity) : policyName === 'all' ? [...profile] : [];
   return { set: new ResidencySet(capacityBytes, policy), policy, preload };
 }
@@ -157,6 +159,7 @@ function replay(set: ResidencySet, lines: readonly Line[], preload: readonly Exp
       if (r.transient) transient.push(id);
     }
     for (const id of line.used) assert.ok(set.has(id), `line ${i}: busy expert ${id} left while in use`);
+    set.policy.onPredicted?.(line.predicted);
     for (const id of line.predicted) {
       const before = new Set(set.ids());
       const wasFullOfBusy = set.residentBytes + EXPERT_BYTES > set.capacityBytes && before.size > 0 && [...before].every((r) => busy.has(r));
@@ -403,5 +406,106 @@ describe('none and all', () => {
     const set = new ResidencySet(3 * EXPERT_BYTES, createPolicy('all', { capacityExperts: 3 }));
     for (const id of [1, 2, 3]) assert.equal(use(set, id).transient, false);
     for (const id of [1, 2, 3]) assert.equal(use(set, id).hit, true);
+  });
+});
+
+/**
+ * Batched decoding in miniature: three layers of two experts, every expert of a layer used at every
+ * visit (a full batch), a budget of four. Each visit needs its two experts busy, so two others can stay.
+ */
+function cyclicVisits(set: ResidencySet, visits: number, predict = false): number {
+  let hits = 0;
+  for (let v = 0; v < visits; v++) {
+    const layer = v % 3;
+    const used = [layer * 8, layer * 8 + 1];
+    const busy = new Set(used);
+    const transient: ExpertId[] = [];
+    for (const id of used) {
+      const r = set.demand(id, EXPERT_BYTES, busy);
+      if (r.hit) hits++;
+      if (r.transient) transient.push(id);
+    }
+    const next = ((layer + 1) % 3) * 8;
+    if (predict) set.policy.onPredicted?.([next, next + 1]);
+    for (const id of transient) set.remove(id);
+  }
+  return hits;
+}
+
+const CYCLE_LAYOUT: ExpertLayout = { numExperts: 8, sparseLayers: [0, 1, 2] };
+
+describe('next-use', () => {
+  const nextUse = (capacity: number) => new ResidencySet(capacity * EXPERT_BYTES, createPolicy('next-use', { capacityExperts: capacity, layout: CYCLE_LAYOUT }));
+
+  test('keeps a stable set where LRU evicts exactly the layer that comes next', () => {
+    const lru = new ResidencySet(4 * EXPERT_BYTES, createPolicy('lru', { capacityExperts: 4 }));
+    assert.equal(cyclicVisits(lru, 300), 0, 'LRU thrashes on a cycle larger than its budget');
+    // Belady on this cycle: 2 of the 6 experts stay, a hit on 2 of every 6 uses.
+    const hits = cyclicVisits(nextUse(4), 300);
+    assert.ok(hits >= 0.3 * 600, `next-use hit ${hits} of 600 uses`);
+  });
+
+  // The rest calls the policy directly: onAccess in forward order, then the question.
+  const policyAfter = (capacity: number, accesses: readonly ExpertId[]): CachePolicy => {
+    const p = createPolicy('next-use', { capacityExperts: capacity, layout: CYCLE_LAYOUT });
+    for (const id of accesses) p.onAccess(id);
+    return p;
+  };
+  const cycles = (n: number, ids: readonly ExpertId[]) => Array.from({ length: n }, () => ids).flat();
+
+  test('never evicts an expert the lookahead predicts while another candidate exists', () => {
+    // 9 (layer 1) used once, then 20 passes over 16, 0 and 8... ending at layer 0.
+    const accesses = [9, ...cycles(20, [8, 16, 0])];
+    const candidates = new Set([0, 8, 9, 16]);
+    assert.equal(policyAfter(4, accesses).victim(candidates, 1, true), 9, 'the rarely used expert is expected last');
+    const p = policyAfter(4, accesses);
+    p.onPredicted?.([9]); // the lookahead, computing layer 0, predicts 9 for layer 1
+    // Next furthest: 0, whose layer (in progress) comes round after 16's and 8's.
+    assert.equal(p.victim(candidates, 1, true), 0);
+    // Only predicted candidates left: the policy still names one when forced.
+    assert.equal(p.victim(new Set([9]), 1, true), 9);
+  });
+
+  test('bypasses an expert whose next use is expected after every resident one when full', () => {
+    const p = policyAfter(2, cycles(20, [0, 8, 16]));
+    assert.equal(p.admit(20), true, 'room left: kept');
+    p.onInsert(0);
+    p.onInsert(8);
+    p.onAccess(17); // at layer 2, a first use: a small share of visits
+    assert.equal(p.admit(17), false, 'full, and expected after 0 and 8');
+    p.onPredicted?.([1]);
+    assert.equal(p.admit(1), true, 'predicted for the next layer: kept');
+  });
+
+  test('a prefetch is kept only when it displaces an expert needed later', () => {
+    const p = policyAfter(3, cycles(20, [0, 8, 16])); // at layer 2
+    p.onPredicted?.([1]); // for layer 0, next
+    assert.equal(p.victim(new Set([0, 8, 16]), 1, false), 16, 'the layer in progress is needed last');
+    // An expert of layer 0 nobody predicted and rarely used is expected after all of them: not kept.
+    p.onAccess(3);
+    p.onAccess(16);
+    assert.equal(p.victim(new Set([0, 8, 16]), 3, false), undefined);
+  });
+});
+
+describe('lfu-decay', () => {
+  const after = (name: 'lfu' | 'lfu-decay', accesses: readonly ExpertId[]): CachePolicy => {
+    const p = createPolicy(name, { capacityExperts: 2, layout: CYCLE_LAYOUT });
+    for (const id of accesses) p.onAccess(id);
+    return p;
+  };
+
+  test('forgets an expert the batch stopped using, where lfu keeps it for its old count', () => {
+    // Expert 0 at 40 visits of layer 0, then 1 and 2 at the next 30.
+    const accesses = [...Array.from({ length: 40 }, () => 0), ...Array.from({ length: 30 }, () => [1, 2]).flat()];
+    assert.equal(after('lfu', accesses).victim(new Set([0, 1]), 2, true), 1, 'lfu: 1 has 30 uses, 0 has 40');
+    assert.equal(after('lfu-decay', accesses).victim(new Set([0, 1]), 2, true), 0, 'lfu-decay: 0 sat out the last 30 visits');
+  });
+
+  test('among experts used at every visit, evicts the layer that comes round last', () => {
+    const accesses = Array.from({ length: 10 }, () => [0, 8, 16]).flat();
+    // At layer 2: 0 comes next, 8 after it, and 16 (of the layer in progress) last.
+    assert.equal(after('lfu-decay', accesses).victim(new Set([0, 8, 16]), 17, true), 16);
+    assert.equal(after('lfu', accesses).victim(new Set([0, 8, 16]), 17, true), 0, 'lfu (ties to least recent) evicts the one needed next');
   });
 });

@@ -15,17 +15,18 @@ const HEADER = { model: 'test', num_layers: 2, num_experts: 4, top_k: 2, expert_
 /** Writes to it fail with ENOSPC, as on a full disk. */
 const FULL = '/dev/full';
 
-/** A step of `tokens` tokens at `position` routed in `layer`. */
-function routed(layer: number, position: number, tokens = 2): RoutingEvent {
+/** A step of `tokens` tokens at `position` routed in `layer`, in forward pass `pass`. */
+function routed(pass: number, layer: number, position: number, tokens = 2): RoutingEvent {
   const experts = Int32Array.from({ length: tokens * 2 }, (_, i) => (i + layer) % 4);
-  return { layer, position, routing: { tokens, topK: 2, experts, weights: new Float32Array(tokens * 2).fill(0.5) }, lookahead: layer === 0 ? [[1, 2]] : [] };
+  const lookahead = layer === 0 ? [[1, 2]] : [];
+  return { pass, layer, position, routing: { tokens, topK: 2, experts, weights: new Float32Array(tokens * 2).fill(0.5) }, lookahead, lookaheadVotes: lookahead.map(() => [tokens, tokens]) };
 }
 
-/** Runs two requests' observers through `steps` steps of both layers. */
+/** Runs two requests' observers through `steps` steps of both layers, both requests in each step's pass. */
 function drive(writer: TraceWriter, steps: number): void {
   const observers = [writer.request(), writer.request()];
   for (let s = 0; s < steps; s++) {
-    for (const o of observers) for (const layer of [0, 1]) o.onRouting(routed(layer, s === 0 ? 0 : 3 + s, s === 0 ? 3 : 1));
+    for (const o of observers) for (const layer of [0, 1]) o.onRouting(routed(s, layer, s === 0 ? 0 : 3 + s, s === 0 ? 3 : 1));
   }
 }
 
@@ -43,10 +44,11 @@ describe('TraceWriter', () => {
       const parsed = lines.map((l) => traceLine.parse(l));
       assert.equal(parsed.length, 2 * 3 * 2);
       assert.deepEqual(parsed.slice(0, 2), [
-        { request: 0, step: 0, layer: 0, experts: [[0, 1], [2, 3], [0, 1]], lookahead: [[1, 2]] },
-        { request: 0, step: 0, layer: 1, experts: [[1, 2], [3, 0], [1, 2]], lookahead: [] },
+        { request: 0, step: 0, pass: 0, layer: 0, experts: [[0, 1], [2, 3], [0, 1]], lookahead: [[1, 2]], lookahead_votes: [[3, 3]] },
+        { request: 0, step: 0, pass: 0, layer: 1, experts: [[1, 2], [3, 0], [1, 2]], lookahead: [], lookahead_votes: [] },
       ]);
       assert.deepEqual(parsed.filter((l) => l.request === 1).map((l) => l.step), [0, 0, 1, 1, 2, 2]);
+      assert.deepEqual(parsed.filter((l) => l.request === 1).map((l) => l.pass), [0, 0, 1, 1, 2, 2], 'the pass of each event, as the forward pass numbered it');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

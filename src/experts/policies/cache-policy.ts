@@ -21,6 +21,19 @@ export interface CachePolicy {
    * when `forced` (the newcomer is needed now and must fit), the best victim regardless.
    */
   victim(candidates: ReadonlySet<ExpertId>, incoming: ExpertId, forced: boolean): ExpertId | undefined;
+  /**
+   * The router lookahead of the forward pass in progress, over all its sequences: experts predicted for
+   * the coming sparse layers (most voted first), made while the pass computes the layer before them.
+   * Called whether or not they are prefetched.
+   */
+  onPredicted?(ids: readonly ExpertId[]): void;
+}
+
+/** Which experts exist: ids are layer * numExperts + expert, for the layers in sparseLayers. */
+export interface ExpertLayout {
+  readonly numExperts: number;
+  /** Model layers with routed experts, ascending: the order a forward pass visits them in. */
+  readonly sparseLayers: readonly number[];
 }
 
 export interface PolicyOptions {
@@ -31,4 +44,6 @@ export interface PolicyOptions {
   readonly profile?: readonly ExpertId[];
   /** How many experts fit the budget. */
   readonly capacityExperts: number;
+  /** For the policies that reason about when a layer comes round again ('lfu-decay', 'next-use'). */
+  readonly layout?: ExpertLayout;
 }

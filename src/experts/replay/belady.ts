@@ -1,10 +1,13 @@
-// Belady's offline optimum (MIN with bypass): on a miss with the cache full, evict the resident expert
-// whose next use is furthest away, or keep nothing if the incoming expert's own next use is further still.
-// Same access sequence, use groups and busy rule as the simulator (experts in use cannot be evicted), no
-// prefetching. Two relaxations keep it an upper bound on every policy the simulator runs at this budget:
-// a bypassed expert passes through without taking room, and the cache starts holding the experts used
-// first (the best start; the server preloads 'static' hot sets too). Experts all have the same size, so a
-// byte budget is a whole number of experts, where MIN is optimal.
+// Belady's offline optimum (MIN): on a miss with the cache full, evict the resident expert whose next use
+// is furthest away. Same forward passes, use groups and budget rules as the simulator and the server: a
+// pass uses the union of its sequences' experts once per layer, experts in use count against the budget
+// and cannot be evicted, so a miss always takes room for its use (there is no bypass that skips it, as
+// in the textbook variant: that would let the bound hold more experts than the server can). With
+// experts of equal size, a byte budget is a whole number of experts, where MIN needs the fewest loads of
+// any schedule, prefetching ones included (a prefetch can always be delayed to the use without costing a
+// load): its hit ratio bounds every policy's loads avoided, and its misses are the fewest loads possible.
+// One relaxation: the cache starts holding the experts used first (the best start; the server preloads
+// 'static' hot sets too, and a load-test run starts with whatever earlier runs left).
 import type { Trace } from './read-trace.js';
 import type { HitCounts } from './simulate.js';
 import { traceAccesses, useGroups, type PassLayerAccesses } from './trace-accesses.js';
@@ -50,12 +53,9 @@ export function belady(trace: Trace, budgetBytes: number): HitCounts {
         if (residentCount < capacity) {
           residentCount++;
         } else {
+          // The use takes room whatever happens after it, so someone not in use leaves: the one needed last.
           const victim = furthestEvictable(heap, residentNext, busyGroup, group, idCount);
-          // Bypass: keeping the newcomer would cost a hit on the victim sooner than it could earn one.
-          if (victim === undefined || victim.next <= next) {
-            if (victim) heap.push(victim.next * idCount + victim.id);
-            continue;
-          }
+          if (victim === undefined) throw new RangeError('a use group larger than the budget'); // useGroups prevents it
           residentNext[victim.id] = -1;
           evictions++;
         }

@@ -24,8 +24,10 @@ export const POLICY_COLORS: ReadonlyMap<string, string> = new Map([
   ['static', '#2ca02c'],
   ['none', '#d62728'],
   ['all', '#9467bd'],
+  ['lfu-decay', '#bcbd22'],
+  ['next-use', '#17becf'],
 ]);
-const SPARE_COLORS = ['#8c564b', '#e377c2', '#17becf', '#bcbd22', '#7f7f7f'];
+export const SPARE_COLORS = ['#8c564b', '#e377c2', '#7f7f7f', '#000080', '#808000'];
 /** Prefetch depth 0 solid, 1 dashed, deeper ones dotted and dash-dotted: one color per policy. */
 const DEPTH_DASHES = ['', '8 5', '2 4', '10 4 2 4'];
 

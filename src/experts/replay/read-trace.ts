@@ -84,4 +84,12 @@ function checkRanges(line: TraceLine, header: TraceHeader, sparse: ReadonlySet<n
     const bad = ids.find((e) => e >= header.num_experts);
     if (bad !== undefined) throw fail(`${where} has expert ${bad}, but the model has ${header.num_experts} experts per layer`);
   }
+  // Votes are read position by position against the lookahead's experts, so their shapes must agree.
+  const votes = line.lookahead_votes;
+  if (votes === undefined) return;
+  if (votes.length !== line.lookahead.length) throw fail(`lookahead_votes has ${votes.length} depths, but lookahead has ${line.lookahead.length}`);
+  votes.forEach((v, d) => {
+    const named = line.lookahead[d]?.length ?? 0;
+    if (v.length !== named) throw fail(`lookahead_votes[${d}] has ${v.length} counts for lookahead[${d}]'s ${named} experts`);
+  });
 }

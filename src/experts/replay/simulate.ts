@@ -2,10 +2,11 @@
 // ResidencySet calls in the same order as the server's device cache (ExpertStore), on the forward passes
 // the server ran (trace-accesses.ts), so its counters are the ones the server would count. Timing plays
 // no part in them: the server admits a prefetched expert when the prefetch is issued, and a use that
-// finds its load still in flight is a hit that waits. What the trace cannot give exactly is the order of
-// a batch's lookahead when a multi-token request (a prompt) shares a pass with others; such prefetches
-// are counted in estimatedPrefetches. The device tier only: the host tier's hits depend on when reads
-// complete, and every device-tier load (misses + prefetchIssued) is one host-tier request.
+// finds its load still in flight is a hit that waits. A trace that records pass numbers and lookahead
+// votes gives every pass and its prefetch order exactly. An older one, without votes, cannot give the
+// order of a batch's lookahead when a multi-token request (a prompt) shares a pass with others; such
+// prefetches are counted in estimatedPrefetches. The device tier only: the host tier's hits depend on
+// when reads complete, and every device-tier load (misses + prefetchIssued) is one host-tier request.
 import type { ExpertId } from '../expert-id.js';
 import { planCache, prefetchLimit } from '../cache-plan.js';
 import type { PolicyName } from '../policies/index.js';
@@ -58,6 +59,16 @@ export interface ReplayResult extends HitCounts {
   readonly prefetchRecall: number | null;
 }
 
+/**
+ * 1 - loads / accesses, loads being misses plus prefetches: the share of uses that cost no load. It is
+ * the hit ratio without prefetching, and what Belady bounds with it (a prefetched hit was a load too).
+ */
+export function loadsAvoided(r: HitCounts | ReplayResult): number {
+  if (r.accesses === 0) return 0;
+  const prefetched = 'prefetchIssued' in r ? r.prefetchIssued : 0;
+  return 1 - (r.misses + prefetched) / r.accesses;
+}
+
 export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
   const { header } = trace;
   const accesses = traceAccesses(trace);
@@ -78,6 +89,9 @@ export function simulate(trace: Trace, options: SimulateOptions): ReplayResult {
     for (const id of ids) if (prefetchedUnused.delete(id)) prefetchWasted++;
   };
   const prefetch = (step: PassLayerAccesses, busy: ReadonlySet<ExpertId>) => {
+    // As ExpertStore.lookahead: the policy hears the next layer's prediction whether or not it is prefetched.
+    const next = step.predicted[0];
+    if (next !== undefined) residency.policy.onPredicted?.(next);
     for (let d = 1; d <= options.prefetchDepth; d++) {
       const predicted = step.predicted[d - 1] ?? [];
       if (predicted.length > 0 && step.predictedExact[d - 1] === false) estimatedPrefetches++;
@@ -152,6 +166,7 @@ function buildCache(trace: Trace, options: SimulateOptions, accesses: readonly P
     topK: header.top_k,
     allExperts: allSparseExperts(header),
     profile: options.profile ?? (options.policy === 'static' ? usageProfile(accesses) : undefined),
+    layout: { numExperts: header.num_experts, sparseLayers: header.sparse_layers },
   });
   return { residency: new ResidencySet(plan.budgetBytes, plan.policy), preload: plan.preload };
 }

@@ -6,8 +6,11 @@
 // requests' experts (ascending, in groups that fit the budget) and prefetches the batch's lookahead,
 // voted over every token of the batch. The trace has one line per request, so its lines are first
 // grouped back into passes (forwardPasses); replaying them line by line counts an expert two requests
-// share twice, and prefetches each request's lookahead instead of the batch's.
+// share twice, and prefetches each request's lookahead instead of the batch's. A trace that records
+// each line's pass and lookahead votes (trace-format.ts) gives both the passes and their prefetch order
+// exactly; for older traces the passes are inferred and some orders estimated (predictedExact).
 import { ExpertIds, type ExpertId } from '../expert-id.js';
+import { sumVotes } from '../lookahead-votes.js';
 import type { TraceHeader, TraceLine } from '../trace-format.js';
 import type { Trace } from './read-trace.js';
 
@@ -17,14 +20,15 @@ export interface PassLayerAccesses {
   readonly used: readonly ExpertId[];
   /**
    * predicted[d - 1]: what the pass prefetches for the d-th sparse layer after this one, most-voted
-   * first (ties: lower id), as forward.ts's predictLookahead over the batch's tokens.
+   * first (ties: lower id): the batch's votes, its requests' summed, as forward.ts ranks them (batchPrediction).
    */
   readonly predicted: readonly (readonly ExpertId[])[];
   /**
-   * predictedExact[d - 1]: whether the trace determines predicted[d - 1]'s order. A line records its
-   * request's lookahead ranked but without vote counts; the counts are known when the line has one token
-   * (one vote each), when its experts number top-k (every token voted for all of them) or tokens x top-k
-   * (one vote each), and a pass of one request needs none. Otherwise the batch's order is estimated.
+   * predictedExact[d - 1]: whether the trace determines predicted[d - 1]'s order. Always, when the lines
+   * record their lookahead votes. Older traces rank each request's lookahead without vote counts; the
+   * counts are known when the line has one token (one vote each), when its experts number top-k (every
+   * token voted for all of them) or tokens x top-k (one vote each), and a pass of one request needs
+   * none. Otherwise the batch's order is estimated.
    */
   readonly predictedExact: readonly boolean[];
   /** The pass's trace lines at this layer, one per request (for prefetch recall). */
@@ -40,6 +44,8 @@ export interface LineAccesses {
    * for it (for all-sparse models, e.g. Mixtral, this is the trace format's "layer + d").
    */
   readonly predicted: readonly (readonly ExpertId[])[];
+  /** predictedVotes[d - 1][i]: the votes for predicted[d - 1][i]; undefined in traces without lookahead_votes. */
+  readonly predictedVotes: readonly (readonly number[])[] | undefined;
   /** Tokens of the line's request in this step. */
   readonly tokens: number;
   /** (request, step, position among the sparse layers): which line a prediction is for. */
@@ -71,6 +77,7 @@ function computeAccesses(trace: Trace): PassLayerAccesses[] {
         const target = targets[d];
         return target === undefined ? [] : experts.map((expert) => ids.id({ layer: target, expert }));
       }),
+      predictedVotes: line.lookahead_votes,
       tokens: line.experts.length,
       slot: slotKey(line, here),
       predictedSlots: targets.map((t, d) => (t === undefined ? undefined : slotKey(line, here + d + 1))),
@@ -81,7 +88,9 @@ function computeAccesses(trace: Trace): PassLayerAccesses[] {
       const lines = layerLines.map(lineAccesses);
       const used = new Set(lines.flatMap((l) => l.used));
       const depths = Math.max(0, ...lines.map((l) => l.predicted.length));
-      const predictions = Array.from({ length: depths }, (_, d) => batchPrediction(lines.map((l) => ({ tokens: l.tokens, ranked: l.predicted[d] ?? [] })), header.top_k));
+      const predictions = Array.from({ length: depths }, (_, d) =>
+        batchPrediction(lines.map((l) => ({ tokens: l.tokens, ranked: l.predicted[d] ?? [], votes: l.predictedVotes?.[d] })), header.top_k),
+      );
       return {
         used: [...used].sort((a, b) => a - b),
         predicted: predictions.map((p) => p.ids),
@@ -93,13 +102,33 @@ function computeAccesses(trace: Trace): PassLayerAccesses[] {
 }
 
 /**
- * The trace's lines grouped by forward pass, and each pass's lines by sparse layer. The trace does not
- * number passes; the writer gets a pass's routing when the pass commits, layer by layer and request by
- * request within a layer (forward.ts), and passes run one after another. So a new pass starts where the
- * layer goes down, or where a request appears again at the same layer. With two or more sparse layers
- * (every real MoE) that is exact; with one, requests that ran in consecutive passes look batched.
+ * The trace's lines grouped by forward pass, in the order the passes ran, and each pass's lines by
+ * sparse layer (ascending, as the pass uses the cache). Lines that carry their pass number are grouped by
+ * it, exactly; a trace where any line lacks one (written before passes were numbered) has its passes
+ * inferred (inferredPasses).
  */
 export function forwardPasses(lines: readonly TraceLine[]): TraceLine[][][] {
+  if (!lines.every((l) => l.pass !== undefined)) return inferredPasses(lines);
+  const passes = new Map<number, Map<number, TraceLine[]>>();
+  for (const line of lines) {
+    const pass = line.pass as number;
+    let layers = passes.get(pass);
+    if (!layers) passes.set(pass, (layers = new Map()));
+    const layerLines = layers.get(line.layer);
+    if (layerLines) layerLines.push(line);
+    else layers.set(line.layer, [line]);
+  }
+  return [...passes.entries()].sort(([a], [b]) => a - b).map(([, layers]) => [...layers.entries()].sort(([a], [b]) => a - b).map(([, l]) => l));
+}
+
+/**
+ * Passes of a trace without pass numbers: the writer gets a pass's routing when the pass commits, layer
+ * by layer and request by request within a layer (forward.ts), and passes run one after another. So a
+ * new pass starts where the layer goes down, or where a request appears again at the same layer. With
+ * two or more sparse layers (every real MoE) that is exact; with one, requests that ran in consecutive
+ * passes look batched.
+ */
+function inferredPasses(lines: readonly TraceLine[]): TraceLine[][][] {
   const passes: TraceLine[][][] = [];
   let pass: TraceLine[][] = [];
   for (const line of lines) {
@@ -112,27 +141,35 @@ export function forwardPasses(lines: readonly TraceLine[]): TraceLine[][][] {
   return passes;
 }
 
+/** One trace line's lookahead for one target layer, as batchPrediction reads it. */
+export interface LinePrediction {
+  /** Tokens of the line's request in this step: each voted for top-k experts. */
+  readonly tokens: number;
+  /** The experts it predicted, most voted first. */
+  readonly ranked: readonly ExpertId[];
+  /** The votes, aligned with `ranked`; undefined in traces without lookahead_votes. */
+  readonly votes?: readonly number[] | undefined;
+}
+
 /**
- * A batch's lookahead for one target layer from its requests' ranked lookaheads, as predictLookahead
- * ranks it: by votes over all tokens (each token votes for its top-k), ties to the lower id. Votes a
- * line's ranking does not determine are estimated, decreasing linearly with rank (see predictedExact).
+ * A batch's lookahead for one target layer from its requests' lookaheads, as forward.ts ranks it: the
+ * requests' votes summed (lookahead-votes.ts), most first, ties to the lower id. Where a line has no
+ * votes recorded they are derived from its ranking when that determines them, and otherwise estimated,
+ * decreasing linearly with rank (exact: false; see predictedExact).
  */
-export function batchPrediction(lines: readonly { readonly tokens: number; readonly ranked: readonly ExpertId[] }[], topK: number): { ids: ExpertId[]; exact: boolean } {
+export function batchPrediction(lines: readonly LinePrediction[], topK: number): { ids: ExpertId[]; exact: boolean } {
   const only = lines.length === 1 ? lines[0] : undefined;
   if (only) return { ids: [...only.ranked], exact: true };
-  const votes = new Map<ExpertId, number>();
   let exact = true;
-  for (const { tokens, ranked } of lines) {
+  const predictions = lines.map(({ tokens, ranked, votes }) => {
+    if (votes) return { experts: ranked, votes };
     const n = ranked.length;
     const known = tokens === 1 || n === topK || n === tokens * topK;
     if (!known && n > 0) exact = false;
-    ranked.forEach((id, rank) => {
-      // Known: each named expert has tokens x top-k / n votes. Estimated: the same total, spread 2(n - rank) / (n (n + 1)).
-      const v = known ? (tokens * topK) / n : (tokens * topK * 2 * (n - rank)) / (n * (n + 1));
-      votes.set(id, (votes.get(id) ?? 0) + v);
-    });
-  }
-  return { ids: [...votes.keys()].sort((a, b) => (votes.get(b) as number) - (votes.get(a) as number) || a - b), exact };
+    // Known: each named expert has tokens x top-k / n votes. Estimated: the same total, spread 2(n - rank) / (n (n + 1)).
+    return { experts: ranked, votes: ranked.map((_, rank) => (known ? (tokens * topK) / n : (tokens * topK * 2 * (n - rank)) / (n * (n + 1)))) };
+  });
+  return { ids: [...sumVotes(predictions).experts], exact };
 }
 
 function usedExperts(line: TraceLine, ids: ExpertIds): ExpertId[] {
