@@ -2,7 +2,7 @@
 // numbers scraped before and after, so the result carries hit ratio, bytes moved and tokens/s.
 import { drive, type ArrivalMode } from './arrivals.js';
 import { runHttpScenario } from './http-scenario.js';
-import type { ClientKind } from './options.js';
+import type { ClientKind, SchedulingKind } from './options.js';
 import { LOAD_PROMPTS } from './prompts.js';
 import { countOutcomes, errorCount, OVERLOADED, summarizeLatencies, type LatencySummaries, type RequestRecord } from './request-record.js';
 import { eventLoopDelaySinceLastScrape, probeHealth, type Responsiveness } from './responsiveness.js';
@@ -12,6 +12,8 @@ import { sseCompletion, WsStreamConnection, type CompletionParams } from './stre
 export interface RunSpec {
   readonly policy: string;
   readonly budgetPercent: number;
+  /** The server's admission order (fifo, or expert: serve --expert-aware-scheduling). */
+  readonly scheduling: SchedulingKind;
   readonly client: ClientKind;
   readonly concurrency: number;
   readonly mode: ArrivalMode;

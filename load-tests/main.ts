@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `npm run loadtest`: one moe-serve server per (policy, budget), the same workload against each, then
+// `npm run loadtest`: one moe-serve server per (policy, budget, scheduling), the same workload against each, then
 // report.md, report.html and results.json. Exits 1 when a run had errors other than 429, 2 for bad flags.
 // With --soak, one server saturated for a long time instead (soak-command.ts).
 import { mkdir, rm, writeFile } from 'node:fs/promises';
@@ -40,30 +40,31 @@ async function main(argv: readonly string[]): Promise<number> {
   const results: RunResult[] = [];
   const notes: string[] = [];
 
-  for (const policy of opts.policies) {
-    for (const budgetPercent of opts.budgetsPercent) {
-      const name = `${policy}-${budgetPercent}pct`;
+  for (const cache of opts.policies) {
+    const policy = cache.label;
+    for (const [budgetPercent, scheduling] of opts.budgetsPercent.flatMap((b) => opts.schedulings.map((s) => [b, s] as const))) {
+      const name = `${policy}-${budgetPercent}pct-${scheduling}`;
       const tracePath = join(serversDir, `${name}.trace.jsonl`);
-      const server = await launchServer({ modelDir: opts.modelDir, device: opts.device, policy, budgetFraction: budgetPercent / 100, tracePath, maxSeqs: opts.maxSeqs, maxQueue: opts.maxQueue, logPath: join(serversDir, `${name}.log`) });
+      const server = await launchServer({ modelDir: opts.modelDir, device: opts.device, policy: cache.policy, prefetchDepth: cache.prefetchDepth, budgetFraction: budgetPercent / 100, tracePath, maxSeqs: opts.maxSeqs, maxQueue: opts.maxQueue, expertAwareScheduling: scheduling === 'expert', logPath: join(serversDir, `${name}.log`) });
       const serverRuns: RunResult[] = [];
       // Where each run's lines are in the server's routing trace.
       const traceRanges = new Map<RunResult, TraceRange>();
       try {
         // The command of the first server, with the trace path relative to the report.
-        if (notes.length === 0) notes.push(`Server: \`moe-serve ${server.args.map((a) => (a === tracePath ? relative(outDir, a) : a)).join(' ')}\` (policy and budget per configuration)`);
+        if (notes.length === 0) notes.push(`Server: \`moe-serve ${server.args.map((a) => (a === tracePath ? relative(outDir, a) : a)).join(' ')}\` (policy, budget and scheduling per configuration)`);
         const model = await modelId(server.baseUrl);
         await warmUp(server.baseUrl, model, opts.maxTokens);
         for (const concurrency of opts.concurrency) {
           for (const client of opts.clients) {
             const fromByte = await settledTraceBytes(tracePath);
             const r = await runLoad(server.baseUrl, model, {
-              policy, budgetPercent, client, concurrency, mode: opts.mode, ratePerSecond: opts.ratePerSecond,
+              policy, budgetPercent, scheduling, client, concurrency, mode: opts.mode, ratePerSecond: opts.ratePerSecond,
               durationMs: opts.durationMs, maxRequests: opts.maxRequests, maxTokens: opts.maxTokens, seed: opts.seed,
             });
             serverRuns.push(r);
             traceRanges.set(r, { fromByte, toByte: await settledTraceBytes(tracePath) });
             process.stderr.write(
-              `${policy} ${budgetPercent}% ${client} c=${concurrency}: ${r.completed}/${r.requests} ok, ${r.tokensPerSecond.toFixed(1)} tokens/s, ` +
+              `${policy} ${budgetPercent}% ${scheduling} ${client} c=${concurrency}: ${r.completed}/${r.requests} ok, ${r.tokensPerSecond.toFixed(1)} tokens/s, ` +
                 `e2e p50 ${r.latency.e2eMs.p50?.toFixed(0) ?? '-'} ms, hit ratio ${percent(r.server.hitRatio)}, 429s ${r.rejected429}, errors ${r.errors}\n`,
             );
           }

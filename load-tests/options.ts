@@ -12,6 +12,10 @@ import { SOAK_CLIENT_KINDS } from './soak-clients.js';
 export const CLIENT_KINDS = ['http', 'sse', 'ws'] as const;
 export type ClientKind = (typeof CLIENT_KINDS)[number];
 
+/** How the server admits waiting requests: oldest first, or `serve --expert-aware-scheduling`. */
+export const SCHEDULING_KINDS = ['fifo', 'expert'] as const;
+export type SchedulingKind = (typeof SCHEDULING_KINDS)[number];
+
 /** The soak's client count beyond the server's --max-seqs, so that some requests always wait. */
 export const SOAK_EXTRA_CLIENTS = 8;
 /** One client of each kind. */
@@ -20,12 +24,15 @@ const SOAK_MAX_TOKENS = 256;
 
 export const LOADTEST_HELP = `Usage: npm run loadtest -- [options]
 
-Starts one moe-serve server per (policy, budget) on a free 127.0.0.1 port, runs the same workload
+Starts one moe-serve server per (policy, budget, scheduling) on a free 127.0.0.1 port, runs the same workload
 against each (every concurrency x every client), stops it, and writes report.md, report.html and
 results.json.
 
-  --policies LIST     expert-cache policies: ${POLICY_NAMES.join(', ')} (default: all of them)
+  --policies LIST     expert-cache policies: ${POLICY_NAMES.join(', ')} (default: all of them); NAME@N
+                      also sets the server's --prefetch-depth N (default: the server's, 1)
   --budgets LIST      expert-cache budgets, percentages of all expert bytes (default 10%,25%,50%)
+  --scheduling LIST   the server's admission order: fifo (oldest first), expert (serve
+                      --expert-aware-scheduling); one server per (policy, budget, scheduling) (default fifo)
   --concurrency LIST  closed loop: requests in flight; poisson: most in flight (default 1,8,32)
   --duration TIME     each run's time bound, e.g. 500ms, 30s, 2m; at most 10m (default 30s)
   --requests N        each run's request-count bound (default 1000)
@@ -57,7 +64,7 @@ Soak test (one server, saturated for a long time; writes report.md, rss.svg and 
 `;
 
 /** Flags of the policy comparison that mean nothing to a soak. */
-const NOT_WITH_SOAK = ['duration', 'requests', 'client', 'mode', 'rate', 'smoke', 'keep-traces'] as const;
+const NOT_WITH_SOAK = ['scheduling', 'duration', 'requests', 'client', 'mode', 'rate', 'smoke', 'keep-traces'] as const;
 
 export interface SoakOptions {
   readonly durationMs: number;
@@ -70,10 +77,20 @@ export interface SoakOptions {
   readonly maxTokens: number;
 }
 
+/** A policy with, optionally, its prefetch depth: `next-use@0`. */
+export interface CacheConfig {
+  readonly policy: PolicyName;
+  /** The server's --prefetch-depth; its default when undefined. */
+  readonly prefetchDepth?: number;
+  /** As given (`next-use@0`): how runs and reports name it. */
+  readonly label: string;
+}
+
 export interface LoadtestOptions {
-  readonly policies: readonly PolicyName[];
+  readonly policies: readonly CacheConfig[];
   /** Percentages of all expert bytes, 0 < b <= 100. */
   readonly budgetsPercent: readonly number[];
+  readonly schedulings: readonly SchedulingKind[];
   readonly concurrency: readonly number[];
   readonly durationMs: number;
   readonly maxRequests: number;
@@ -121,6 +138,19 @@ const soakDuration = z
   .transform(toMs)
   .refine((ms) => ms >= 5000 && ms <= 24 * 3_600_000, 'a soak must last from 5s to 24h');
 const policy = z.enum(POLICY_NAMES, { message: `expected one of ${POLICY_NAMES.join(', ')}` });
+const cacheConfig = z
+  .string()
+  .regex(/^[a-z-]+(@\d)?$/, 'expected a policy name, optionally with @ and a prefetch depth 0-8, like next-use@0')
+  .transform((label, ctx): CacheConfig => {
+    const [name, depth] = label.split('@');
+    const parsed = policy.safeParse(name);
+    if (!parsed.success) {
+      ctx.addIssue({ code: 'custom', message: `expected one of ${POLICY_NAMES.join(', ')}` });
+      return z.NEVER;
+    }
+    return { policy: parsed.data, label, ...(depth !== undefined && { prefetchDepth: Number(depth) }) };
+  });
+const scheduling = z.enum(SCHEDULING_KINDS, { message: `expected one of ${SCHEDULING_KINDS.join(', ')}` });
 const client = z.enum(CLIENT_KINDS, { message: `expected one of ${CLIENT_KINDS.join(', ')}` });
 
 function parseList<T>(flag: string, schema: z.ZodType<T>, value: string): T[] {
@@ -139,6 +169,7 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
       options: {
         policies: { type: 'string' },
         budgets: { type: 'string' },
+        scheduling: { type: 'string' },
         concurrency: { type: 'string' },
         duration: { type: 'string' },
         requests: { type: 'string' },
@@ -171,8 +202,9 @@ export function parseLoadtestArgs(argv: readonly string[]): LoadtestOptions {
   if (mode === 'closed' && rate !== undefined) throw new UsageError('--rate applies to --mode poisson only');
   const optionalInt = (name: 'max-seqs' | 'max-queue') => (values[name] === undefined ? undefined : parseFlag(name, positiveInt, values[name]));
   return {
-    policies: parseList('policies', policy, flag('policies')),
+    policies: parseList('policies', cacheConfig, flag('policies')),
     budgetsPercent: parseList('budgets', budget, flag('budgets')),
+    schedulings: parseList('scheduling', scheduling, values.scheduling ?? 'fifo'),
     concurrency: parseList('concurrency', positiveInt.max(1024), flag('concurrency')),
     durationMs: parseFlag('duration', duration, flag('duration')),
     maxRequests: parseFlag('requests', positiveInt, flag('requests')),

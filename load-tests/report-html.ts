@@ -1,7 +1,7 @@
 // report.html: the same context and tables as report.md, plus inline SVG charts per client and
 // concurrency: throughput, e2e p50 and p99 latency, and hit ratio against budget, one line per policy,
 // Belady's bound dashed on the hit-ratio chart.
-import { POLICY_COLORS } from '../src/experts/replay/hit-ratio-chart.js';
+import { POLICY_COLORS, SPARE_COLORS } from '../src/experts/replay/hit-ratio-chart.js';
 import { escapeXml, lineChartSvg, type Series } from './line-chart-svg.js';
 import type { RunResult } from './load-run.js';
 import type { ReportContext } from './report-context.js';
@@ -55,14 +55,16 @@ ${body.join('\n')}
 `;
 }
 
-/** The four charts of one client at one concurrency. */
+/** The five charts of one client at one concurrency. */
 export function charts(runs: readonly RunResult[]): string[] {
-  const policies = [...new Set(runs.map((r) => r.policy))];
+  // One line per configuration: the policy, and the admission order where it is not the default.
+  const lineOf = (r: RunResult) => (r.scheduling === 'fifo' ? r.policy : `${r.policy} ${r.scheduling}`);
+  const lines = [...new Set(runs.map(lineOf))];
   const byPolicy = (value: (r: RunResult) => number | null): Series[] =>
-    policies.map((policy) => ({
-      name: policy,
-      color: POLICY_COLORS.get(policy) ?? 'gray',
-      points: runs.filter((r) => r.policy === policy).map((r) => ({ x: r.budgetPercent, y: value(r) })),
+    lines.map((line) => ({
+      name: line,
+      color: POLICY_COLORS.get(line) ?? SPARE_COLORS[lines.indexOf(line) % SPARE_COLORS.length] ?? 'gray',
+      points: runs.filter((r) => lineOf(r) === line).map((r) => ({ x: r.budgetPercent, y: value(r) })),
     }));
   const ms = (y: number) => `${Number(y.toPrecision(3))} ms`;
   const c = runs[0]?.concurrency ?? 0;
@@ -77,6 +79,14 @@ export function charts(runs: readonly RunResult[]): string[] {
       yRange: [0, 1],
       yFormat: (y) => `${Math.round(y * 100)}%`,
       series: [...byPolicy((r) => r.server.hitRatio), ...beladySeries(runs)],
+    }),
+    lineChartSvg({
+      title: `Loads avoided (1 - loads / uses), concurrency ${c}`,
+      xLabel: BUDGET_AXIS,
+      yLabel: 'loads avoided',
+      yRange: [0, 1],
+      yFormat: (y) => `${Math.round(y * 100)}%`,
+      series: [...byPolicy((r) => r.server.loadsAvoided), ...beladySeries(runs)],
     }),
   ];
 }

@@ -12,7 +12,8 @@ export const METRIC_DEFINITIONS = [
   'Percentiles interpolate linearly between ranks (numpy.percentile, as vLLM\'s benchmark computes them); latencies are over successful (200) requests only.',
   '**hit ratio**: expert-cache hits / expert uses during the run, from `GET /v1/experts` before and after it; **bytes to device**: expert bytes turned into compute form (fp32 on the CPU provider, uploads on GPU) during the run.',
   '**/health p50 / p99 ms**: GET /health round trips probed from the load generator every 20 ms during the run; **event-loop delay p99 / max ms**: the server\'s own (prom-client, sampled every 1 ms, so a figure carries up to 1 ms of sampling interval), over the run exactly: GET /metrics is scraped just before it starts and right after it ends. Both say how long other requests wait behind the engine\'s synchronous work.',
-  '**Belady hit ratio**: the replay tool\'s Belady bound (offline optimum with demand loading) on the routing-trace lines this run added to its server\'s trace (`serve --trace`), at its budget. Policies with prefetching can beat it. The trace has one line per request and layer, so the replay counts an expert that several sequences of one batched step share once per sequence, while the server counts it once: at concurrency 1 the two count alike; above it the bound is optimistic.',
+  '**loads avoided**: 1 - (misses + prefetches) / expert uses: the share of uses that cost no load. Without prefetching it equals the hit ratio; with prefetching a prefetched expert counts as a hit but was loaded all the same, which is why hit ratios above Belady\'s are possible and loads avoided above it are not.',
+  '**Belady**: the replay tool\'s exact offline optimum (Belady\'s MIN: evict the expert needed furthest ahead) on the routing-trace lines this run added to its server\'s trace (`serve --trace`), at its budget, with the server\'s rules: a batched forward pass uses the union of its sequences\' experts once per layer (the trace numbers its passes), experts in use count against the budget and cannot be evicted. Demand loading is optimal in loads for equal-size experts, so no policy, with prefetching or without, avoids more loads than this. **gap (points)**: Belady minus loads avoided.',
   '**429s**: requests refused by the server\'s full queue (deliberate overload), counted apart; **errors**: every other failure (another status, a connection error or timeout, a stream that broke off). A run with errors fails the command.',
 ];
 
@@ -43,7 +44,7 @@ export function reportMarkdown(ctx: ReportContext, results: readonly RunResult[]
     '',
   ];
   for (const group of groupByClient(results)) {
-    out.push(`## ${group.title}`, '', `| ${TABLE_HEAD.join(' | ')} |`, `|${TABLE_HEAD.map((_, i) => (i < 2 ? '---|' : '---:|')).join('')}`);
+    out.push(`## ${group.title}`, '', `| ${TABLE_HEAD.join(' | ')} |`, `|${TABLE_HEAD.map((_, i) => (i < 3 ? '---|' : '---:|')).join('')}`);
     for (const r of group.runs) out.push(`| ${tableRow(r).join(' | ')} |`);
     out.push('');
   }
@@ -52,20 +53,20 @@ export function reportMarkdown(ctx: ReportContext, results: readonly RunResult[]
     out.push(
       '## What the server counted (GET /metrics, change over each run)',
       '',
-      '| client | policy | budget | concurrency | generation tokens/s | prompt tokens | requests by status |',
-      '|---|---|---|---:|---:|---:|---|',
+      '| client | policy | budget | scheduling | concurrency | generation tokens/s | prompt tokens | requests by status |',
+      '|---|---|---|---|---:|---:|---:|---|',
     );
     for (const r of withMetrics) {
       const m = r.server.metrics!;
       const statuses = Object.entries(m.requestsByStatus).map(([status, n]) => `${status}: ${n}`).join(', ') || '-';
-      out.push(`| ${r.client} | ${r.policy} | ${r.budgetPercent}% | ${r.concurrency} | ${r.serverTokensPerSecond?.toFixed(1) ?? '-'} | ${m.promptTokens} | ${statuses} |`);
+      out.push(`| ${r.client} | ${r.policy} | ${r.budgetPercent}% | ${r.scheduling} | ${r.concurrency} | ${r.serverTokensPerSecond?.toFixed(1) ?? '-'} | ${m.promptTokens} | ${statuses} |`);
     }
     out.push('');
   }
   const failed = results.filter((r) => r.errors > 0);
   out.push('## Errors', '');
   if (failed.length === 0) out.push('No run had an error response other than deliberate overload (429).');
-  for (const r of failed) out.push(`- **${r.client} ${r.policy} ${r.budgetPercent}% c=${r.concurrency}**: ${r.errors} errors; outcomes ${JSON.stringify(r.outcomes)}`);
+  for (const r of failed) out.push(`- **${r.client} ${r.policy} ${r.budgetPercent}% ${r.scheduling} c=${r.concurrency}**: ${r.errors} errors; outcomes ${JSON.stringify(r.outcomes)}`);
   out.push('');
   return out.join('\n');
 }

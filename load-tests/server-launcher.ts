@@ -17,12 +17,16 @@ export interface ServerConfig {
   readonly device?: string;
   /** The expert-cache policy; the server's default when undefined. */
   readonly policy?: string;
+  /** Sparse layers the router lookahead prefetches (`--prefetch-depth`); the server's default when undefined. */
+  readonly prefetchDepth?: number;
   /** Expert-cache budget as a fraction of all expert bytes; the server's default (all experts) when undefined. */
   readonly budgetFraction?: number;
   /** Where the server writes its routing trace (`serve --trace`); none when undefined. */
   readonly tracePath?: string;
   readonly maxSeqs?: number;
   readonly maxQueue?: number;
+  /** `serve --expert-aware-scheduling` (with its default pass-over limit); oldest first when false or undefined. */
+  readonly expertAwareScheduling?: boolean;
   /** Per-client limits; the server's defaults when undefined. */
   readonly clientLimits?: ClientLimitFlags;
   readonly logPath: string;
@@ -86,10 +90,12 @@ export function serverArgs(c: ServerConfig): string[] {
     ...(c.modelDir ? ['--model', c.modelDir] : []),
     ...(c.device ? ['--device', c.device] : []),
     ...(c.policy ? ['--expert-policy', c.policy] : []),
+    ...(c.prefetchDepth !== undefined ? ['--prefetch-depth', String(c.prefetchDepth)] : []),
     ...(c.budgetFraction !== undefined ? ['--expert-cache-fraction', String(c.budgetFraction)] : []),
     ...(c.tracePath ? ['--trace', c.tracePath] : []),
     ...(c.maxSeqs ? ['--max-seqs', String(c.maxSeqs)] : []),
     ...(c.maxQueue ? ['--max-queue', String(c.maxQueue)] : []),
+    ...(c.expertAwareScheduling ? ['--expert-aware-scheduling'] : []),
     ...(c.clientLimits ? clientLimitArgs(c.clientLimits) : []),
   ];
 }

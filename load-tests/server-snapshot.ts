@@ -13,7 +13,7 @@ const expertStats = z.object({
   budgetBytes: z.number(),
   totalExpertBytes: z.number(),
   residentBytes: z.number(),
-  total: z.object({ accesses: z.number(), hits: z.number(), misses: z.number(), bytesToDevice: z.number(), bytesFromDisk: z.number() }),
+  total: z.object({ accesses: z.number(), hits: z.number(), misses: z.number(), prefetchIssued: z.number(), bytesToDevice: z.number(), bytesFromDisk: z.number() }),
 });
 
 export type ExpertStatsSnapshot = z.infer<typeof expertStats>;
@@ -29,6 +29,13 @@ export interface ServerDelta {
   readonly accesses: number;
   readonly hits: number;
   readonly hitRatio: number | null;
+  /** Experts loaded into the device tier: misses plus prefetches. */
+  readonly loads: number;
+  /**
+   * 1 - loads / accesses: the share of uses that cost no load. Without prefetching it is the hit ratio;
+   * with it, prefetched hits were loads all the same. No policy, prefetching or not, beats Belady's here.
+   */
+  readonly loadsAvoided: number | null;
   readonly bytesToDevice: number;
   readonly bytesFromDisk: number;
   readonly residentBytes: number;
@@ -55,10 +62,13 @@ export function diff(before: ServerSnapshot, after: ServerSnapshot): ServerDelta
   const b = before.experts.total;
   const accesses = a.accesses - b.accesses;
   const hits = a.hits - b.hits;
+  const loads = a.misses - b.misses + (a.prefetchIssued - b.prefetchIssued);
   return {
     accesses,
     hits,
     hitRatio: accesses === 0 ? null : hits / accesses,
+    loads,
+    loadsAvoided: accesses === 0 ? null : 1 - loads / accesses,
     bytesToDevice: a.bytesToDevice - b.bytesToDevice,
     bytesFromDisk: a.bytesFromDisk - b.bytesFromDisk,
     residentBytes: after.experts.residentBytes,

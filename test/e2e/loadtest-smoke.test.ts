@@ -33,10 +33,10 @@ test('loadtest --smoke writes report.md, report.html and results.json with token
   assert.ok(results[1]!.latency.ttftMs!.p50! > 0 && results[1]!.latency.itlMs!.count > 0, 'the SSE run measured token times');
   const md = readFileSync(join(out, 'report.md'), 'utf8');
   assert.match(md, /npm run loadtest -- --smoke --out /);
-  assert.match(md, /\| lru \| 25% \| 2 \|/);
+  assert.match(md, /\| lru \| 25% \| fifo \| 2 \|/);
   assert.match(md, /No run had an error response other than deliberate overload \(429\)/);
   const html = readFileSync(join(out, 'report.html'), 'utf8');
-  assert.equal((html.match(/<svg /g) ?? []).length, 8, 'four charts per client');
+  assert.equal((html.match(/<svg /g) ?? []).length, 10, 'five charts per client');
 });
 
 test('loadtest --soak 10s accounts for every request (none lost, no 5xx) and writes report.md, rss.svg and results.json', { timeout: 200_000 }, async () => {

@@ -4,8 +4,10 @@ import { describe, test } from 'node:test';
 import { lineChartSvg } from '../../load-tests/line-chart-svg.js';
 import { assertLoopback, NonLoopbackTargetError } from '../../load-tests/loopback.js';
 import { parseLoadtestArgs } from '../../load-tests/options.js';
+import { serverArgs } from '../../load-tests/server-launcher.js';
 import { UsageError } from '../../src/cli/cli-error.js';
 import { commandLine } from '../../load-tests/report-context.js';
+import { POLICY_NAMES } from '../../src/experts/policies/index.js';
 
 /** Checks that every tag is closed in order (a small XML well-formedness check for our own output). */
 function assertWellFormed(xml: string): void {
@@ -69,19 +71,21 @@ describe('SVG line chart', () => {
 describe('loadtest flags', () => {
   test('defaults are the documented ones; --smoke is one short configuration', () => {
     const d = parseLoadtestArgs([]);
-    assert.deepEqual(d.policies, ['lru', 'lfu', 'static', 'none', 'all']);
+    assert.deepEqual(d.policies.map((c) => c.label), [...POLICY_NAMES]);
     assert.deepEqual(d.budgetsPercent, [10, 25, 50]);
     assert.deepEqual(d.concurrency, [1, 8, 32]);
     assert.equal(d.durationMs, 30_000);
     assert.deepEqual(d.clients, ['http', 'sse']);
     const s = parseLoadtestArgs(['--smoke', '--out', '/tmp/x']);
-    assert.deepEqual([s.policies, s.budgetsPercent, s.concurrency, s.durationMs], [['lru'], [25], [2], 3000]);
+    assert.deepEqual([s.policies, s.budgetsPercent, s.concurrency, s.durationMs], [[{ policy: 'lru', label: 'lru' }], [25], [2], 3000]);
     assert.equal(s.outDir, '/tmp/x');
   });
 
   test('parses lists, durations and Poisson mode', () => {
     const o = parseLoadtestArgs(['--policies', 'lfu,none', '--budgets', '12.5%,100%', '--concurrency', '1,64', '--duration', '1.5m', '--client', 'ws', '--mode', 'poisson', '--rate', '2.5']);
-    assert.deepEqual(o.policies, ['lfu', 'none']);
+    assert.deepEqual(o.policies, [{ policy: 'lfu', label: 'lfu' }, { policy: 'none', label: 'none' }]);
+    // NAME@N also sets the server's prefetch depth.
+    assert.deepEqual(parseLoadtestArgs(['--policies', 'next-use@0,lru']).policies, [{ policy: 'next-use', label: 'next-use@0', prefetchDepth: 0 }, { policy: 'lru', label: 'lru' }]);
     assert.deepEqual(o.budgetsPercent, [12.5, 100]);
     assert.deepEqual(o.concurrency, [1, 64]);
     assert.equal(o.durationMs, 90_000);
@@ -97,7 +101,9 @@ describe('loadtest flags', () => {
     refuses(['--budgets', '25'], /--budgets: expected a percentage of all expert bytes/);
     refuses(['--budgets', '10%,,25%'], /--budgets: expected a comma-separated list without empty items/);
     refuses(['--budgets', '10%,10%'], /--budgets: an item is repeated/);
-    refuses(['--policies', 'lru,fifo'], /--policies: expected one of lru, lfu, static, none, all \(got "fifo"\)/);
+    refuses(['--policies', 'lru,fifo'], /--policies: expected one of lru, lfu, lfu-decay, next-use, static, none, all \(got "fifo"\)/);
+    refuses(['--policies', 'lru@x'], /--policies: expected a policy name, optionally with @ and a prefetch depth/);
+    refuses(['--policies', 'fifo@1'], /--policies: expected one of lru/);
     refuses(['--concurrency', '0'], /--concurrency:/);
     refuses(['--duration', '30'], /--duration: expected a time like 500ms, 30s or 2m/);
     refuses(['--duration', '11m'], /--duration: a run must last from 100ms to 10m/);
@@ -105,6 +111,17 @@ describe('loadtest flags', () => {
     refuses(['--mode', 'poisson'], /--mode poisson needs --rate/);
     refuses(['--rate', '3'], /--rate applies to --mode poisson only/);
     refuses(['--bogus'], /Unknown option '--bogus'/);
+  });
+
+  test('--scheduling lists the admission orders to compare, fifo by default; expert starts the server with --expert-aware-scheduling', () => {
+    assert.deepEqual(parseLoadtestArgs([]).schedulings, ['fifo']);
+    assert.deepEqual(parseLoadtestArgs(['--scheduling', 'fifo,expert', '--max-seqs', '8']).schedulings, ['fifo', 'expert']);
+    refuses(['--scheduling', 'lifo'], /--scheduling: expected one of fifo, expert \(got "lifo"\)/);
+    refuses(['--soak', '30m', '--scheduling', 'expert'], /--scheduling does not apply to --soak/);
+    const args = serverArgs({ maxSeqs: 8, expertAwareScheduling: true, logPath: '/dev/null' });
+    assert.ok(args.includes('--expert-aware-scheduling'));
+    assert.deepEqual(args.slice(args.indexOf('--max-seqs'), args.indexOf('--max-seqs') + 2), ['--max-seqs', '8']);
+    assert.ok(!serverArgs({ logPath: '/dev/null' }).includes('--expert-aware-scheduling'));
   });
 
   test('the report repeats the command with shell quoting', () => {

@@ -120,7 +120,7 @@ function sample(atMs: number, rssMib: number | null, p99 = 5, max = 10): SoakSam
 }
 
 const NO_SERVER_CHANGE: ServerDelta = {
-  accesses: 0, hits: 0, hitRatio: null, bytesToDevice: 0, bytesFromDisk: 0, residentBytes: 0, budgetBytes: 0,
+  accesses: 0, hits: 0, hitRatio: null, loads: 0, loadsAvoided: null, bytesToDevice: 0, bytesFromDisk: 0, residentBytes: 0, budgetBytes: 0,
   metrics: { generationTokens: 0, promptTokens: 0, requestsByStatus: { '200': 10 } },
 };
 
