@@ -43,6 +43,7 @@ export class ServerMetrics {
     engineGauge('moe_serve_kv_tokens_reserved', 'KV-cache rows reserved by running requests (of the --kv-cache-mb budget)', (s) => s.kvTokensReserved);
     engineCounter('moe_serve_generation_tokens_total', 'Tokens generated', (s) => s.tokensGenerated);
     engineCounter('moe_serve_engine_steps_total', 'Engine steps (one forward pass over the batch)', (s) => s.steps);
+    engineCounter('moe_serve_scheduler_pass_overs_total', 'Times expert-aware admission admitted a request ahead of an older waiting one, once per older one (0 when off)', (s) => s.passOvers);
     engineCounter('moe_serve_forked_prompt_tokens_total', 'Prompt tokens a choice of an n > 1 request took from the first choice instead of computing them', (s) => s.forkedTokens);
     engineCounter('moe_serve_prefix_cache_lookups_total', 'Admitted requests that looked for a cached prompt prefix', (s) => s.prefixCache?.lookups ?? 0);
     engineCounter('moe_serve_prefix_cache_hits_total', 'Lookups that found at least one cached block', (s) => s.prefixCache?.hits ?? 0);
@@ -95,7 +96,7 @@ export class ServerMetrics {
   }
 }
 
-const ZERO_ENGINE: EngineStats = { steps: 0, tokensComputed: 0, tokensGenerated: 0, running: 0, waiting: 0, kvTokensReserved: 0, forkedTokens: 0, prefixCache: null };
+const ZERO_ENGINE: EngineStats = { steps: 0, tokensComputed: 0, tokensGenerated: 0, running: 0, waiting: 0, kvTokensReserved: 0, forkedTokens: 0, passOvers: 0, prefixCache: null };
 
 /** Counters mirrored from another component's running totals: set to the total at scrape time. */
 function setCounter(counter: Counter, total: number): void {

@@ -6,7 +6,7 @@ import type { ExpertCacheOptions, ModelLoadOptions } from '../engine/moe-model.j
 import { COMPUTE_DTYPES, computeDType } from '../model/compute-form.js';
 import { checkScheme } from '../model/quantization.js';
 import { POLICY_NAMES } from '../experts/policies/index.js';
-import type { SchedulerConfig } from '../scheduler/scheduler.js';
+import { DEFAULT_PASS_OVER_LIMIT, type SchedulerConfig } from '../scheduler/scheduler.js';
 import { DEVICE_KINDS, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { UsageError } from './cli-error.js';
 
@@ -129,19 +129,30 @@ export const SCHEDULER_OPTIONS = {
   'max-batch-tokens': { type: 'string', default: '512' },
   'max-seqs': { type: 'string', default: '16' },
   'max-queue': { type: 'string', default: '64' },
+  'expert-aware-scheduling': { type: 'boolean', default: false },
+  'pass-over-limit': { type: 'string' },
 } as const;
 
 export const SCHEDULER_OPTIONS_HELP = `Batching:
   --max-batch-tokens N         most tokens per engine step: prompt chunks plus one per decoding sequence (default 512)
   --max-seqs N                 most sequences running at once (default 16)
-  --max-queue N                most requests waiting; beyond it requests are refused at once (default 64)`;
+  --max-queue N                most requests waiting; beyond it requests are refused at once (default 64)
+  --expert-aware-scheduling    admit first the waiting request whose experts (predicted from its prompt's
+                               token ids) are most resident in the expert cache, within the per-client rule
+                               (default off: oldest first)
+  --pass-over-limit N          with --expert-aware-scheduling: times a request may be passed over by younger
+                               ones before it goes first; 0 = oldest first (default ${DEFAULT_PASS_OVER_LIMIT})`;
 
-type SchedulerFlagValues = { [K in keyof typeof SCHEDULER_OPTIONS]?: string | undefined };
+type SchedulerFlagValues = { [K in keyof typeof SCHEDULER_OPTIONS]?: (typeof SCHEDULER_OPTIONS)[K]['type'] extends 'boolean' ? boolean | undefined : string | undefined };
 
 export function schedulerOptions(values: SchedulerFlagValues): SchedulerConfig {
+  if (values['pass-over-limit'] !== undefined && !values['expert-aware-scheduling']) {
+    throw new UsageError('--pass-over-limit applies with --expert-aware-scheduling only');
+  }
   return {
     maxBatchTokens: parseFlag('max-batch-tokens', intFlag(1), values['max-batch-tokens'] ?? SCHEDULER_OPTIONS['max-batch-tokens'].default),
     maxSeqs: parseFlag('max-seqs', intFlag(1), values['max-seqs'] ?? SCHEDULER_OPTIONS['max-seqs'].default),
     maxQueue: parseFlag('max-queue', intFlag(1), values['max-queue'] ?? SCHEDULER_OPTIONS['max-queue'].default),
+    ...(values['expert-aware-scheduling'] && { expertAware: { passOverLimit: parseFlag('pass-over-limit', intFlag(0), values['pass-over-limit'] ?? String(DEFAULT_PASS_OVER_LIMIT)) } }),
   };
 }

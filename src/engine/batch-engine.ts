@@ -6,6 +6,7 @@ import { RequestStatus } from '../scheduler/request-status.js';
 import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../scheduler/scheduler.js';
 import type { Token } from '../tokenizer/token.js';
 import { CompletionState, type CompletionOutput, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
+import { ExpertAffinity, type ExpertPrediction } from './expert-affinity.js';
 import type { BatchItem, RoutingObserver } from './forward.js';
 import { kvRowsFor, type SequenceKvCache } from './kv-cache.js';
 import { tokenLogprob, type TokenLogprob } from './logit-processing.js';
@@ -105,6 +106,8 @@ export interface EngineStats {
   readonly kvTokensReserved: number;
   /** Prompt tokens whose KV a sequence took from another sequence of the same request (n > 1). */
   readonly forkedTokens: number;
+  /** Times expert-aware admission admitted a request ahead of an older waiting one, once per older one (0 when off). */
+  readonly passOvers: number;
   /** null when prefix caching is off. */
   readonly prefixCache: PrefixCacheStats | null;
 }
@@ -145,6 +148,8 @@ interface Sequence {
   /** Top alternatives per prompt logprob, when the request asked for them. */
   readonly promptTop: number | undefined;
   readonly promptLogprobs: (TokenLogprob | null)[];
+  /** Its experts as predicted while it waits (expert-aware admission); made again as the table learns. */
+  predictedExperts: ExpertPrediction | undefined;
   kv: SequenceKvCache | null;
   /** What went wrong while admitting it (allocating or filling its KV cache): it fails after schedule(). */
   admitError: unknown;
@@ -157,6 +162,8 @@ export class BatchEngine implements AsyncDisposable {
   private readonly scheduler: Scheduler;
   private readonly sequences = new Map<string, Sequence>();
   private readonly prefixCache: PrefixCache | undefined;
+  /** With expert-aware admission: the experts each token id was last routed to, learned from every step. */
+  private readonly affinity: ExpertAffinity | undefined;
   /** Sequences whose prompt the last step finished computing, for the prefix cache. */
   private readonly toStore: Sequence[] = [];
   private nextId = 0;
@@ -173,7 +180,11 @@ export class BatchEngine implements AsyncDisposable {
     config: SchedulerConfig,
     options: EngineOptions = {},
   ) {
-    this.scheduler = new Scheduler(config, { cachedTokens: (id) => this.admit(id) });
+    this.affinity = config.expertAware ? new ExpertAffinity(model.spec) : undefined;
+    this.scheduler = new Scheduler(config, {
+      cachedTokens: (id) => this.admit(id),
+      ...(this.affinity && { expertAffinity: (id: string) => this.expertAffinity(id) }),
+    });
     this.prefixCache = model.runtime.onGpu ? undefined : options.prefixCache;
   }
 
@@ -192,6 +203,7 @@ export class BatchEngine implements AsyncDisposable {
       waiting: this.scheduler.numWaiting,
       kvTokensReserved: this.scheduler.kvTokensReserved,
       forkedTokens: this.forkedTokens,
+      passOvers: this.scheduler.passOvers,
       prefixCache: this.prefixCache?.stats ?? null,
     };
   }
@@ -275,6 +287,7 @@ export class BatchEngine implements AsyncDisposable {
       leader,
       promptTop: req.promptLogprobs,
       promptLogprobs: req.promptLogprobs === undefined ? [] : [null],
+      predictedExperts: undefined,
       kv: null,
       admitError: null,
       cachedTokens: 0,
@@ -306,6 +319,17 @@ export class BatchEngine implements AsyncDisposable {
       seq.admitError = err;
       return 0;
     }
+  }
+
+  /**
+   * The scheduler's expert affinity of a waiting sequence: the share of its prompt's predicted experts
+   * resident in the expert cache now (expert-affinity.ts).
+   */
+  private expertAffinity(id: string): number {
+    const seq = this.sequences.get(id);
+    if (!seq || !this.affinity) return 0;
+    seq.predictedExperts = this.affinity.predict(seq.promptIds, seq.predictedExperts);
+    return this.affinity.score(seq.predictedExperts, this.model.experts);
   }
 
   /** Starts the loop if it is not running; it stops by itself when there is no work. */
@@ -431,7 +455,7 @@ export class BatchEngine implements AsyncDisposable {
    */
   private async forwardIsolated(items: readonly BatchItem[], seqs: readonly Sequence[]): Promise<(Float32Array | null | undefined)[]> {
     try {
-      return await this.model.forward.stepBatch(items);
+      return await this.model.forward.stepBatch(items, this.affinity);
     } catch (err) {
       if (items.length === 1) {
         this.failOne(seqs[0] as Sequence, err);
@@ -441,7 +465,7 @@ export class BatchEngine implements AsyncDisposable {
     const out: (Float32Array | null | undefined)[] = [];
     for (const [i, item] of items.entries()) {
       try {
-        const [row] = await this.model.forward.stepBatch([item]);
+        const [row] = await this.model.forward.stepBatch([item], this.affinity);
         out.push(row ?? null);
       } catch (err) {
         this.failOne(seqs[i] as Sequence, err);

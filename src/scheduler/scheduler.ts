@@ -13,11 +13,28 @@
 //      (so decodes and unfinished prompts go before new prompts, and the oldest request is never starved);
 //   3. waiting requests are admitted while fewer than `maxSeqs` run, budget remains and their KV reservation
 //      fits `maxKvTokens`: the oldest request of the client with the fewest running requests first (FIFO when
-//      one client sends everything), so a client with many requests queued cannot starve another's.
+//      one client sends everything), so a client with many requests queued cannot starve another's. When the
+//      chosen request's reservation does not fit, nothing is admitted after it in that step.
 // Nothing is ever preempted. A running request left without budget would wait for the next step, but admission
 // makes that impossible: a request is admitted only with budget left after every running request's demand, and
 // once its prompt is computed it needs one token per step, so only the newest request can get less than it needs,
 // and it always gets at least one token.
+//
+// Expert-aware admission (`expertAware`, off by default; serve --expert-aware-scheduling). The client rule
+// of step 3 still decides whose requests may go next: the candidates are the admissible requests (not
+// waiting on an `after`) of every client tied at the fewest running. Among them the one the
+// `expertAffinity` hook scores highest goes first (the share of its predicted experts resident in the
+// expert cache; ties: the oldest) instead of the oldest. Affinity only reorders what the client rule
+// already allows, because the client rule is a promise to clients and the cache is an optimisation: a
+// client whose prompts happen to hit hot experts (one resending a prompt, say) must not crowd out the
+// others, and it cannot, since each admission still goes to a client with the fewest running.
+// Starvation bound: admitting a request ahead of an older candidate counts one pass-over for each older
+// one; a request with `passOverLimit` pass-overs goes first (the oldest such first), and so does a
+// request that was chosen and whose KV reservation did not fit (as in FIFO, nothing overtakes it). Once
+// at the limit a request is passed over no more (whoever goes instead is a request that must go first and
+// is older), so no request is ever passed over more than `passOverLimit` times: at most that many younger
+// requests are admitted ahead of it while it could have gone. The waits that the client rule and the KV
+// budget impose come on top, as without expert-aware admission. passOverLimit 0 is FIFO.
 import { RequestStatus, isFinished, type FinishedStatus } from './request-status.js';
 
 export interface SchedulerConfig {
@@ -37,7 +54,24 @@ export interface SchedulerConfig {
    * Default: unbounded.
    */
   readonly maxKvTokens?: number;
+  /** Admit by expert affinity within the client rule (see the header); undefined: oldest first. */
+  readonly expertAware?: ExpertAwareAdmission;
 }
+
+export interface ExpertAwareAdmission {
+  /** Most times a waiting request may be passed over by younger ones before it goes first; 0 is FIFO. */
+  readonly passOverLimit: number;
+}
+
+/**
+ * serve's --pass-over-limit default. Each pass-over makes a request wait for one more admission (one more
+ * slot to free when all are busy): 4 leaves affinity room to reorder a queue several requests deep, while
+ * no request waits more than four admissions longer than in FIFO order.
+ */
+export const DEFAULT_PASS_OVER_LIMIT = 4;
+
+/** A validated config: every limit set; expertAware null when off. */
+export type ValidSchedulerConfig = Required<Omit<SchedulerConfig, 'expertAware'>> & { readonly expertAware: ExpertAwareAdmission | null };
 
 export interface NewRequest {
   readonly id: string;
@@ -69,6 +103,12 @@ export interface AdmissionHooks {
    * (its logits choose the first token).
    */
   cachedTokens(id: string): number;
+  /**
+   * With expert-aware admission: how much of the waiting request's predicted experts is resident now, in
+   * [0, 1] (values outside are clamped, NaN counts as 0). Asked for each candidate at each admission, so
+   * it should be cheap. Absent: every request scores 0, which leaves the oldest first.
+   */
+  expertAffinity?(id: string): number;
 }
 
 /** Tokens [start, start + count) of one request, computed this step. */
@@ -90,7 +130,7 @@ export interface FinishedRequest {
 export interface SchedulerOutput {
   /** At most one chunk per request; their counts sum to at most maxBatchTokens. */
   readonly steps: readonly ScheduledChunk[];
-  /** Requests admitted this step, in FIFO order (each also has a chunk in `steps`): allocate their KV cache. */
+  /** Requests admitted this step, in the order admitted (each also has a chunk in `steps`): allocate their KV cache. */
   readonly admitted: readonly string[];
   /** Requests aborted since the last step, always FINISHED_ABORTED: free their KV cache, end their streams. */
   readonly removed: readonly FinishedRequest[];
@@ -151,7 +191,7 @@ export class KvBudgetError extends Error {
   }
 }
 
-export function validateSchedulerConfig(config: SchedulerConfig): Required<SchedulerConfig> {
+export function validateSchedulerConfig(config: SchedulerConfig): ValidSchedulerConfig {
   const maxSeqs = requirePositiveInteger('SchedulerConfig.maxSeqs', config.maxSeqs);
   const maxQueue = requirePositiveInteger('SchedulerConfig.maxQueue', config.maxQueue);
   return Object.freeze({
@@ -161,7 +201,15 @@ export function validateSchedulerConfig(config: SchedulerConfig): Required<Sched
     maxQueuePerClient: requirePositiveInteger('SchedulerConfig.maxQueuePerClient', config.maxQueuePerClient ?? maxQueue),
     maxSeqsPerClient: requirePositiveInteger('SchedulerConfig.maxSeqsPerClient', config.maxSeqsPerClient ?? maxSeqs),
     maxKvTokens: config.maxKvTokens === undefined ? Number.MAX_SAFE_INTEGER : requirePositiveInteger('SchedulerConfig.maxKvTokens', config.maxKvTokens),
+    expertAware: config.expertAware === undefined ? null : Object.freeze({ passOverLimit: requireNonNegativeInteger('SchedulerConfig.expertAware.passOverLimit', config.expertAware.passOverLimit) }),
   });
+}
+
+function requireNonNegativeInteger(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`${name} must be a non-negative integer, got ${value}.`);
+  }
+  return value;
 }
 
 function requirePositiveInteger(name: string, value: number): number {
@@ -182,6 +230,10 @@ interface TrackedRequest {
   status: RequestStatus;
   computedTokens: number;
   generatedTokens: number;
+  /** Times a younger request was admitted ahead of it while both were candidates (expert-aware admission). */
+  passOvers: number;
+  /** It was chosen and its KV reservation did not fit: with expert-aware admission, it goes first until admitted. */
+  kvBlocked: boolean;
 }
 
 function totalTokens(request: TrackedRequest): number {
@@ -211,7 +263,7 @@ class StepPlan {
 }
 
 export class Scheduler {
-  readonly config: Required<SchedulerConfig>;
+  readonly config: ValidSchedulerConfig;
   /** Waiting and running requests by id; a request leaves when it finishes. */
   private readonly requests = new Map<string, TrackedRequest>();
   private readonly waiting: TrackedRequest[] = [];
@@ -220,6 +272,7 @@ export class Scheduler {
   private readonly pendingAborts = new Set<string>();
   /** KV rows reserved by running requests. */
   private kvReserved = 0;
+  private passOverCount = 0;
   /** The latest schedule()'s output until update() consumes it, with the request behind each chunk. */
   private inFlight: { readonly output: SchedulerOutput; readonly chunks: readonly PlannedChunk[] } | undefined;
 
@@ -241,6 +294,11 @@ export class Scheduler {
   /** KV-cache rows the running requests have reserved. */
   get kvTokensReserved(): number {
     return this.kvReserved;
+  }
+
+  /** Pass-overs counted so far (see the header); 0 while expert-aware admission is off. */
+  get passOvers(): number {
+    return this.passOverCount;
   }
 
   /** True while a schedule() call has something to do: requests to run or admit, or aborts to report. */
@@ -284,6 +342,8 @@ export class Scheduler {
       status: RequestStatus.WAITING,
       computedTokens: 0,
       generatedTokens: 0,
+      passOvers: 0,
+      kvBlocked: false,
     };
     this.requests.set(id, tracked);
     this.waiting.push(tracked);
@@ -387,16 +447,25 @@ export class Scheduler {
 
   /**
    * Admits while a sequence slot, step budget and KV budget remain; a prompt larger than the step budget gets
-   * a first chunk now and the rest in later steps, as a running request. The next admitted is nextAdmission()'s;
+   * a first chunk now and the rest in later steps, as a running request. The next admitted is chooseAdmission()'s;
    * when its KV reservation does not fit, nothing overtakes it (a long request would starve otherwise).
    */
   private scheduleWaiting(plan: StepPlan): string[] {
     const admitted: string[] = [];
     while (this.running.length < this.config.maxSeqs && plan.budgetTokens > 0) {
-      const i = this.nextAdmission();
-      const request = this.waiting[i];
-      if (request === undefined || this.kvReserved + request.kvTokens > this.config.maxKvTokens) break;
-      this.waiting.splice(i, 1);
+      const candidates = this.admissible();
+      const request = this.chooseAdmission(candidates);
+      if (request === undefined) break;
+      if (this.kvReserved + request.kvTokens > this.config.maxKvTokens) {
+        request.kvBlocked = true;
+        break;
+      }
+      // Candidates are in age order: those before the one admitted are older, and passed over.
+      for (const older of candidates.slice(0, candidates.indexOf(request))) {
+        older.passOvers++;
+        this.passOverCount++;
+      }
+      this.waiting.splice(this.waiting.indexOf(request), 1);
       request.status = RequestStatus.RUNNING;
       this.running.push(request);
       this.kvReserved += request.kvTokens;
@@ -409,23 +478,53 @@ export class Scheduler {
   }
 
   /**
-   * The waiting request to admit next: the oldest of the client with the fewest running requests, among
-   * clients under maxSeqsPerClient; -1 when none may run.
+   * The waiting requests the client rule lets go next, oldest first: those not waiting on an `after`, of the
+   * clients under maxSeqsPerClient tied at the fewest running requests.
    */
-  private nextAdmission(): number {
+  private admissible(): TrackedRequest[] {
     const runningBy = new Map<string, number>();
     for (const r of this.running) runningBy.set(r.client, (runningBy.get(r.client) ?? 0) + 1);
-    let best = -1;
-    let fewest = this.config.maxSeqsPerClient;
-    this.waiting.forEach((r, i) => {
-      if (r.after !== undefined && this.promptPending(r.after)) return;
+    let fewest = Number.POSITIVE_INFINITY;
+    let candidates: TrackedRequest[] = [];
+    for (const r of this.waiting) {
+      if (r.after !== undefined && this.promptPending(r.after)) continue;
       const n = runningBy.get(r.client) ?? 0;
+      if (n >= this.config.maxSeqsPerClient || n > fewest) continue;
       if (n < fewest) {
         fewest = n;
-        best = i;
+        candidates = [];
       }
-    });
+      candidates.push(r);
+    }
+    return candidates;
+  }
+
+  /**
+   * The candidate to admit next: the oldest, or with expert-aware admission the oldest that must go first
+   * (passed over passOverLimit times, or blocked on KV), else the one of highest affinity (ties: the oldest).
+   */
+  private chooseAdmission(candidates: readonly TrackedRequest[]): TrackedRequest | undefined {
+    const aware = this.config.expertAware;
+    // A lone candidate goes whatever it scores: the hook is not asked.
+    if (aware === null || candidates.length <= 1) return candidates[0];
+    const due = candidates.find((r) => r.kvBlocked || r.passOvers >= aware.passOverLimit);
+    if (due !== undefined) return due;
+    let best: TrackedRequest | undefined;
+    let bestScore = -1;
+    for (const r of candidates) {
+      const score = this.affinity(r.id);
+      if (score > bestScore) {
+        best = r;
+        bestScore = score;
+      }
+    }
     return best;
+  }
+
+  /** The hook's affinity clamped to [0, 1]; 0 without a hook or for NaN. */
+  private affinity(id: string): number {
+    const score = this.hooks?.expertAffinity?.(id) ?? 0;
+    return Number.isNaN(score) ? 0 : Math.min(1, Math.max(0, score));
   }
 
   /** The request is waiting or running with part of its prompt still to compute. */

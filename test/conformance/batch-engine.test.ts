@@ -60,6 +60,13 @@ for (const device of testDevices()) {
       assert.ok(engine.stats.steps < results.reduce((n, r) => n + r.ids.length, 0), 'requests shared steps');
     });
 
+    test('expert-aware admission changes the order of admission, never the tokens', async () => {
+      await using engine = new BatchEngine(model, { maxBatchTokens: 256, maxSeqs: 2, maxQueue: 16, expertAware: { passOverLimit: 2 } });
+      const results = await Promise.all(requests.map((r) => drain(engine.submit(r))));
+      results.forEach((r, i) => assert.deepEqual(r.ids, expected[i], `request ${i}`));
+      assert.ok(engine.stats.passOvers <= 2 * requests.length, `${engine.stats.passOvers} pass-overs`);
+    });
+
     test('chunked prefill with a small token budget and fewer slots than requests changes nothing', async () => {
       await using engine = new BatchEngine(model, { maxBatchTokens: 5, maxSeqs: 3, maxQueue: 16 });
       const results = await Promise.all(requests.map((r) => drain(engine.submit(r))));

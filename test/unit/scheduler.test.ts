@@ -6,6 +6,7 @@ import {
   KvBudgetError,
   QueueFullError,
   Scheduler,
+  type AdmissionHooks,
   type FinishedRequest,
   type ScheduledChunk,
   type SchedulerConfig,
@@ -378,7 +379,19 @@ describe('Scheduler', () => {
   });
 
   test('randomized: never exceeds the budget, keeps exact token counts, finishes every request, starves none', () => {
-    for (let seed = 1; seed <= 60; seed++) runRandomized(seed);
+    for (let seed = 1; seed <= 60; seed++) runRandomized(seed, { expertAware: false, constrained: false });
+  });
+
+  test('randomized with clients, n-sequence `after`s and a KV budget: admits exactly by the client rule, oldest first', () => {
+    for (let seed = 1; seed <= 60; seed++) runRandomized(seed, { expertAware: false, constrained: true });
+  });
+
+  test('randomized with expert-aware admission and random affinities: passes no request over more than the limit, finishes every request', () => {
+    for (let seed = 1; seed <= 60; seed++) runRandomized(seed, { expertAware: true, constrained: false });
+  });
+
+  test('randomized with expert-aware admission, clients, `after`s and a KV budget: the same, and nothing overtakes a request whose KV did not fit', () => {
+    for (let seed = 1; seed <= 60; seed++) runRandomized(seed, { expertAware: true, constrained: true });
   });
 });
 
@@ -386,23 +399,59 @@ interface Mirror {
   readonly id: string;
   readonly promptTokens: number;
   readonly maxTokens: number;
+  readonly client: string;
+  /** Not admitted before this one has computed its prompt (or left). */
+  readonly after: string | undefined;
+  readonly kvTokens: number;
   state: 'waiting' | 'running' | 'done';
   computed: number;
   generated: number;
   finalStatus?: RequestStatus;
   /** The schedule() index at which it was first the head of the queue, and the running work then. */
   headAt?: { step: number; runningWork: number };
+  /** Younger requests admitted ahead of it while it was a candidate. */
+  passOvers: number;
+  /** It was the pick and its KV reservation did not fit. */
+  kvBlocked: boolean;
 }
 
-function runRandomized(seed: number): void {
+interface RandomizedMode {
+  /** config.expertAware with a random limit, and a random affinity per waiting request each step. */
+  readonly expertAware: boolean;
+  /** Up to three clients, a per-client running limit, `after`s, and sometimes a KV budget. */
+  readonly constrained: boolean;
+}
+
+/** The hook's affinity as the scheduler must read it: clamped to [0, 1], NaN as 0. */
+function clampedAffinity(score: number): number {
+  return Number.isNaN(score) ? 0 : Math.min(1, Math.max(0, score));
+}
+
+function runRandomized(seed: number, mode: RandomizedMode): void {
   const rand = seededRandom(seed);
-  const config: SchedulerConfig = { maxBatchTokens: rand(1, 24), maxSeqs: rand(1, 5), maxQueue: rand(1, 8) };
-  const where = `seed ${seed} ${JSON.stringify(config)}`;
-  const s = new Scheduler(config);
+  const maxSeqs = rand(1, 5);
+  const config: SchedulerConfig = {
+    maxBatchTokens: rand(1, 24),
+    maxSeqs,
+    maxQueue: rand(1, 8),
+    // A request reserves at most 40 + 12 rows: every request fits alone, several do not.
+    ...(mode.constrained && { maxSeqsPerClient: rand(1, maxSeqs), ...(rand(0, 1) === 1 && { maxKvTokens: rand(52, 120) }) }),
+    ...(mode.expertAware && { expertAware: { passOverLimit: rand(0, 4) } }),
+  };
+  const where = `seed ${seed} ${JSON.stringify(mode)} ${JSON.stringify(config)}`;
+  // Affinities are drawn afresh every step (the cache changes between steps); the hook is there in every
+  // mode, so the FIFO modes also check that it is ignored when expert-aware admission is off.
+  const affinities = new Map<string, number>();
+  const s = new Scheduler(config, { cachedTokens: () => 0, expertAffinity: (id) => affinities.get(id) ?? 0 });
+  const clients = mode.constrained ? ['a', 'b', 'c'].slice(0, rand(1, 3)) : [''];
+  const maxSeqsPerClient = config.maxSeqsPerClient ?? config.maxSeqs;
+  const maxKvTokens = config.maxKvTokens ?? Number.MAX_SAFE_INTEGER;
+  const passOverLimit = config.expertAware?.passOverLimit;
   const total = 60;
   const mirrors: Mirror[] = []; // in add order
   const byId = new Map<string, Mirror>();
   const pendingAborts = new Set<string>();
+  let passOvers = 0;
   const live = (): Mirror[] => mirrors.filter((m) => m.state !== 'done');
   const randomAbort = (): void => {
     const candidates = live();
@@ -413,18 +462,30 @@ function runRandomized(seed: number): void {
   };
   // Uncomputed prompt tokens plus tokens still to generate: every step that serves a request lowers it.
   const remainingWork = (m: Mirror): number => Math.max(0, m.promptTokens - m.computed) + m.maxTokens - m.generated;
+  const promptPending = (id: string): boolean => {
+    const m = byId.get(id);
+    return m !== undefined && m.state !== 'done' && m.computed < m.promptTokens;
+  };
 
   let stepIndex = 0;
   while (mirrors.length < total || s.hasWork) {
     assert.ok(stepIndex < 100_000, `${where}: did not finish`);
     for (let k = rand(0, 3); k > 0 && mirrors.length < total; k--) {
+      const promptTokens = rand(1, 40);
+      const maxTokens = rand(1, 12);
+      const earlier = mirrors[rand(0, mirrors.length - 1)];
       const m: Mirror = {
         id: `r${mirrors.length}`,
-        promptTokens: rand(1, 40),
-        maxTokens: rand(1, 12),
+        promptTokens,
+        maxTokens,
+        client: clients[rand(0, clients.length - 1)] as string,
+        after: mode.constrained && rand(1, 5) === 1 ? earlier?.id : undefined,
+        kvTokens: promptTokens + maxTokens,
         state: 'waiting',
         computed: 0,
         generated: 0,
+        passOvers: 0,
+        kvBlocked: false,
       };
       try {
         s.add(m);
@@ -444,6 +505,12 @@ function runRandomized(seed: number): void {
       const running = mirrors.filter((m) => m.state === 'running' && !pendingAborts.has(m.id));
       head.headAt = { step: stepIndex, runningWork: running.reduce((sum, m) => sum + remainingWork(m), 0) };
     }
+    affinities.clear();
+    for (const m of waitingBefore) {
+      // Mostly a few levels (ties are common), sometimes out of range or NaN.
+      const odd = rand(1, 20);
+      affinities.set(m.id, odd === 1 ? Number.NaN : odd === 2 ? 1.5 : odd === 3 ? -0.5 : rand(0, 4) / 4);
+    }
 
     const output = s.schedule();
 
@@ -457,24 +524,76 @@ function runRandomized(seed: number): void {
       m.finalStatus = r.status;
     }
     pendingAborts.clear();
+    const used = tokenSum(output);
 
-    // Admissions: strictly the head of the queue, in order, within bounded time.
-    assert.deepEqual(output.admitted, waitingBefore.slice(0, output.admitted.length).map((m) => m.id), where);
-    for (const [i, id] of output.admitted.entries()) {
-      const m = byId.get(id);
-      assert.ok(m !== undefined, where);
-      // The ones behind the first became the head during this schedule(), as those before them were admitted.
-      if (i > 0) m.headAt ??= { step: stepIndex, runningWork: 0 };
-      assert.ok(m.headAt !== undefined, `${where}: ${id} admitted before being the head`);
-      assert.ok(
-        stepIndex - m.headAt.step <= m.headAt.runningWork,
-        `${where}: ${id} waited ${stepIndex - m.headAt.step} steps at the head, running work was ${m.headAt.runningWork}`,
-      );
-      m.state = 'running';
+    // Admissions, replayed from the rules: the candidates are the requests not waiting on an `after`, of
+    // the clients under their running limit with the fewest running; FIFO takes the oldest, expert-aware
+    // admission the oldest that must go first (passed over to the limit, or blocked on KV), else the
+    // highest affinity, ties the oldest. Each older candidate passed counts one pass-over.
+    const runningBy = new Map<string, number>();
+    let kvReserved = 0;
+    for (const m of mirrors.filter((x) => x.state === 'running')) {
+      runningBy.set(m.client, (runningBy.get(m.client) ?? 0) + 1);
+      kvReserved += m.kvTokens;
     }
+    const waiting = [...waitingBefore];
+    for (let i = 0; ; i++) {
+      const runningCount = [...runningBy.values()].reduce((a, b) => a + b, 0);
+      // After the last admission: stopped for want of a slot or budget, or else for a reason below.
+      if (i === output.admitted.length && (runningCount === config.maxSeqs || used === config.maxBatchTokens)) break;
+      const eligible = waiting.filter((m) => (m.after === undefined || !promptPending(m.after)) && (runningBy.get(m.client) ?? 0) < maxSeqsPerClient);
+      const fewest = Math.min(...eligible.map((m) => runningBy.get(m.client) ?? 0));
+      const candidates = eligible.filter((m) => (runningBy.get(m.client) ?? 0) === fewest);
+      if (candidates.length === 0) {
+        assert.equal(i, output.admitted.length, `${where}: admitted ${output.admitted[i]} with no candidate`);
+        break;
+      }
+      let pick = candidates[0] as Mirror;
+      if (passOverLimit !== undefined) {
+        const due = candidates.find((m) => m.kvBlocked || m.passOvers >= passOverLimit);
+        const best = Math.max(...candidates.map((m) => clampedAffinity(affinities.get(m.id) ?? 0)));
+        pick = due ?? (candidates.find((m) => clampedAffinity(affinities.get(m.id) ?? 0) === best) as Mirror);
+      }
+      const fits = kvReserved + pick.kvTokens <= maxKvTokens;
+      if (i === output.admitted.length) {
+        // Slots and budget were left, and a candidate: only the KV budget can have stopped it.
+        assert.ok(!fits, `${where}: step ${stepIndex} stopped admitting before ${pick.id}, which fits`);
+        pick.kvBlocked = true;
+        break;
+      }
+      assert.equal(output.admitted[i], pick.id, `${where}: step ${stepIndex} admission ${i}`);
+      assert.ok(fits, `${where}: ${pick.id} admitted over the KV budget`);
+      for (const older of candidates.slice(0, candidates.indexOf(pick))) {
+        older.passOvers++;
+        passOvers++;
+        assert.ok(passOverLimit !== undefined && older.passOvers <= passOverLimit, `${where}: ${older.id} passed over ${older.passOvers} times`);
+      }
+      waiting.splice(waiting.indexOf(pick), 1);
+      runningBy.set(pick.client, (runningBy.get(pick.client) ?? 0) + 1);
+      kvReserved += pick.kvTokens;
+    }
+    assert.equal(s.passOvers, passOvers, where);
+    assert.equal(s.kvTokensReserved, kvReserved, where);
+    assert.ok(kvReserved <= maxKvTokens, where);
+
+    if (!mode.expertAware && !mode.constrained) {
+      // Strictly the head of the queue, in order, within bounded time.
+      assert.deepEqual(output.admitted, waitingBefore.slice(0, output.admitted.length).map((m) => m.id), where);
+      for (const [i, id] of output.admitted.entries()) {
+        const m = byId.get(id);
+        assert.ok(m !== undefined, where);
+        // The ones behind the first became the head during this schedule(), as those before them were admitted.
+        if (i > 0) m.headAt ??= { step: stepIndex, runningWork: 0 };
+        assert.ok(m.headAt !== undefined, `${where}: ${id} admitted before being the head`);
+        assert.ok(
+          stepIndex - m.headAt.step <= m.headAt.runningWork,
+          `${where}: ${id} waited ${stepIndex - m.headAt.step} steps at the head, running work was ${m.headAt.runningWork}`,
+        );
+      }
+    }
+    for (const id of output.admitted) (byId.get(id) as Mirror).state = 'running';
 
     // Chunks: within budget, each request once, each exactly continuing its computed tokens.
-    const used = tokenSum(output);
     assert.ok(used <= config.maxBatchTokens, `${where}: ${used} tokens scheduled`);
     assert.equal(new Set(output.steps.map((c) => c.id)).size, output.steps.length, where);
     const running = mirrors.filter((m) => m.state === 'running');
@@ -489,13 +608,14 @@ function runRandomized(seed: number): void {
       assert.ok(c.start + c.count <= known, where);
       assert.equal(c.samples, c.start + c.count === known, where);
     }
-    // Work-conserving: a request short of its tokens, or a queue left waiting, means the budget or slots ran out.
+    // Work-conserving: a request short of its tokens, or a queue left waiting, means the budget or slots ran
+    // out (with clients, `after`s and a KV budget, the replay above says why admission stopped instead).
     const shortchanged = running.some((m) => {
       const c = output.steps.find((x) => x.id === m.id);
       return (c?.count ?? 0) < m.promptTokens + m.generated - m.computed;
     });
     if (shortchanged) assert.equal(used, config.maxBatchTokens, where);
-    if (s.numWaiting > 0) assert.ok(used === config.maxBatchTokens || running.length === config.maxSeqs, where);
+    if (s.numWaiting > 0 && !mode.constrained) assert.ok(used === config.maxBatchTokens || running.length === config.maxSeqs, where);
     // Admission leaves every running request's next demand within budget, so none ever waits.
     assert.equal(output.steps.length, running.length, `${where}: a running request got no tokens`);
 
@@ -554,6 +674,7 @@ function runRandomized(seed: number): void {
     );
     if (m.finalStatus === RequestStatus.FINISHED_LENGTH) assert.equal(m.generated, m.maxTokens, where);
   }
+  if (mode.expertAware) assert.ok(mirrors.every((m) => m.passOvers <= (passOverLimit as number)), where);
 }
 
 describe('Scheduler: per-client shares and the KV budget', () => {
@@ -606,5 +727,82 @@ describe('Scheduler: per-client shares and the KV budget', () => {
     const s = makeScheduler({ maxKvTokens: 100 });
     assert.throws(() => s.add({ id: 'big', promptTokens: 50, maxTokens: 51 }), (e: unknown) => e instanceof KvBudgetError && e.kvTokens === 101);
     s.add({ id: 'fits', promptTokens: 50, maxTokens: 50 });
+  });
+});
+
+describe('Scheduler: expert-aware admission', () => {
+  /** Hooks whose affinity is read from `affinity` at each call (0 for ids it lacks). */
+  const affinityHooks = (affinity: Map<string, number>): AdmissionHooks => ({ cachedTokens: () => 0, expertAffinity: (id) => affinity.get(id) ?? 0 });
+  const aware = (passOverLimit: number, config: Partial<SchedulerConfig> = {}): SchedulerConfig => ({ maxBatchTokens: 64, maxSeqs: 1, maxQueue: 8, expertAware: { passOverLimit }, ...config });
+
+  test('admits a high-affinity request before an older low-affinity one, counting one pass-over', () => {
+    const s = new Scheduler(aware(4), affinityHooks(new Map([['old', 0.1], ['hot', 0.9]])));
+    s.add({ id: 'old', promptTokens: 2, maxTokens: 1 });
+    s.add({ id: 'hot', promptTokens: 2, maxTokens: 1 });
+    assert.deepEqual(s.schedule().admitted, ['hot']);
+    assert.equal(s.passOvers, 1);
+  });
+
+  test('with expert-aware admission off, admission is FIFO whatever the affinities', () => {
+    const s = new Scheduler({ maxBatchTokens: 64, maxSeqs: 3, maxQueue: 8 }, affinityHooks(new Map([['x', 0], ['y', 0.5], ['z', 1]])));
+    for (const id of ['x', 'y', 'z']) s.add({ id, promptTokens: 2, maxTokens: 1 });
+    assert.deepEqual(s.schedule().admitted, ['x', 'y', 'z']);
+    assert.equal(s.passOvers, 0);
+  });
+
+  test('equal affinities go oldest first, and passOverLimit 0 is FIFO', () => {
+    const tied = new Scheduler(aware(4, { maxSeqs: 3 }), affinityHooks(new Map([['x', 0.5], ['y', 0.5], ['z', 0.2]])));
+    for (const id of ['x', 'y', 'z']) tied.add({ id, promptTokens: 2, maxTokens: 1 });
+    assert.deepEqual(tied.schedule().admitted, ['x', 'y', 'z']);
+    const fifo = new Scheduler(aware(0, { maxSeqs: 3 }), affinityHooks(new Map([['x', 0], ['y', 0.5], ['z', 1]])));
+    for (const id of ['x', 'y', 'z']) fifo.add({ id, promptTokens: 2, maxTokens: 1 });
+    assert.deepEqual(fifo.schedule().admitted, ['x', 'y', 'z']);
+  });
+
+  test('a request passed over passOverLimit times goes first, whatever its affinity', () => {
+    const s = new Scheduler(aware(2), affinityHooks(new Map([['cold', 0], ['hot1', 1], ['hot2', 1], ['hot3', 1]])));
+    for (const id of ['cold', 'hot1', 'hot2', 'hot3']) s.add({ id, promptTokens: 2, maxTokens: 1 });
+    // Each finishes in the step that admits it, freeing the one slot for the next.
+    const order = [1, 2, 3, 4].map(() => step(s).output.admitted);
+    assert.deepEqual(order, [['hot1'], ['hot2'], ['cold'], ['hot3']]);
+    assert.equal(s.passOvers, 2);
+  });
+
+  test('a request whose KV reservation does not fit is not overtaken by one of higher affinity that fits, in later steps either', () => {
+    const affinity = new Map([['big', 0.9], ['small', 0.1]]);
+    const s = new Scheduler(aware(4, { maxSeqs: 4, maxKvTokens: 100 }), affinityHooks(affinity));
+    s.add({ id: 'running', promptTokens: 10, maxTokens: 50 });
+    assert.deepEqual(step(s).output.admitted, ['running']);
+    s.add({ id: 'big', promptTokens: 10, maxTokens: 50 });
+    s.add({ id: 'small', promptTokens: 2, maxTokens: 2 });
+    assert.deepEqual(step(s).output.admitted, [], 'big is chosen and does not fit: nothing after it');
+    affinity.set('big', 0).set('small', 1);
+    assert.deepEqual(step(s).output.admitted, [], 'small now scores higher, and still waits behind big');
+    s.finish('running', RequestStatus.FINISHED_STOPPED);
+    assert.deepEqual(step(s).output.admitted, ['big', 'small']);
+  });
+
+  test('affinity reorders only within the client rule: the client with fewer running goes first', () => {
+    const s = new Scheduler(aware(4, { maxSeqs: 2 }), affinityHooks(new Map([['a1', 1], ['b0', 0]])));
+    s.add({ id: 'a0', promptTokens: 2, maxTokens: 50, client: 'A' });
+    assert.deepEqual(step(s).output.admitted, ['a0']);
+    s.add({ id: 'a1', promptTokens: 2, maxTokens: 1, client: 'A' });
+    s.add({ id: 'b0', promptTokens: 2, maxTokens: 1, client: 'B' });
+    assert.deepEqual(s.schedule().admitted, ['b0']);
+    assert.equal(s.passOvers, 0, 'a1 was no candidate: its client runs more');
+  });
+
+  test('clients tied at the fewest running compete on affinity', () => {
+    const s = new Scheduler(aware(4), affinityHooks(new Map([['a0', 0.2], ['b0', 0.8]])));
+    s.add({ id: 'a0', promptTokens: 2, maxTokens: 1, client: 'A' });
+    s.add({ id: 'b0', promptTokens: 2, maxTokens: 1, client: 'B' });
+    assert.deepEqual(s.schedule().admitted, ['b0']);
+    assert.equal(s.passOvers, 1);
+  });
+
+  test('rejects a passOverLimit that is not a non-negative integer', () => {
+    for (const bad of [-1, 1.5, Number.NaN]) {
+      assert.throws(() => new Scheduler(aware(bad)), (e: unknown) => e instanceof RangeError && e.message.includes('passOverLimit'));
+    }
   });
 });
