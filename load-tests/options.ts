@@ -59,7 +59,7 @@ Soak test (one server, saturated for a long time; writes report.md, rss.svg and 
                       left running after the last answer. Default --out load-tests/results/soak-<time>.
   With --soak:        --concurrency N   clients at once, at least ${SOAK_MIN_CLIENTS} (default: the server's max-seqs + ${SOAK_EXTRA_CLIENTS})
                       --max-tokens N    largest max_tokens of a request; each draws 1..N (default ${SOAK_MAX_TOKENS})
-                      --policies P, --budgets B   one each (default: the server's: lru, every expert fits)
+                      --policies P, --budgets B   one each (default: the server's: next-use, every expert fits)
                       --seed, --model, --device, --max-seqs, --max-queue, --out as above
 `;
 

@@ -23,7 +23,7 @@ number of tokens; one warm-up run, then --runs measured runs per prompt.
                      (default: the --weight-dtype/--expert-dtype/--attention-dtype flags, else the provider's)
 
 offload: the expert cache at a budget (--budget, default 25% of expert bytes): decode tokens/s, hit
-ratio, prefetch recall and waste for lru, lfu and static with prefetch off and on, and the 'none' and
+ratio, prefetch recall and waste for lru, lfu, next-use and static with prefetch off and on, and the 'none' and
 'all' bounds; Belady's offline optimum at the same budget from the routing trace of the run.
   --budget F         budget as a fraction of all expert bytes (default 0.25)
 

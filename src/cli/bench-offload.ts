@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MoeModel, type ExpertCacheOptions, type ModelLoadOptions } from '../engine/moe-model.js';
 import type { ExpertCacheStats } from '../experts/expert-stats.js';
+import { DEFAULT_POLICY } from '../experts/policies/index.js';
 import { belady } from '../experts/replay/belady.js';
 import { readTrace } from '../experts/replay/read-trace.js';
 import { simulate } from '../experts/replay/simulate.js';
@@ -37,6 +38,8 @@ const CONFIGS: readonly ExpertCacheOptions[] = [
   { policy: 'lru', prefetchDepth: 1 },
   { policy: 'lfu', prefetchDepth: 0 },
   { policy: 'lfu', prefetchDepth: 1 },
+  { policy: 'next-use', prefetchDepth: 0 },
+  { policy: 'next-use', prefetchDepth: 1 },
   { policy: 'static', prefetchDepth: 0 },
   { policy: 'static', prefetchDepth: 1 },
 ];
@@ -62,11 +65,11 @@ export async function benchOffload(modelDir: string, load: ModelLoadOptions, bud
     const allMsPerToken = measured[0] ? measured[0].decodeMs / measured[0].steps : null;
     for (const m of measured) {
       const msPerToken = m.decodeMs / m.steps;
-      const sim = simulate(replay, { policy: m.cfg.policy ?? 'lru', budgetBytes: m.stats.budgetBytes, prefetchDepth: m.cfg.prefetchDepth ?? 0 });
+      const sim = simulate(replay, { policy: m.cfg.policy ?? DEFAULT_POLICY, budgetBytes: m.stats.budgetBytes, prefetchDepth: m.cfg.prefetchDepth ?? 0 });
       const t = m.stats.total;
       rows.push({
         bench: 'offload',
-        policy: m.cfg.policy ?? 'lru',
+        policy: m.cfg.policy ?? DEFAULT_POLICY,
         prefetch_depth: m.cfg.prefetchDepth ?? 0,
         budget_fraction: m.cfg.policy === 'all' ? 1 : budgetFraction,
         decode_tokens_per_s: round(1000 / msPerToken),

@@ -5,7 +5,7 @@ import type { ComputeOptions } from '../engine/compute-options.js';
 import type { ExpertCacheOptions, ModelLoadOptions } from '../engine/moe-model.js';
 import { COMPUTE_DTYPES, computeDType } from '../model/compute-form.js';
 import { checkScheme } from '../model/quantization.js';
-import { POLICY_NAMES } from '../experts/policies/index.js';
+import { DEFAULT_POLICY, POLICY_NAMES } from '../experts/policies/index.js';
 import { DEFAULT_PASS_OVER_LIMIT, type SchedulerConfig } from '../scheduler/scheduler.js';
 import { DEVICE_KINDS, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { UsageError } from './cli-error.js';
@@ -19,7 +19,7 @@ export const MODEL_OPTIONS = {
   threads: { type: 'string', default: '0' },
   'expert-cache-mb': { type: 'string' },
   'expert-cache-fraction': { type: 'string' },
-  'expert-policy': { type: 'string', default: 'lru' },
+  'expert-policy': { type: 'string', default: DEFAULT_POLICY },
   'prefetch-depth': { type: 'string', default: '1' },
   'host-cache-mb': { type: 'string' },
   'expert-profile': { type: 'string' },
@@ -45,7 +45,7 @@ Compute forms (README "Compute forms"):
 Expert cache:
   --expert-cache-mb N          device budget for routed experts, MiB (default: all experts fit)
   --expert-cache-fraction F    the same as a fraction of all expert bytes, 0 < F <= 1
-  --expert-policy NAME         ${POLICY_NAMES.join(' | ')} (default lru)
+  --expert-policy NAME         ${POLICY_NAMES.join(' | ')} (default ${DEFAULT_POLICY})
   --prefetch-depth N           router lookahead over the next N sparse layers, 0 = off (default 1)
   --host-cache-mb N            host-memory budget for experts in stored form (default: keep all read)
   --expert-profile FILE        routing profile for 'static': a --trace file or training_report.json
@@ -94,7 +94,7 @@ export function modelOptions(values: ModelFlagValues): ModelOptions {
     device: parseFlag('device', deviceKind, values.device),
     cpuThreads: parseFlag('threads', intFlag(0), values.threads ?? '0'),
     experts: {
-      policy: parseFlag('expert-policy', z.enum(POLICY_NAMES, { message: `expected one of ${POLICY_NAMES.join(', ')}` }), values['expert-policy'] ?? 'lru'),
+      policy: parseFlag('expert-policy', z.enum(POLICY_NAMES, { message: `expected one of ${POLICY_NAMES.join(', ')}` }), values['expert-policy'] ?? DEFAULT_POLICY),
       budgetMb: optionalFlag('expert-cache-mb', positiveMb, values['expert-cache-mb']),
       budgetFraction: optionalFlag('expert-cache-fraction', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values['expert-cache-fraction']),
       prefetchDepth: parseFlag('prefetch-depth', intFlag(0).max(8), values['prefetch-depth'] ?? '1'),

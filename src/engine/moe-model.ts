@@ -5,7 +5,7 @@ import { ATTN } from '../graphs/attention-block.js';
 import { ExpertStore } from '../experts/expert-store.js';
 import { HostExpertCache, storedBytes } from '../experts/host-expert-cache.js';
 import { planCache, type CachePlan } from '../experts/cache-plan.js';
-import { createPolicy, usesLookahead, type ExpertLayout, type PolicyName } from '../experts/policies/index.js';
+import { createPolicy, DEFAULT_POLICY, usesLookahead, type ExpertLayout, type PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
 import { TraceWriter, type TraceWriterOptions } from '../experts/trace-writer.js';
 import { loadGenerationDefaults, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
@@ -27,7 +27,7 @@ import type { SamplingParams } from './sampler.js';
 
 /** The expert cache: tiers, budget, policy and prefetching. Every field is optional. */
 export interface ExpertCacheOptions {
-  /** Default 'lru'. */
+  /** Default DEFAULT_POLICY ('next-use'). */
   readonly policy?: PolicyName;
   /** Device budget in MiB, or as a fraction of all expert bytes; default: every expert fits. */
   readonly budgetMb?: number;
@@ -101,7 +101,7 @@ function expertLayout(spec: ModelSpec): ExpertLayout {
 
 /** The expert cache's budget, policy and preload for these options: planned before the compute route is chosen. */
 async function planExpertCache(dir: string, spec: ModelSpec, expertBytes: number, budgetBytes: number, o: ExpertCacheOptions): Promise<{ plan: CachePlan; totalBytes: number }> {
-  const policy = o.policy ?? 'lru';
+  const policy = o.policy ?? DEFAULT_POLICY;
   const ids = new ExpertIds(spec.numLayers, spec.numExperts);
   const allExperts = Array.from({ length: ids.count }, (_, id) => id).filter((id) => spec.sparseLayers[ids.key(id).layer]);
   const totalBytes = allExperts.length * expertBytes;
@@ -205,7 +205,7 @@ export class MoeModel implements AsyncDisposable {
       const budgeted = cache.policy !== 'all' && (cache.budgetMb !== undefined || (cache.budgetFraction ?? 1) < 1);
       let compute = resolveCompute(options.device, options.compute, budgeted);
       const prefetchDepth = cache.prefetchDepth ?? 1;
-      const data = await readResidentWeights(archive, spec, compute, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0, usesLookahead(cache.policy ?? 'lru') ? 1 : 0), (d, t) =>
+      const data = await readResidentWeights(archive, spec, compute, Math.max(prefetchDepth, cache.lookaheadDepth ?? 0, usesLookahead(cache.policy ?? DEFAULT_POLICY) ? 1 : 0), (d, t) =>
         options.onProgress?.('resident weights', d, t),
       );
       const weights = await ResidentWeights.create(runtime, data);

@@ -144,7 +144,7 @@ describe('OpenAI-compatible API with the official client', () => {
     const res = await fetch(`${server.baseURL}/experts`);
     assert.equal(res.status, 200);
     const stats = (await res.json()) as { policy: string; total: { accesses: number }; layers: unknown[] };
-    assert.equal(stats.policy, 'lru');
+    assert.equal(stats.policy, 'next-use');
     assert.ok(stats.total.accesses > 0);
     assert.equal(stats.layers.length, 6);
   });

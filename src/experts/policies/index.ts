@@ -14,6 +14,12 @@ export { PolicyConfigError } from './policy-config-error.js';
 export const POLICY_NAMES = ['lru', 'lfu', 'lfu-decay', 'next-use', 'static', 'none', 'all'] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
 
+/**
+ * The policy of a budgeted cache unless one is named: next-use beats lru at every budget and concurrency
+ * measured, with prefetching or without (README, "Batch-aware caching").
+ */
+export const DEFAULT_POLICY: PolicyName = 'next-use';
+
 const POLICY_FACTORIES: Record<PolicyName, (o: PolicyOptions) => CachePolicy> = {
   lru: () => new LruPolicy(),
   lfu: () => new LfuPolicy(),
