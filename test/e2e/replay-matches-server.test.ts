@@ -157,14 +157,18 @@ function promptBesideDecode(trace: Trace): boolean {
   return forwardPasses(trace.lines).some((pass) => pass.some((layerLines) => layerLines.some((l) => l.experts.length > 1) && layerLines.some((l) => l.experts.length === 1)));
 }
 
-// Three policies ('static' preloading its hot set), prefetching off and on.
+// Five policies ('static' preloading its hot set; 'next-use' hearing the lookahead even without
+// prefetching), prefetching off and on.
 const EXACT: readonly RunConfig[] = [
   { policy: 'lru', prefetchDepth: 0 },
   { policy: 'lfu', prefetchDepth: 0 },
   { policy: 'static', prefetchDepth: 0 },
+  { policy: 'lfu-decay', prefetchDepth: 0 },
+  { policy: 'next-use', prefetchDepth: 0 },
   { policy: 'lru', prefetchDepth: 1 },
   { policy: 'lfu', prefetchDepth: 1 },
   { policy: 'static', prefetchDepth: 1 },
+  { policy: 'next-use', prefetchDepth: 1 },
 ];
 
 describe("replaying a server run's routing trace gives the server's expert-cache counters", () => {
