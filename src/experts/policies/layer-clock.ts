@@ -14,6 +14,12 @@ import type { ExpertLayout } from './cache-policy.js';
 /** Weight of the latest visit in an expert's use probability: about the last 16 visits of its layer count. */
 export const VISIT_DECAY = 1 / 16;
 
+/**
+ * (1 - VISIT_DECAY) ** n for the visits an expert sat out; past the table it is below 1e-28, i.e. 0. A
+ * victim is chosen among every resident expert, thousands at a real model's budget, so no pow per candidate.
+ */
+const SAT_OUT = Float64Array.from({ length: 1024 }, (_, n) => (1 - VISIT_DECAY) ** n);
+
 export class LayerClock {
   /** Sparse position (0 = first sparse layer) of each model layer; -1 for a dense one. */
   private readonly position: Int32Array;
@@ -41,6 +47,11 @@ export class LayerClock {
     this.usedThisVisit = new Uint8Array(ids);
   }
 
+  /** Expert ids the clock knows: every layer up to the last sparse one, times experts per layer. */
+  get idCount(): number {
+    return this.probability.length;
+  }
+
   /** Sparse position of the expert's layer. */
   positionOf(id: ExpertId): number {
     return this.position[Math.floor(id / this.numExperts)] ?? 0;
@@ -63,7 +74,7 @@ export class LayerClock {
   useProbability(id: ExpertId): number {
     const missed = (this.visits[this.positionOf(id)] as number) - (this.updatedAt[id] as number);
     // The visit that last updated it counts as used; each visit since, as not used.
-    return (this.probability[id] as number) * (1 - VISIT_DECAY) ** Math.max(0, missed);
+    return (this.probability[id] as number) * (SAT_OUT[missed] ?? 0);
   }
 
   /**

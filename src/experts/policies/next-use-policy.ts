@@ -24,8 +24,10 @@ import { LayerClock } from './layer-clock.js';
 export class NextUsePolicy implements CachePolicy {
   readonly name = 'next-use';
   private readonly clock: LayerClock;
-  /** Predicted experts, by the sparse position of their layer, until that layer is visited. */
-  private readonly predicted = new Map<number, Set<ExpertId>>();
+  /** 1 for an expert predicted for a layer not visited since (a flag per id: victim() asks for every resident). */
+  private readonly predicted: Uint8Array;
+  /** The predicted experts, by the sparse position of their layer, to clear when that layer is visited. */
+  private readonly predictedAt = new Map<number, ExpertId[]>();
   private readonly resident = new Set<ExpertId>();
   private lastPosition = -1;
 
@@ -34,13 +36,15 @@ export class NextUsePolicy implements CachePolicy {
     private readonly capacityExperts: number,
   ) {
     this.clock = new LayerClock(layout, this.name);
+    this.predicted = new Uint8Array(this.clock.idCount);
   }
 
   onAccess(id: ExpertId): void {
     const at = this.clock.positionOf(id);
     if (at !== this.lastPosition) {
       // Predictions for this layer have come true or not; either way they are spent.
-      this.predicted.delete(at);
+      for (const p of this.predictedAt.get(at) ?? []) this.predicted[p] = 0;
+      this.predictedAt.delete(at);
       this.lastPosition = at;
     }
     this.clock.use(id);
@@ -48,10 +52,12 @@ export class NextUsePolicy implements CachePolicy {
 
   onPredicted(ids: readonly ExpertId[]): void {
     for (const id of ids) {
+      if (this.predicted[id] === 1) continue;
+      this.predicted[id] = 1;
       const at = this.clock.positionOf(id);
-      let set = this.predicted.get(at);
-      if (!set) this.predicted.set(at, (set = new Set()));
-      set.add(id);
+      let list = this.predictedAt.get(at);
+      if (!list) this.predictedAt.set(at, (list = []));
+      list.push(id);
     }
   }
 
@@ -89,7 +95,7 @@ export class NextUsePolicy implements CachePolicy {
   }
 
   private isPredicted(id: ExpertId): boolean {
-    return this.predicted.get(this.clock.positionOf(id))?.has(id) === true;
+    return this.predicted[id] === 1;
   }
 
   /** A predicted expert is expected at its layer's next visit; any other, as its history says. */
