@@ -14,7 +14,7 @@ import { LayerClock } from './layer-clock.js';
  *   candidate exists. Experts in use by the current layer are not candidates at all (ResidencySet).
  *   This matters when prefetching: the prediction arrives once the current layer's experts are held,
  *   so without prefetches no eviction happens between it and the next layer's use (replayed on tiny-moe
- *   at prefetch depth 0 it changes nothing; at depth 1 it raises the hit ratio, e.g. 61.0% -> 79.8% at
+ *   at prefetch depth 0 it changes nothing; at depth 1 it raises the hit ratio, e.g. 60.4% -> 79.8% at
  *   concurrency 1 and a 25% budget, at the cost of more loads: see README, "Batch-aware caching").
  * - Admission with bypass: a used expert is not kept when its expected next use is further away than
  *   every resident's with the cache full (it would be the next victim anyway, and a kept newcomer
