@@ -14,7 +14,8 @@
 // 6 x 4) 192 KiB at most; Qwen3-30B-A3B (151,936 ids, 48 sparse layers x top-8) 384 bytes a row, 58 MB
 // if every id were seen; DeepSeek-V3 (129,280 ids, 58 x 8) 60 MB. A server sees a fraction of its
 // vocabulary, so far less in practice.
-import type { ModelSpec } from '../model/hf-config.js';
+import { sparseLayerIndices, type ModelSpec } from '../model/hf-config.js';
+import { countVotes } from '../experts/lookahead-votes.js';
 import type { StepRoutingObserver } from './forward.js';
 import type { Routing } from './routing.js';
 
@@ -58,7 +59,7 @@ export class ExpertAffinity implements StepRoutingObserver {
     private readonly shape: AffinityShape,
     private readonly predictedPerLayer = PREDICTED_PER_TOP_K * shape.topK,
   ) {
-    this.sparseLayers = shape.sparseLayers.flatMap((sparse, layer) => (sparse ? [layer] : []));
+    this.sparseLayers = sparseLayerIndices(shape);
     this.slotOfLayer = new Int32Array(shape.numLayers).fill(-1);
     this.sparseLayers.forEach((layer, slot) => (this.slotOfLayer[layer] = slot));
     this.rowLength = this.sparseLayers.length * shape.topK;
@@ -93,28 +94,17 @@ export class ExpertAffinity implements StepRoutingObserver {
    */
   predict(promptIds: readonly number[], previous?: ExpertPrediction): ExpertPrediction {
     if (previous !== undefined && !previous.unknownTokenIds.some((id) => this.rowOf.has(id))) return previous;
-    const { numExperts: E, topK: k } = this.shape;
-    const L = this.sparseLayers.length;
-    // (sparse layers, E): how many of the prompt's tokens were last routed to each expert
-    const votes = new Uint32Array(L * E);
+    const k = this.shape.topK;
     const unknown = new Set<number>();
+    // Where each known prompt token's row starts, once per occurrence: a repeated token votes again.
+    const rows: number[] = [];
     for (const id of promptIds) {
       const row = this.rowOf.get(id);
-      if (row === undefined) {
-        unknown.add(id);
-        continue;
-      }
-      const base = row * this.rowLength;
-      for (let s = 0; s < L; s++) {
-        for (let j = 0; j < k; j++) votes[s * E + (this.routes[base + s * k + j] as number)]! += 1;
-      }
+      if (row === undefined) unknown.add(id);
+      else rows.push(row * this.rowLength);
     }
-    const experts = Array.from({ length: L }, (_, s) => {
-      const layerVotes = votes.subarray(s * E, (s + 1) * E);
-      const voted: number[] = [];
-      layerVotes.forEach((n, e) => n > 0 && voted.push(e));
-      return voted.sort((a, b) => (layerVotes[b] as number) - (layerVotes[a] as number) || a - b).slice(0, this.predictedPerLayer);
-    });
+    // Each token votes for the top_k experts it was last routed to, ranked as the router lookahead ranks its votes.
+    const experts = this.sparseLayers.map((_, s) => countVotes(rows.flatMap((base) => [...this.routes.subarray(base + s * k, base + (s + 1) * k)])).experts.slice(0, this.predictedPerLayer));
     return { experts, unknownTokenIds: [...unknown] };
   }
 

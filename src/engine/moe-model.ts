@@ -8,7 +8,7 @@ import { planCache, type CachePlan } from '../experts/cache-plan.js';
 import { createPolicy, DEFAULT_POLICY, usesLookahead, type ExpertLayout, type PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
 import { TraceWriter, type TraceWriterOptions } from '../experts/trace-writer.js';
-import { loadGenerationDefaults, loadModelConfig, type ModelSpec } from '../model/hf-config.js';
+import { loadGenerationDefaults, loadModelConfig, sparseLayerIndices, type ModelSpec } from '../model/hf-config.js';
 import { SafetensorsArchive } from '../model/safetensors.js';
 import { checkCheckpointTensors } from '../model/checkpoint-tensors.js';
 import { ExpertIds } from '../experts/expert-id.js';
@@ -96,7 +96,7 @@ function expertComputeBytes(sample: StoredExpert, compute: ResolvedCompute): num
 
 /** Which layers have experts: what the cycle-following policies need to know. */
 function expertLayout(spec: ModelSpec): ExpertLayout {
-  return { numExperts: spec.numExperts, sparseLayers: spec.sparseLayers.flatMap((sparse, layer) => (sparse ? [layer] : [])) };
+  return { numExperts: spec.numExperts, sparseLayers: sparseLayerIndices(spec) };
 }
 
 /** The expert cache's budget, policy and preload for these options: planned before the compute route is chosen. */
@@ -287,7 +287,7 @@ export class MoeModel implements AsyncDisposable {
       num_experts: this.spec.numExperts,
       top_k: this.spec.topK,
       expert_bytes: this.experts.expertBytes,
-      sparse_layers: this.spec.sparseLayers.flatMap((sparse, l) => (sparse ? [l] : [])),
+      sparse_layers: sparseLayerIndices(this.spec),
     }, options);
   }
 

@@ -44,6 +44,11 @@ export interface ModelSpec {
   readonly quantization: CheckpointQuantization | null;
 }
 
+/** The model layers with routed experts, ascending: the order a forward pass visits them in. */
+export function sparseLayerIndices(spec: Pick<ModelSpec, 'sparseLayers'>): number[] {
+  return spec.sparseLayers.flatMap((sparse, layer) => (sparse ? [layer] : []));
+}
+
 /**
  * A checkpoint in compressed-tensors' pack-quantized format (compressed-tensors.ts): blockwise int4/int8
  * weights, float activations. Which tensors are quantized is read off the tensors themselves
