@@ -2,7 +2,7 @@
 // concurrency: throughput, e2e p50 and p99 latency, and hit ratio against budget, one line per policy,
 // Belady's bound dashed on the hit-ratio chart.
 import { POLICY_COLORS, SPARE_COLORS } from '../src/experts/replay/hit-ratio-chart.js';
-import { escapeXml, lineChartSvg, type Series } from './line-chart-svg.js';
+import { escapeXml, lineChartSvg, type Series } from '../src/cli/line-chart-svg.js';
 import type { RunResult } from './load-run.js';
 import type { ReportContext } from './report-context.js';
 import { METRIC_DEFINITIONS } from './report-md.js';

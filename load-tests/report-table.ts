@@ -4,7 +4,7 @@ import type { Summary } from './percentiles.js';
 
 export const TABLE_HEAD = [
   'policy', 'budget', 'scheduling', 'concurrency', 'requests', 'tokens/s', 'TTFT p50 / p99 ms', 'TPOT p50 / p99 ms', 'ITL p50 / p99 ms',
-  'e2e p50 / p99 ms', 'hit ratio', 'loads avoided', 'Belady', 'gap (points)', 'bytes to device', '/health p50 / p99 ms', 'event-loop delay p99 / max ms', '429s', 'errors',
+  'e2e p50 / p99 ms', 'hit ratio', 'loads avoided', 'Belady', 'gap (points)', 'bytes to device', 'S-MBU', 'S-MFU', '/health p50 / p99 ms', 'event-loop delay p99 / max ms', '429s', 'errors',
 ] as const;
 
 export function tableRow(r: RunResult): string[] {
@@ -24,6 +24,8 @@ export function tableRow(r: RunResult): string[] {
     percent(r.beladyHitRatio),
     gapPoints(r),
     mib(r.server.bytesToDevice),
+    utilizationPercent(r.server.metrics?.utilization?.smbu),
+    utilizationPercent(r.server.metrics?.utilization?.smfu),
     pair(r.responsiveness.healthMs),
     r.responsiveness.eventLoopDelayMs === null ? '-' : `${r.responsiveness.eventLoopDelayMs.p99.toFixed(1)} / ${r.responsiveness.eventLoopDelayMs.max.toFixed(1)}`,
     String(r.rejected429),
@@ -59,6 +61,11 @@ export function gapPoints(r: RunResult): string {
 
 export function percent(x: number | null): string {
   return x === null ? '-' : `${(x * 100).toFixed(1)}%`;
+}
+
+/** S-MBU or S-MFU as a percentage with 3 significant digits (they are often well under 1%); '-' when unknown. */
+export function utilizationPercent(x: number | null | undefined): string {
+  return x === null || x === undefined ? '-' : `${Number((x * 100).toPrecision(3))}%`;
 }
 
 function mib(bytes: number): string {

@@ -45,7 +45,24 @@ export interface ServerDelta {
     readonly generationTokens: number;
     readonly promptTokens: number;
     readonly requestsByStatus: Readonly<Record<string, number>>;
+    /** The run's S-MBU and S-MFU from the step counters; null when the server has none (absent: not read). */
+    readonly utilization?: RunUtilization | null;
   } | null;
+}
+
+/**
+ * MoE-CAP's S-MBU and S-MFU over a run (src/engine/step-utilization.ts): the changes of the server's
+ * moe_serve_step_{bytes,flops,seconds}_total over it, against the peaks the server reports
+ * (moe_serve_peak_memory_bytes_per_second, moe_serve_peak_flops_per_second). Busy time only: the
+ * seconds are the engine steps', not the run's wall time.
+ */
+export interface RunUtilization {
+  readonly stepBytes: number;
+  readonly stepFlops: number;
+  readonly stepSeconds: number;
+  /** null when no step ran. */
+  readonly smbu: number | null;
+  readonly smfu: number | null;
 }
 
 export async function snapshot(baseUrl: string): Promise<ServerSnapshot> {
@@ -94,6 +111,27 @@ function metricsDelta(before: readonly Sample[], after: readonly Sample[]): NonN
     generationTokens: delta('moe_serve_generation_tokens_total'),
     promptTokens: delta('moe_serve_prompt_tokens_total'),
     requestsByStatus,
+    utilization: runUtilization(before, after),
+  };
+}
+
+export function runUtilization(before: readonly Sample[], after: readonly Sample[]): RunUtilization | null {
+  const has = (name: string) => after.some((s) => s.name === name);
+  const names = ['moe_serve_step_bytes_total', 'moe_serve_step_flops_total', 'moe_serve_step_seconds_total', 'moe_serve_peak_memory_bytes_per_second', 'moe_serve_peak_flops_per_second'];
+  if (!names.every(has)) return null;
+  const delta = (name: string) => sumOf(after, name) - sumOf(before, name);
+  const stepBytes = delta('moe_serve_step_bytes_total');
+  const stepFlops = delta('moe_serve_step_flops_total');
+  const stepSeconds = delta('moe_serve_step_seconds_total');
+  const peakBytes = sumOf(after, 'moe_serve_peak_memory_bytes_per_second');
+  const peakFlops = sumOf(after, 'moe_serve_peak_flops_per_second');
+  const busy = stepSeconds > 0;
+  return {
+    stepBytes,
+    stepFlops,
+    stepSeconds,
+    smbu: busy && peakBytes > 0 ? stepBytes / stepSeconds / peakBytes : null,
+    smfu: busy && peakFlops > 0 ? stepFlops / stepSeconds / peakFlops : null,
   };
 }
 

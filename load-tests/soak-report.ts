@@ -1,6 +1,6 @@
 // The soak's report.md and its memory chart (rss.svg): how it was made, the verdict, every request's
 // outcome by client kind, and the server's memory and event-loop delay over time.
-import { lineChartSvg } from './line-chart-svg.js';
+import { lineChartSvg } from '../src/cli/line-chart-svg.js';
 import type { ReportContext } from './report-context.js';
 import { contextMarkdown } from './report-md.js';
 import { SOAK_CLIENT_KINDS, SOAK_MIX } from './soak-clients.js';

@@ -20,8 +20,8 @@ import { registerStreamSocket } from './stream-socket.js';
 export interface Serving {
   readonly model: MoeModel;
   readonly engine: BatchEngine;
-  /** Routing observer for each request (the `--trace` file), if any. */
-  readonly observer?: () => RoutingObserver;
+  /** Routing observer for each request, given its prompt's token ids (the `--trace` file), if any. */
+  readonly observer?: (promptIds: readonly number[]) => RoutingObserver;
   /** Problems that do not stop serving (a trace file that could not be written, say), for /health. */
   readonly warnings?: () => readonly string[];
 }
@@ -77,7 +77,7 @@ const OPEN_ROUTES = new Set(['/health', '/metrics']);
 export function buildApp(deps: AppDeps): FastifyInstance {
   if (deps.apiKey !== undefined && deps.apiKey.trim() === '') throw new EmptyApiKeyError();
   const app = Fastify({ logger: deps.logger ?? false, bodyLimit: deps.bodyLimit ?? 1 << 20, genReqId: () => `req-${randomUUID()}` });
-  const metrics = new ServerMetrics({ engine: () => deps.serving()?.engine.stats, experts: () => deps.serving()?.model.experts.stats() });
+  const metrics = new ServerMetrics({ engine: () => deps.serving()?.engine.stats, experts: () => deps.serving()?.model.experts.stats(), modelName: deps.modelName });
   const ctx: RouteContext = {
     deps,
     metrics,

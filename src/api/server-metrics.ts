@@ -5,11 +5,15 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { EngineStats } from '../engine/batch-engine.js';
 import type { GeneratedChunk } from '../engine/completion-state.js';
 import type { ExpertCacheStats } from '../experts/expert-stats.js';
+import { RECENT_SECONDS, utilizationOf, ZERO_TOTALS } from '../engine/step-utilization.js';
+import { registerVllmMetrics } from './vllm-metrics.js';
 
 /** Where scrape-time figures come from; undefined while the model loads. */
 export interface MetricsSource {
   engine(): EngineStats | undefined;
   experts(): ExpertCacheStats | undefined;
+  /** The served model's name, for the vLLM-named series' model_name label (vllm-metrics.ts). */
+  readonly modelName: string;
 }
 
 // Seconds. Token latencies on this engine range from ~1 ms (tiny models, CPU) to seconds (offloaded experts).
@@ -53,6 +57,18 @@ export class ServerMetrics {
     engineGauge('moe_serve_prefix_cache_bytes', 'KV bytes held by the prefix cache', (s) => s.prefixCache?.bytes ?? 0);
     engineGauge('moe_serve_prefix_cache_budget_bytes', 'Prefix-cache budget (--prefix-cache-mb); 0 when off', (s) => s.prefixCache?.budgetBytes ?? 0);
 
+    // MoE-CAP's sparsity-aware utilization (engine/step-utilization.ts). The counters give exact rates over
+    // any range (rate(bytes) / rate(seconds) / peak); the gauges are over a fixed recent window, the same
+    // for every scraper.
+    const u = (s: EngineStats) => s.utilization;
+    engineCounter('moe_serve_step_bytes_total', 'Bytes engine steps had to move: activated experts, dense weights, KV read and written (S-MBU numerator)', (s) => u(s).totals.bytes);
+    engineCounter('moe_serve_step_flops_total', 'FLOPs engine steps had to do: top-k experts per token, dense matmuls, LM head, attention (S-MFU numerator)', (s) => u(s).totals.flops);
+    engineCounter('moe_serve_step_seconds_total', 'Wall time of engine steps (forward pass and sampling)', (s) => u(s).totals.seconds);
+    engineGauge('moe_serve_smbu', `S-MBU over the steps of the last ${RECENT_SECONDS} s: step bytes / step seconds / --peak-memory-gbps (0 without steps)`, (s) => utilizationOf(u(s).recent, u(s).peaks).smbu ?? 0);
+    engineGauge('moe_serve_smfu', `S-MFU over the steps of the last ${RECENT_SECONDS} s: step FLOPs / step seconds / --peak-tflops (0 without steps)`, (s) => utilizationOf(u(s).recent, u(s).peaks).smfu ?? 0);
+    engineGauge('moe_serve_peak_memory_bytes_per_second', 'The peak memory bandwidth S-MBU is judged against (--peak-memory-gbps)', (s) => u(s).peaks.memoryBytesPerS);
+    engineGauge('moe_serve_peak_flops_per_second', 'The peak FLOP rate S-MFU is judged against (--peak-tflops)', (s) => u(s).peaks.flopsPerS);
+
     const expertGauge = (name: string, help: string, read: (s: ExpertCacheStats) => number) =>
       new Gauge({ name, help, registers, collect() { const s = source.experts(); this.set(s ? read(s) : 0); } });
     const expertCounter = (name: string, help: string, read: (s: ExpertCacheStats) => number) =>
@@ -70,6 +86,9 @@ export class ServerMetrics {
     expertGauge('moe_serve_expert_resident_device_bytes', 'Expert bytes resident on the device', (s) => s.residentBytes);
     expertGauge('moe_serve_expert_resident_host_bytes', 'Expert bytes held in host memory in stored form', (s) => s.hostResidentBytes);
     expertGauge('moe_serve_expert_budget_bytes', 'Device budget for routed experts', (s) => s.budgetBytes);
+
+    // vLLM's names for the load-balancing gauges, for the Gateway API Inference Extension's endpoint picker.
+    registerVllmMetrics(this.registry, source);
   }
 
   countRequest(route: string, status: number): void {
@@ -96,7 +115,7 @@ export class ServerMetrics {
   }
 }
 
-const ZERO_ENGINE: EngineStats = { steps: 0, tokensComputed: 0, tokensGenerated: 0, running: 0, waiting: 0, kvTokensReserved: 0, forkedTokens: 0, passOvers: 0, prefixCache: null };
+const ZERO_ENGINE: EngineStats = { steps: 0, tokensComputed: 0, tokensGenerated: 0, running: 0, waiting: 0, kvTokensReserved: 0, kvTokensCapacity: 0, forkedTokens: 0, passOvers: 0, prefixCache: null, utilization: { totals: ZERO_TOTALS, recent: ZERO_TOTALS, peaks: { memoryBytesPerS: 0, flopsPerS: 0 } } };
 
 /** Counters mirrored from another component's running totals: set to the total at scrape time. */
 function setCounter(counter: Counter, total: number): void {

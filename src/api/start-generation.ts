@@ -37,7 +37,7 @@ export function startGenerations(ctx: RouteContext, prepared: PreparedRequest, c
   try {
     prepared.prompts.forEach((prompt, p) => {
       const request = { ...prepared.request, promptIds: prompt.promptIds, client, signal: own.signal };
-      const streams = serving.engine.submitChoices(request, prepared.n, () => serving.observer?.());
+      const streams = serving.engine.submitChoices(request, prepared.n, () => serving.observer?.(prompt.promptIds));
       streams.forEach((stream, j) => {
         // Latency metrics are per request: its first sequence stands for it.
         const timed = p === 0 && j === 0 ? ctx.metrics.timed(stream, receivedAt, prompt.promptIds.length) : stream;

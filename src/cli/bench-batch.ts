@@ -3,7 +3,8 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { BatchEngine } from '../engine/batch-engine.js';
 import { MoeModel, type ModelLoadOptions } from '../engine/moe-model.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
-import { round } from './bench-format.js';
+import type { Peaks } from '../engine/step-utilization.js';
+import { round, utilizationCell, utilizationFields } from './bench-format.js';
 
 
 interface BatchRow {
@@ -19,6 +20,9 @@ interface BatchRow {
   readonly hit_ratio: number | null;
   readonly event_loop_delay_p99_ms: number;
   readonly event_loop_delay_max_ms: number;
+  /** S-MBU and S-MFU of the batched run's steps (fractions of --peak-memory-gbps / --peak-tflops) */
+  readonly s_mbu: number | null;
+  readonly s_mfu: number | null;
 }
 
 export interface BatchBenchOptions {
@@ -29,6 +33,7 @@ export interface BatchBenchOptions {
   readonly tokens: number;
   readonly concurrency: readonly number[];
   readonly maxBatchTokens: number;
+  readonly peaks: Peaks;
 }
 
 export async function benchBatch(o: BatchBenchOptions): Promise<void> {
@@ -48,6 +53,7 @@ export async function benchBatch(o: BatchBenchOptions): Promise<void> {
       hit_ratio: batched.hitRatio === null ? null : round(batched.hitRatio, 3),
       event_loop_delay_p99_ms: round(batched.loopP99Ms, 2),
       event_loop_delay_max_ms: round(batched.loopMaxMs, 2),
+      ...utilizationFields(batched.utilization, o.peaks),
     });
     process.stdout.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
   }
@@ -94,18 +100,20 @@ export async function batchThroughput(model: MoeModel, requests: number, tokens:
     hitRatio: accesses > 0 ? (after.hits - before.hits) / accesses : null,
     loopP99Ms: delay.percentile(99) / 1e6,
     loopMaxMs: delay.max / 1e6,
+    /** The engine's steps: prompts and decode (step-utilization.ts). */
+    utilization: engine.stats.utilization.totals,
   };
 }
 
 function table(rows: readonly BatchRow[]): string {
   const head =
-    '| concurrency | batched tokens/s | sequential tokens/s | speedup | distinct experts per layer-step | hit ratio | event-loop delay p99 / max ms |\n' +
-    '|---|---|---|---|---|---|---|';
+    '| concurrency | batched tokens/s | sequential tokens/s | speedup | distinct experts per layer-step | hit ratio | event-loop delay p99 / max ms | S-MBU / S-MFU |\n' +
+    '|---|---|---|---|---|---|---|---|';
   return [
     head,
     ...rows.map(
       (r) =>
-        `| ${r.concurrency} | ${r.batched_tokens_per_s} | ${r.sequential_tokens_per_s} | ${r.speedup}x | ${r.distinct_experts_per_layer_step} | ${r.hit_ratio === null ? '-' : `${(r.hit_ratio * 100).toFixed(1)}%`} | ${r.event_loop_delay_p99_ms} / ${r.event_loop_delay_max_ms} |`,
+        `| ${r.concurrency} | ${r.batched_tokens_per_s} | ${r.sequential_tokens_per_s} | ${r.speedup}x | ${r.distinct_experts_per_layer_step} | ${r.hit_ratio === null ? '-' : `${(r.hit_ratio * 100).toFixed(1)}%`} | ${r.event_loop_delay_p99_ms} / ${r.event_loop_delay_max_ms} | ${utilizationCell(r)} |`,
     ),
   ].join('\n');
 }

@@ -8,13 +8,14 @@ import { benchBatch } from './bench-batch.js';
 import { benchDecodeRow, decodeTable, parseFormPairs, type DecodeRow, type FormPair } from './bench-decode.js';
 import { benchKernelRoute, benchKernels, KERNEL_SHAPES } from './bench-kernels.js';
 import { benchOffload } from './bench-offload.js';
+import { benchPeaks, PEAK_OPTIONS, PEAK_OPTIONS_HELP, peakOptions } from './bench-peaks.js';
 import { benchPrefix } from './bench-prefix.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 import { benchQuant } from './bench-quant.js';
 import { benchScale } from './bench-scale.js';
 import { computeOptions, DEFAULT_MODEL_DIR, intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
 
-export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels|scale|prefix [options]
+export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels|scale|prefix|peaks [options]
 
 decode: batch-1 prompt and decode tokens/s, and where each token's time goes (session runs by kind,
 sampling, the JavaScript between runs). Greedy, end-of-sequence ignored so every run decodes the same
@@ -50,7 +51,7 @@ scale: a real \`moe-serve serve\` child over HTTP on 127.0.0.1, as a user runs a
 the disk's cold sequential read speed (dd iflag=direct), load time and time to first token after start,
 greedy streamed decode tokens/s at each batch size (openai client), disk bytes per token, achieved disk
 MB/s against the sequential speed, device and host hit ratios, peak RSS and peak cgroup memory.
-Model flags given here and serve flags after -- go to the server, e.g.
+Model and --peak-* flags given here and serve flags after -- go to the server, e.g.
   moe-serve bench scale --model DIR --memory-limit-mb 4096 -- --expert-dtype int4 --host-cache-mb 2048
   --model DIR          required here
   --memory-limit-mb N  run the server in a memory cgroup of N MiB, page cache included (root; cgroup v1 or v2)
@@ -80,6 +81,14 @@ documentation sentences; sessions share no prefix unless --shared-system.
   --prefix-cache-mb N  the prefix cache's budget (default 64)
   --max-batch-tokens N most tokens per engine step, so prompt chunk size (default 512)
 
+peaks: this machine's peak memory bandwidth (worker threads copying 512 MiB arrays; onnxruntime fp32
+MatMul of one row by a 1 GiB matrix) and fp32 FLOP rate (onnxruntime MatMul 2048 x 2048), with 1 thread
+and every core, and the --peak-memory-gbps / --peak-tflops flags that pass the best figures on.
+
+Every suite that runs engine steps also prints S-MBU and S-MFU (MoE-CAP's sparsity-aware bandwidth and
+FLOP utilization; README "Utilization") against:
+${PEAK_OPTIONS_HELP}
+
   --tokens N         tokens to generate per run (default 128)
   --runs N           measured runs per prompt (default 3)
   --threads LIST     comma-separated CPU thread counts to compare, 0 = automatic (default 0)
@@ -96,6 +105,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
     tokens: true,
     options: {
       ...MODEL_OPTIONS,
+      ...PEAK_OPTIONS,
       threads: { type: 'string', default: '0' },
       tokens: { type: 'string' },
       runs: { type: 'string', default: '3' },
@@ -133,9 +143,10 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
   const budget = () => parseFlag('budget', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values.budget);
   const tokens = (dflt: number) => parseFlag('tokens', intFlag(1), values.tokens ?? String(dflt));
   const opts = modelOptions(values);
+  const peaks = peakOptions(values);
   switch (suite) {
     case 'offload':
-      await benchOffload(opts.modelDir, loadOptions(opts), budget(), tokens(128));
+      await benchOffload(opts.modelDir, loadOptions(opts), budget(), tokens(128), peaks);
       return;
     case 'batch':
       await benchBatch({
@@ -145,6 +156,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
         tokens: tokens(128),
         concurrency: parseFlag('concurrency', z.array(intFlag(1)).min(1), values.concurrency.split(',')),
         maxBatchTokens: schedulerOptions(values).maxBatchTokens,
+        peaks,
       });
       return;
     case 'quant': {
@@ -157,6 +169,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
         budget: budget(),
         pplTokens: parseFlag('ppl-tokens', intFlag(2), values['ppl-tokens']),
         referencePath: values.reference ?? (opts.modelDir === DEFAULT_MODEL_DIR && existsSync(defaultReference) ? defaultReference : null),
+        peaks,
       });
       return;
     }
@@ -169,9 +182,9 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       return;
     case 'scale': {
       if (values.model === undefined) throw new UsageError('bench scale needs --model DIR (the model to serve)');
-      // Model flags given before -- are the server's too (everything but --model, which the bench passes).
+      // Model and peak flags given before -- are the server's too (everything but --model, which the bench passes).
       const forwarded = parsed.flatMap((t) =>
-        t.kind === 'option' && t.name !== 'model' && (t.name in MODEL_OPTIONS || t.name === 'max-batch-tokens') ? [t.rawName, ...(t.value === undefined ? [] : [t.value])] : [],
+        t.kind === 'option' && t.name !== 'model' && (t.name in MODEL_OPTIONS || t.name in PEAK_OPTIONS || t.name === 'max-batch-tokens') ? [t.rawName, ...(t.value === undefined ? [] : [t.value])] : [],
       );
       await benchScale({
         modelDir: values.model,
@@ -197,12 +210,16 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
         sharedSystem: values['shared-system'],
         prefixCacheMb: parseFlag('prefix-cache-mb', z.coerce.number().positive('must be a positive number of MiB'), values['prefix-cache-mb']),
         maxBatchTokens: schedulerOptions(values).maxBatchTokens,
+        peaks,
       });
+      return;
+    case 'peaks':
+      await benchPeaks();
       return;
     case 'decode':
       break;
     default:
-      throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, quant, kernels, scale, prefix)`);
+      throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, quant, kernels, scale, prefix, peaks)`);
   }
   const runs = parseFlag('runs', intFlag(1), values.runs);
   const threadList = parseFlag('threads', z.array(intFlag(0)).min(1), values.threads.split(','));
@@ -211,7 +228,7 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
   for (const threads of threadList) {
     for (const form of forms) {
       const o = modelOptions({ ...values, threads: String(threads), ...(form && formFlags(form, values)) });
-      rows.push(await benchDecodeRow(o.modelDir, loadOptions(o), threads, BENCH_PROMPTS.slice(0, 4), tokens(128), runs));
+      rows.push(await benchDecodeRow(o.modelDir, loadOptions(o), threads, BENCH_PROMPTS.slice(0, 4), tokens(128), runs, peaks));
       process.stdout.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
     }
   }

@@ -5,7 +5,8 @@ import { MoeModel, type ModelLoadOptions } from '../engine/moe-model.js';
 import type { RoutingObserver } from '../engine/forward.js';
 import type { RunTally } from '../runtime/onnx-runtime.js';
 import type { Token } from '../tokenizer/token.js';
-import { round } from './bench-format.js';
+import { addTotals, totalsSince, ZERO_TOTALS, type Peaks, type UtilizationTotals } from '../engine/step-utilization.js';
+import { round, utilizationCell, utilizationFields } from './bench-format.js';
 import { tokenBreakdown, type TokenBreakdown } from './token-breakdown.js';
 
 /** A compute form to compare: `weights/experts[/attention]` dtypes, e.g. int8/int4/f32 ('default': the provider's). */
@@ -26,13 +27,15 @@ export interface DecodeTotals {
   readonly breakdown: TokenBreakdown;
   /** Every prompt's generated tokens, in prompt order (of the last run of each). */
   readonly outputs: readonly (readonly Token[])[];
+  /** Bytes, FLOPs and time of the measured runs' engine steps, prompt steps included (step-utilization.ts). */
+  readonly utilization: UtilizationTotals;
 }
 
 /**
  * Greedy decode of each prompt for exactly `tokens` tokens (end-of-sequence ignored), `runs` measured runs
  * after one warm-up each; the session runs made during decode steps are tallied by kind.
  */
-export async function greedyDecode(model: MoeModel, prompts: readonly string[], tokens: number, runs: number, observer?: () => RoutingObserver | undefined): Promise<DecodeTotals> {
+export async function greedyDecode(model: MoeModel, prompts: readonly string[], tokens: number, runs: number, observer?: (promptIds: readonly number[]) => RoutingObserver | undefined): Promise<DecodeTotals> {
   let promptTokens = 0;
   let promptMs = 0;
   let decodeSteps = 0;
@@ -42,13 +45,15 @@ export async function greedyDecode(model: MoeModel, prompts: readonly string[], 
   const ran: Record<string, RunTally> = {};
   let loadWaitMs = 0;
   const outputs: (readonly Token[])[] = [];
+  let utilization = ZERO_TOTALS;
   for (const prompt of prompts) {
     const promptIds = model.tokenizer.encode(prompt);
     let last: readonly Token[] = [];
     for (let run = 0; run <= runs; run++) {
       const snapshot = model.runtime.tallySnapshot();
       const waitedBefore = model.experts.stats().total.waitMs;
-      const stream = generate(model, { promptIds, maxTokens: tokens, sampling: { temperature: 0, topP: 1, topK: 0 }, ignoreEos: true, observer: observer?.() });
+      const stepsBefore = model.forward.utilization.totals;
+      const stream = generate(model, { promptIds, maxTokens: tokens, sampling: { temperature: 0, topP: 1, topK: 0 }, ignoreEos: true, observer: observer?.(promptIds) });
       let step = await stream.next();
       while (!step.done) step = await stream.next();
       last = step.value.completionIds;
@@ -60,6 +65,7 @@ export async function greedyDecode(model: MoeModel, prompts: readonly string[], 
       decodeMs += t.decodeMs;
       samplingMs += t.samplingMs;
       loadWaitMs += model.experts.stats().total.waitMs - waitedBefore;
+      utilization = addTotals(utilization, totalsSince(model.forward.utilization.totals, stepsBefore));
       // Runs of the prompt step are counted too: the breakdown is per generated token, prompt amortized.
       for (const [kind, a] of Object.entries(model.runtime.tallySnapshot())) {
         const b = snapshot[kind] ?? { runs: 0, ms: 0 };
@@ -71,7 +77,7 @@ export async function greedyDecode(model: MoeModel, prompts: readonly string[], 
     outputs.push(last);
   }
   const generated = decodeSteps + prompts.length * Math.max(1, runs);
-  return { promptTokens, promptMs, decodeSteps, decodeMs, samplingMs, breakdown: tokenBreakdown({}, ran, promptMs + decodeMs, samplingMs, loadWaitMs, generated), outputs };
+  return { promptTokens, promptMs, decodeSteps, decodeMs, samplingMs, breakdown: tokenBreakdown({}, ran, promptMs + decodeMs, samplingMs, loadWaitMs, generated), outputs, utilization };
 }
 
 export interface DecodeRow {
@@ -90,9 +96,12 @@ export interface DecodeRow {
   readonly runs_per_token: number;
   /** per generated token: milliseconds in each kind of session run, sampling, and the rest (JS between runs) */
   readonly breakdown_ms: Readonly<Record<string, number>>;
+  /** S-MBU and S-MFU of the measured runs' steps, prompt steps included (fractions of --peak-memory-gbps / --peak-tflops) */
+  readonly s_mbu: number | null;
+  readonly s_mfu: number | null;
 }
 
-export async function benchDecodeRow(modelDir: string, load: ModelLoadOptions, threads: number, prompts: readonly string[], tokens: number, runs: number): Promise<DecodeRow> {
+export async function benchDecodeRow(modelDir: string, load: ModelLoadOptions, threads: number, prompts: readonly string[], tokens: number, runs: number, peaks: Peaks): Promise<DecodeRow> {
   await using model = await MoeModel.load(modelDir, load);
   const t = await greedyDecode(model, prompts, tokens, runs);
   return {
@@ -109,16 +118,17 @@ export async function benchDecodeRow(modelDir: string, load: ModelLoadOptions, t
     ms_per_token: round(t.decodeMs / t.decodeSteps, 3),
     runs_per_token: t.breakdown.runs_per_token,
     breakdown_ms: t.breakdown.ms,
+    ...utilizationFields(t.utilization, peaks),
   };
 }
 
 export function decodeTable(rows: readonly DecodeRow[]): string {
   const kinds = [...new Set(rows.flatMap((r) => Object.keys(r.breakdown_ms)))];
-  const head = `| device | threads | weights | attention | experts | prompt tokens/s | decode tokens/s | ms/token | runs/token | ${kinds.map((k) => `${k} ms`).join(' | ')} |`;
-  const rule = `|${'---|'.repeat(9 + kinds.length)}`;
+  const head = `| device | threads | weights | attention | experts | prompt tokens/s | decode tokens/s | ms/token | runs/token | S-MBU / S-MFU | ${kinds.map((k) => `${k} ms`).join(' | ')} |`;
+  const rule = `|${'---|'.repeat(10 + kinds.length)}`;
   const body = rows.map(
     (r) =>
-      `| ${r.device} | ${r.threads} | ${r.weights} | ${r.attention} | ${r.experts} | ${r.prompt_tokens_per_s} | ${r.decode_tokens_per_s} | ${r.ms_per_token} | ${r.runs_per_token} | ${kinds.map((k) => r.breakdown_ms[k] ?? '-').join(' | ')} |`,
+      `| ${r.device} | ${r.threads} | ${r.weights} | ${r.attention} | ${r.experts} | ${r.prompt_tokens_per_s} | ${r.decode_tokens_per_s} | ${r.ms_per_token} | ${r.runs_per_token} | ${utilizationCell(r)} | ${kinds.map((k) => r.breakdown_ms[k] ?? '-').join(' | ')} |`,
   );
   return [head, rule, ...body].join('\n');
 }

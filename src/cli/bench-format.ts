@@ -1,3 +1,5 @@
+import { utilizationOf, type Peaks, type UtilizationTotals } from '../engine/step-utilization.js';
+
 /** Rounds a benchmark figure for its JSON line and table (`digits` decimals). */
 export function round(x: number, digits = 1): number {
   return Number(x.toFixed(digits));
@@ -9,4 +11,16 @@ export function median(xs: readonly number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
   return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+}
+
+/** A benchmark's S-MBU and S-MFU over the steps it ran (step-utilization.ts), as fractions; null without steps. */
+export function utilizationFields(t: Pick<UtilizationTotals, 'bytes' | 'flops' | 'seconds'>, peaks: Peaks): { s_mbu: number | null; s_mfu: number | null } {
+  const u = utilizationOf(t, peaks);
+  return { s_mbu: u.smbu === null ? null : Number(u.smbu.toPrecision(3)), s_mfu: u.smfu === null ? null : Number(u.smfu.toPrecision(3)) };
+}
+
+/** "12.3% / 4.56%", S-MBU / S-MFU for a table; '-' without steps. */
+export function utilizationCell(u: { readonly s_mbu: number | null; readonly s_mfu: number | null }): string {
+  const pct = (x: number | null) => (x === null ? '-' : `${Number((x * 100).toPrecision(3))}%`);
+  return `${pct(u.s_mbu)} / ${pct(u.s_mfu)}`;
 }

@@ -11,7 +11,8 @@ import { simulate } from '../experts/replay/simulate.js';
 import type { RoutingObserver } from '../engine/forward.js';
 import { greedyDecode } from './bench-decode.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
-import { round } from './bench-format.js';
+import type { Peaks, UtilizationTotals } from '../engine/step-utilization.js';
+import { round, utilizationCell, utilizationFields } from './bench-format.js';
 
 
 interface OffloadRow {
@@ -29,6 +30,9 @@ interface OffloadRow {
   readonly prefetch_issued: number;
   readonly prefetch_wasted: number;
   readonly wait_ms_per_token: number;
+  /** S-MBU and S-MFU of the run's steps (fractions of --peak-memory-gbps / --peak-tflops); expert loads are not counted as bytes */
+  readonly s_mbu: number | null;
+  readonly s_mfu: number | null;
 }
 
 const CONFIGS: readonly ExpertCacheOptions[] = [
@@ -44,22 +48,22 @@ const CONFIGS: readonly ExpertCacheOptions[] = [
   { policy: 'static', prefetchDepth: 1 },
 ];
 
-export async function benchOffload(modelDir: string, load: ModelLoadOptions, budgetFraction: number, tokens: number): Promise<void> {
+export async function benchOffload(modelDir: string, load: ModelLoadOptions, budgetFraction: number, tokens: number, peaks: Peaks): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'moe-serve-bench-'));
   const tracePath = join(dir, 'trace.jsonl');
   try {
     const rows: OffloadRow[] = [];
-    const measured: { cfg: ExpertCacheOptions; decodeMs: number; steps: number; stats: ExpertCacheStats }[] = [];
+    const measured: { cfg: ExpertCacheOptions; decodeMs: number; steps: number; stats: ExpertCacheStats; utilization: UtilizationTotals }[] = [];
     for (const [i, cfg] of CONFIGS.entries()) {
       // The first configuration also records the routing trace (with two layers of lookahead) for replay.
       const experts: ExpertCacheOptions = { ...cfg, budgetFraction, lookaheadDepth: i === 0 ? 2 : 0 };
       await using model = await MoeModel.load(modelDir, { ...load, experts });
       await using trace = i === 0 ? await model.openTrace(tracePath) : null;
-      const { decodeMs, steps } = await decodeAll(model, tokens, () => trace?.request());
+      const { decodeMs, steps, utilization } = await decodeAll(model, tokens, (promptIds) => trace?.request(promptIds));
       // A trace that turned itself off is partial: replaying it would give a wrong hit ratio.
       const traceError = await trace?.close();
       if (traceError) throw traceError;
-      measured.push({ cfg, decodeMs, steps, stats: model.experts.stats() });
+      measured.push({ cfg, decodeMs, steps, stats: model.experts.stats(), utilization });
     }
     const replay = await readTrace(tracePath);
     const allMsPerToken = measured[0] ? measured[0].decodeMs / measured[0].steps : null;
@@ -80,6 +84,7 @@ export async function benchOffload(modelDir: string, load: ModelLoadOptions, bud
         prefetch_issued: t.prefetchIssued,
         prefetch_wasted: t.prefetchWasted,
         wait_ms_per_token: round(t.waitMs / m.steps, 2),
+        ...utilizationFields(m.utilization, peaks),
       });
       process.stdout.write(`${JSON.stringify(rows[rows.length - 1])}\n`);
     }
@@ -92,10 +97,10 @@ export async function benchOffload(modelDir: string, load: ModelLoadOptions, bud
   }
 }
 
-/** Greedy decode of every prompt, end-of-sequence ignored; returns the decode steps and their time. */
-async function decodeAll(model: MoeModel, tokens: number, observer: () => RoutingObserver | undefined): Promise<{ decodeMs: number; steps: number }> {
+/** Greedy decode of every prompt, end-of-sequence ignored; returns the decode steps and their time, and every step's utilization sums. */
+async function decodeAll(model: MoeModel, tokens: number, observer: (promptIds: readonly number[]) => RoutingObserver | undefined): Promise<{ decodeMs: number; steps: number; utilization: UtilizationTotals }> {
   const t = await greedyDecode(model, BENCH_PROMPTS.slice(0, 4), tokens, 0, observer);
-  return { decodeMs: t.decodeMs, steps: t.decodeSteps };
+  return { decodeMs: t.decodeMs, steps: t.decodeSteps, utilization: t.utilization };
 }
 
 function pct(x: number | null): string {
@@ -104,11 +109,11 @@ function pct(x: number | null): string {
 
 function table(rows: readonly OffloadRow[], beladyHitRatio: number): string {
   const head =
-    '| policy | prefetch | decode tokens/s | time/token vs all | hit ratio | simulated | prefetch recall | prefetches issued / wasted | wait ms/token |\n' +
-    '|---|---|---|---|---|---|---|---|---|';
+    '| policy | prefetch | decode tokens/s | time/token vs all | hit ratio | simulated | prefetch recall | prefetches issued / wasted | wait ms/token | S-MBU / S-MFU |\n' +
+    '|---|---|---|---|---|---|---|---|---|---|';
   const body = rows.map(
     (r) =>
-      `| ${r.policy} | ${r.prefetch_depth} | ${r.decode_tokens_per_s} | ${r.slowdown_vs_all ?? '-'}x | ${pct(r.hit_ratio)} | ${pct(r.simulated_hit_ratio)} | ${pct(r.prefetch_recall)} | ${r.prefetch_issued} / ${r.prefetch_wasted} | ${r.wait_ms_per_token} |`,
+      `| ${r.policy} | ${r.prefetch_depth} | ${r.decode_tokens_per_s} | ${r.slowdown_vs_all ?? '-'}x | ${pct(r.hit_ratio)} | ${pct(r.simulated_hit_ratio)} | ${pct(r.prefetch_recall)} | ${r.prefetch_issued} / ${r.prefetch_wasted} | ${r.wait_ms_per_token} | ${utilizationCell(r)} |`,
   );
-  return [head, ...body, `| belady (offline optimum) | 0 | - | - | ${pct(beladyHitRatio)} | | | | |`].join('\n');
+  return [head, ...body, `| belady (offline optimum) | 0 | - | - | ${pct(beladyHitRatio)} | | | | | |`].join('\n');
 }

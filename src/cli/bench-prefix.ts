@@ -8,7 +8,8 @@ import { MoeModel, type ModelLoadOptions } from '../engine/moe-model.js';
 import { PrefixCache, type PrefixCacheStats } from '../engine/prefix-cache.js';
 import { createRng } from '../engine/sampler.js';
 import type { Token } from '../tokenizer/token.js';
-import { median, round } from './bench-format.js';
+import { totalsSince, type Peaks, type UtilizationTotals } from '../engine/step-utilization.js';
+import { median, round, utilizationCell, utilizationFields } from './bench-format.js';
 import { UsageError } from './cli-error.js';
 
 export interface PrefixBenchOptions {
@@ -23,6 +24,7 @@ export interface PrefixBenchOptions {
   readonly sharedSystem: boolean;
   readonly prefixCacheMb: number;
   readonly maxBatchTokens: number;
+  readonly peaks: Peaks;
 }
 
 export class PrefixBenchFailedError extends Error {
@@ -99,6 +101,7 @@ export async function benchPrefix(o: PrefixBenchOptions): Promise<void> {
   // blocks share no prefix with the sessions' (the template puts a role first).
   const warmIds = model.tokenizer.encode(texts.cut(texts.sentences(999_999), o.systemTokens + o.userTokens));
   for (const name of ENGINES) await measure(engines[name], { promptIds: warmIds, maxTokens: o.replyTokens, sampling: GREEDY, ignoreEos: true });
+  const stepsAfterWarmUp = { cache: cached.stats.utilization.totals, 'no-cache': uncached.stats.utilization.totals };
 
   const samples: TurnSample[] = [];
   const problems: string[] = [];
@@ -149,7 +152,8 @@ export async function benchPrefix(o: PrefixBenchOptions): Promise<void> {
 
   const rows = turnRows(samples, o.turns);
   for (const row of rows) process.stdout.write(`${JSON.stringify(row)}\n`);
-  const summary = summarize(samples, problems.length === 0, prefixCache.stats);
+  const steps = { cache: totalsSince(cached.stats.utilization.totals, stepsAfterWarmUp.cache), 'no-cache': totalsSince(uncached.stats.utilization.totals, stepsAfterWarmUp['no-cache']) };
+  const summary = summarize(samples, problems.length === 0, prefixCache.stats, steps, o.peaks);
   process.stdout.write(`${JSON.stringify(summary)}\n`);
   process.stdout.write(`\n${table(rows, summary)}\n`);
   if (problems.length > 0) throw new PrefixBenchFailedError(problems);
@@ -309,9 +313,14 @@ interface Summary {
   readonly prefill_tokens_no_cache: number;
   readonly outputs_identical: boolean;
   readonly prefix_cache: PrefixCacheStats;
+  /** S-MBU and S-MFU of each engine's steps over the sessions (fractions of the peaks) */
+  readonly s_mbu_cache: number | null;
+  readonly s_mfu_cache: number | null;
+  readonly s_mbu_no_cache: number | null;
+  readonly s_mfu_no_cache: number | null;
 }
 
-function summarize(samples: readonly TurnSample[], identical: boolean, stats: PrefixCacheStats): Summary {
+function summarize(samples: readonly TurnSample[], identical: boolean, stats: PrefixCacheStats, steps: Record<EngineName, UtilizationTotals>, peaks: Peaks): Summary {
   const later = (engine: EngineName) => samples.filter((x) => x.turn >= 2 && x.engine === engine);
   const withCache = later('cache');
   const without = later('no-cache');
@@ -320,6 +329,8 @@ function summarize(samples: readonly TurnSample[], identical: boolean, stats: Pr
     return n ? [n.ttftMs / c.ttftMs] : [];
   });
   const some = withCache.length > 0;
+  const useCache = utilizationFields(steps.cache, peaks);
+  const useNoCache = utilizationFields(steps['no-cache'], peaks);
   return {
     bench: 'prefix',
     phase: 'summary',
@@ -332,6 +343,10 @@ function summarize(samples: readonly TurnSample[], identical: boolean, stats: Pr
     prefill_tokens_no_cache: without.reduce((n, x) => n + x.prefillTokens, 0),
     outputs_identical: identical,
     prefix_cache: stats,
+    s_mbu_cache: useCache.s_mbu,
+    s_mfu_cache: useCache.s_mfu,
+    s_mbu_no_cache: useNoCache.s_mbu,
+    s_mfu_no_cache: useNoCache.s_mfu,
   };
 }
 
@@ -357,6 +372,7 @@ function table(rows: readonly TurnRow[], s: Summary): string {
       : `turns 2+: median TTFT ${s.ttft_ms_median_cache} ms with the cache, ${s.ttft_ms_median_no_cache} ms without: ${s.ttft_ratio_median}x (median of ${s.later_turns} paired ratios); ` +
         `history ${(Number(s.history_share) * 100).toFixed(1)}% of the prompt; prefill tokens ${s.prefill_tokens_cache} with, ${s.prefill_tokens_no_cache} without`,
     `outputs identical with and without the cache: ${s.outputs_identical ? 'yes' : 'NO'}`,
+    `S-MBU / S-MFU of the sessions' steps: ${utilizationCell({ s_mbu: s.s_mbu_cache, s_mfu: s.s_mfu_cache })} with the cache, ${utilizationCell({ s_mbu: s.s_mbu_no_cache, s_mfu: s.s_mfu_no_cache })} without`,
     `prefix cache (warm-up included): ${p.lookups} lookups, ${p.hits} hits, ${p.hitTokens} of ${p.lookupTokens} looked-up tokens found, ` +
       `${p.blocks} blocks (${round(p.bytes / 2 ** 20, 2)} of ${round(p.budgetBytes / 2 ** 20, 2)} MiB), ${p.storedBlocks} stored, ${p.evictedBlocks} evicted`,
   ];

@@ -12,7 +12,8 @@ import type { Token } from '../tokenizer/token.js';
 import { asToken } from '../tokenizer/token.js';
 import { batchThroughput } from './bench-batch.js';
 import { greedyDecode } from './bench-decode.js';
-import { round } from './bench-format.js';
+import type { Peaks, UtilizationTotals } from '../engine/step-utilization.js';
+import { round, utilizationCell, utilizationFields } from './bench-format.js';
 import { HELD_OUT_TEXT } from './bench-heldout.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 
@@ -29,6 +30,7 @@ export interface QuantBenchOptions {
   readonly pplTokens: number;
   /** transformers' greedy reference for the model (tiny-moe-reference.json's format), or null. */
   readonly referencePath: string | null;
+  readonly peaks: Peaks;
 }
 
 interface QuantRow {
@@ -52,6 +54,11 @@ interface QuantRow {
   readonly b1_tokens_per_s_budget: number;
   readonly b16_tokens_per_s_100: number;
   readonly b16_tokens_per_s_budget: number;
+  /** S-MBU and S-MFU of the batch-1 and batch-16 runs with every expert resident (fractions of the peaks) */
+  readonly b1_s_mbu_100: number | null;
+  readonly b1_s_mfu_100: number | null;
+  readonly b16_s_mbu_100: number | null;
+  readonly b16_s_mfu_100: number | null;
 }
 
 const referenceSchema = z.object({ prompts: z.array(z.object({ input_ids: z.array(z.number().int()), greedy_ids: z.array(z.number().int()) })) });
@@ -75,11 +82,14 @@ export async function benchQuant(o: QuantBenchOptions): Promise<void> {
       const ppl = await perplexity(full, o.pplTokens);
       const stats = full.experts.stats();
       const b1Full = await decodeRate(full);
-      const b16Full = (await batchThroughput(full, 16, 64, 16, 512)).tokensPerS;
+      const b16FullRun = await batchThroughput(full, 16, 64, 16, 512);
+      const b16Full = b16FullRun.tokensPerS;
       await full[Symbol.asyncDispose]();
       await using offloaded = await MoeModel.load(o.modelDir, { ...o.load, compute, experts: { policy: 'lru', budgetFraction: o.budget } });
-      const b1Budget = await decodeRate(offloaded);
+      const b1Budget = (await decodeRate(offloaded)).tokensPerS;
       const b16Budget = (await batchThroughput(offloaded, 16, 64, 16, 512)).tokensPerS;
+      const b1Use = utilizationFields(b1Full.utilization, o.peaks);
+      const b16Use = utilizationFields(b16FullRun.utilization, o.peaks);
       row = {
         bench: 'quant',
         weights: full.computeForms.weights,
@@ -96,10 +106,14 @@ export async function benchQuant(o: QuantBenchOptions): Promise<void> {
         perplexity: round(ppl, 3),
         expert_bytes: stats.totalExpertBytes,
         weight_bytes: full.residentBytes,
-        b1_tokens_per_s_100: round(b1Full),
+        b1_tokens_per_s_100: round(b1Full.tokensPerS),
         b1_tokens_per_s_budget: round(b1Budget),
         b16_tokens_per_s_100: round(b16Full),
         b16_tokens_per_s_budget: round(b16Budget),
+        b1_s_mbu_100: b1Use.s_mbu,
+        b1_s_mfu_100: b1Use.s_mfu,
+        b16_s_mbu_100: b16Use.s_mbu,
+        b16_s_mfu_100: b16Use.s_mfu,
       };
     } catch (err) {
       await full[Symbol.asyncDispose]().catch(() => undefined);
@@ -111,10 +125,10 @@ export async function benchQuant(o: QuantBenchOptions): Promise<void> {
   process.stdout.write(`\n${table(rows, o.budget)}\n`);
 }
 
-/** Batch-1 greedy decode tokens/s over four prompts, 128 tokens each after a warm-up run. */
-async function decodeRate(model: MoeModel): Promise<number> {
+/** Batch-1 greedy decode tokens/s over four prompts, 128 tokens each after a warm-up run, and its steps' utilization sums. */
+async function decodeRate(model: MoeModel): Promise<{ tokensPerS: number; utilization: UtilizationTotals }> {
   const t = await greedyDecode(model, BENCH_PROMPTS.slice(0, 4), 128, 1);
-  return (t.decodeSteps * 1000) / t.decodeMs;
+  return { tokensPerS: (t.decodeSteps * 1000) / t.decodeMs, utilization: t.utilization };
 }
 
 async function lastPositionLogits(model: MoeModel, ids: readonly Token[]): Promise<Float32Array> {
@@ -192,11 +206,11 @@ function table(rows: readonly QuantRow[], budget: number): string {
   const mb = (b: number) => (b / 2 ** 20).toFixed(1);
   const pct = `${Math.round(budget * 100)}%`;
   const head =
-    `| weights | attention | experts | agree with the first: prefix / positions | last logit error mean / max | agree with transformers: prefix / positions | perplexity | expert MiB | all weights MiB | b1 tok/s 100% / ${pct} | b16 tok/s 100% / ${pct} |\n` +
-    '|---|---|---|---|---|---|---|---|---|---|---|';
+    `| weights | attention | experts | agree with the first: prefix / positions | last logit error mean / max | agree with transformers: prefix / positions | perplexity | expert MiB | all weights MiB | b1 tok/s 100% / ${pct} | b16 tok/s 100% / ${pct} | S-MBU / S-MFU b1, b16 100% |\n` +
+    '|---|---|---|---|---|---|---|---|---|---|---|---|';
   const body = rows.map(
     (r) =>
-      `| ${r.weights} | ${r.attention} | ${r.experts} | ${r.agree_prefix} / ${r.agree_positions} of ${r.agree_of} | ${r.logit_error_mean} / ${r.logit_error_max} | ${r.transformers_of === null ? '-' : `${r.transformers_prefix} / ${r.transformers_positions} of ${r.transformers_of}`} | ${r.perplexity} | ${mb(r.expert_bytes)} | ${mb(r.weight_bytes)} | ${r.b1_tokens_per_s_100} / ${r.b1_tokens_per_s_budget} | ${r.b16_tokens_per_s_100} / ${r.b16_tokens_per_s_budget} |`,
+      `| ${r.weights} | ${r.attention} | ${r.experts} | ${r.agree_prefix} / ${r.agree_positions} of ${r.agree_of} | ${r.logit_error_mean} / ${r.logit_error_max} | ${r.transformers_of === null ? '-' : `${r.transformers_prefix} / ${r.transformers_positions} of ${r.transformers_of}`} | ${r.perplexity} | ${mb(r.expert_bytes)} | ${mb(r.weight_bytes)} | ${r.b1_tokens_per_s_100} / ${r.b1_tokens_per_s_budget} | ${r.b16_tokens_per_s_100} / ${r.b16_tokens_per_s_budget} | ${utilizationCell({ s_mbu: r.b1_s_mbu_100, s_mfu: r.b1_s_mfu_100 })}, ${utilizationCell({ s_mbu: r.b16_s_mbu_100, s_mfu: r.b16_s_mfu_100 })} |`,
   );
   return [head, ...body].join('\n');
 }

@@ -5,7 +5,8 @@
 // output equals a server's without the limit.
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { median, round } from './bench-format.js';
+import { totalsSince, ZERO_TOTALS, type Peaks } from '../engine/step-utilization.js';
+import { median, round, utilizationCell, utilizationFields } from './bench-format.js';
 import { CgroupUnavailableError, createMemoryGroup, type MemoryGroup, type MemoryGroupUsage } from './cgroup-memory.js';
 import { UsageError } from './cli-error.js';
 import { dropPageCache, measureSequentialRead, type SequentialRead } from './disk-bandwidth.js';
@@ -60,6 +61,9 @@ interface PhaseRow {
   readonly fraction_of_sequential: number | null;
   readonly device_hit_ratio: number | null;
   readonly host_hit_ratio: number | null;
+  /** S-MBU and S-MFU of the server's engine steps during the phase (its /metrics counters and peaks); null without them */
+  readonly s_mbu: number | null;
+  readonly s_mfu: number | null;
 }
 
 interface ServerRun {
@@ -219,10 +223,13 @@ async function runServer(
     };
     for (const batch of o.batches) {
       const before = await client.expertTotals();
+      const stepsBefore = await stepCounters(ready.baseUrl);
       const phase = await runDecodePhase(client, batch, o.rounds, o.tokens);
       const after = await client.expertTotals();
+      const stepsAfter = await stepCounters(ready.baseUrl);
       firstToken(phase.results);
-      const row = phaseRow(phase, o.tokens, before && after ? expertDelta(before, after) : null, bandwidth);
+      const use = stepsBefore && stepsAfter ? utilizationFields(totalsSince({ ...ZERO_TOTALS, ...stepsAfter }, { ...ZERO_TOTALS, ...stepsBefore }), stepsAfter.peaks) : { s_mbu: null, s_mfu: null };
+      const row = { ...phaseRow(phase, o.tokens, before && after ? expertDelta(before, after) : null, bandwidth), ...use };
       phases.push(row);
       emit({ phase: 'decode', server: label, ...row });
       failures.push(...requestFailures(phase.results, `batch ${batch}`));
@@ -263,7 +270,7 @@ async function runServer(
   return { loadS, ttftS: ttftS === null ? null : round(ttftS, 2), phases, greedy, peakRssBytes, group: usage, oomKills, died: died ? exitText(died) : null, failures };
 }
 
-function phaseRow(phase: DecodePhase, tokens: number, experts: ExpertDelta | null, bandwidth: SequentialRead): PhaseRow {
+function phaseRow(phase: DecodePhase, tokens: number, experts: ExpertDelta | null, bandwidth: SequentialRead): Omit<PhaseRow, 's_mbu' | 's_mfu'> {
   const ok = phase.results.flatMap((r) => (r.ok ? [r] : []));
   const outputTokens = ok.reduce((n, r) => n + r.tokens, 0);
   // A request's first token comes after its prompt; decode speed counts the tokens after it.
@@ -315,6 +322,32 @@ function boundRow(p: PhaseRow, resident: PhaseRow | undefined, bandwidth: Sequen
     bound_ms_per_token: bound === null ? null : round(bound, 2),
     decode_over_bound: decode !== null && bound !== null ? round(decode / bound, 2) : null,
   };
+}
+
+/**
+ * The server's step-utilization counters and peaks (GET /metrics, no key needed); null when it has none or
+ * does not answer. The values a phase's S-MBU and S-MFU come from, as the load tests compute them.
+ */
+async function stepCounters(baseUrl: string): Promise<{ bytes: number; flops: number; seconds: number; peaks: Peaks } | null> {
+  let text: string;
+  try {
+    const res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(30_000) });
+    text = await res.text();
+    if (res.status !== 200) return null;
+  } catch {
+    return null;
+  }
+  const value = (name: string) => {
+    const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
+    return m ? Number(m[1]) : Number.NaN;
+  };
+  const r = {
+    bytes: value('moe_serve_step_bytes_total'),
+    flops: value('moe_serve_step_flops_total'),
+    seconds: value('moe_serve_step_seconds_total'),
+    peaks: { memoryBytesPerS: value('moe_serve_peak_memory_bytes_per_second'), flopsPerS: value('moe_serve_peak_flops_per_second') },
+  };
+  return [r.bytes, r.flops, r.seconds, r.peaks.memoryBytesPerS, r.peaks.flopsPerS].every(Number.isFinite) ? r : null;
 }
 
 function requestFailures(results: readonly RequestResult[], where: string): string[] {
@@ -390,6 +423,7 @@ function summaryTable(s: Summary, phases: readonly PhaseRow[], bounds: readonly 
       p.disk_mb_per_s === null ? `- (${p.disk_busy_s === null ? 'the server has no diskBusyMs counter' : 'no disk reads'})` : `${p.disk_mb_per_s} (${pct(p.fraction_of_sequential)} of sequential)`,
     ]),
     ...phases.map((p): [string, string] => [`batch ${p.batch} device / host hit ratio`, `${pct(p.device_hit_ratio)} / ${pct(p.host_hit_ratio)}`]),
+    ...phases.map((p): [string, string] => [`batch ${p.batch} S-MBU / S-MFU`, utilizationCell(p)]),
     ...bounds.map((b): [string, string] => [
       `batch ${b.batch} ms/token vs bound`,
       `${show(b.decode_ms_per_token)} vs ${show(b.bound_ms_per_token)} (disk ${show(b.disk_ms_per_token)} + all-resident ${show(b.resident_ms_per_token)}): ${show(b.decode_over_bound, 'x')}`,

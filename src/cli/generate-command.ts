@@ -86,7 +86,7 @@ export async function generateCommand(argv: readonly string[]): Promise<void> {
   const promptIds = model.tokenizer.encode(prompt);
   const before = model.runtime.tallySnapshot();
   const waitedBefore = model.experts.stats().total.waitMs;
-  const stream = generate(model, { promptIds, maxTokens, sampling, seed, stop: values.stop, observer: trace?.request() });
+  const stream = generate(model, { promptIds, maxTokens, sampling, seed, stop: values.stop, observer: trace?.request(promptIds) });
   let step = await stream.next();
   while (!step.done) {
     if (!values.json) process.stdout.write(step.value.text);

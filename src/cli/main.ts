@@ -5,6 +5,7 @@ import { reportCommandError } from './cli-error.js';
 import { generateCommand, GENERATE_HELP } from './generate-command.js';
 import { quantizeCommand, QUANTIZE_HELP } from './quantize-command.js';
 import { replayCommand, REPLAY_HELP } from './replay-command.js';
+import { routeStudyCommand, ROUTE_STUDY_HELP } from './route-study-command.js';
 import { serveCommand, SERVE_HELP } from './serve-command.js';
 
 const USAGE = `Usage: moe-serve <command> [options]
@@ -15,6 +16,7 @@ Commands:
   quantize   write a checkpoint with int8/int4/f16 weights that loads without converting (moe-serve quantize --help)
   bench      measure speed (moe-serve bench --help)
   replay     replay a routing trace against expert-cache policies and budgets (moe-serve replay --help)
+  route-study  simulate routing a trace's requests across replicas by affinity or load (moe-serve route-study --help)
 `;
 
 const commands: Record<string, { run: (argv: readonly string[]) => Promise<void>; help: string }> = {
@@ -23,6 +25,7 @@ const commands: Record<string, { run: (argv: readonly string[]) => Promise<void>
   quantize: { run: quantizeCommand, help: QUANTIZE_HELP },
   bench: { run: benchCommand, help: BENCH_HELP },
   replay: { run: replayCommand, help: REPLAY_HELP },
+  'route-study': { run: routeStudyCommand, help: ROUTE_STUDY_HELP },
 };
 
 async function main(argv: readonly string[]): Promise<number> {

@@ -34,7 +34,8 @@ than Belady) and writes an SVG chart of hit ratio against budget.
 'static' keeps the experts this trace uses most: an optimistic static that has seen the whole trace.
 `;
 
-interface Budget {
+/** An expert-cache budget from the command line (route-study-command.ts reads them the same way). */
+export interface Budget {
   /** As the user wrote it, for the table. */
   readonly label: string;
   readonly bytes: number;
@@ -48,7 +49,7 @@ const UNIT_BYTES = new Map([
   ['gb', 2 ** 30],
 ]);
 
-const budgetFlag = z
+export const budgetFlag = z
   .string()
   .regex(/^\d+(\.\d+)?(%|b|kb|mb|gb)$/i, 'expected a percentage like 25% or a size like 64mb (units: b, kb, mb, gb)')
   .refine((s) => !s.endsWith('%') || Number.parseFloat(s) <= 100, 'a percentage budget must be at most 100%');
@@ -122,11 +123,11 @@ export async function replayCommand(argv: readonly string[]): Promise<void> {
   process.stdout.write(`chart written to ${svgPath}\n`);
 }
 
-function splitList(text: string): string[] {
+export function splitList(text: string): string[] {
   return text.split(',').map((s) => s.trim());
 }
 
-function toBudget(text: string, totalBytes: number): Budget {
+export function toBudget(text: string, totalBytes: number): Budget {
   const value = Number.parseFloat(text);
   if (text.endsWith('%')) return { label: text, bytes: Math.floor((totalBytes * value) / 100), percent: value };
   const unit = text.replace(/^[\d.]+/, '').toLowerCase();

@@ -10,6 +10,7 @@ import { BatchEngine } from '../engine/batch-engine.js';
 import { PrefixCache } from '../engine/prefix-cache.js';
 import { MoeModel } from '../engine/moe-model.js';
 import type { TraceWriter } from '../experts/trace-writer.js';
+import { PEAK_OPTIONS, PEAK_OPTIONS_HELP, peakOptions } from './bench-peaks.js';
 import { argsFromEnv, blameEnv, ENV_PREFIX, unknownEnvVars } from './env-options.js';
 import { loadProgressBar } from './load-progress.js';
 import { intFlag, loadOptions, numberFlag, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, parseFlag, SCHEDULER_OPTIONS, SCHEDULER_OPTIONS_HELP, schedulerOptions } from './model-options.js';
@@ -39,6 +40,9 @@ ${SCHEDULER_OPTIONS_HELP}
                                system prompt and history): their prompt is not computed again. 0 turns it
                                off (default: a quarter of the KV budget; CPU only, off on GPU providers)
 
+Utilization (GET /metrics: moe_serve_smbu, moe_serve_smfu and the step counters behind them):
+${PEAK_OPTIONS_HELP}
+
 Clients (one client = one peer address):
   --client-max-running N       most requests one client has running; more of its requests wait while
                                other clients' go first (default: --max-seqs)
@@ -55,6 +59,7 @@ e.g. ${ENV_PREFIX}PORT=9000, ${ENV_PREFIX}EXPERT_CACHE_MB=512, ${ENV_PREFIX}LOG=
 const SERVE_OPTIONS = {
   ...MODEL_OPTIONS,
   ...SCHEDULER_OPTIONS,
+  ...PEAK_OPTIONS,
   host: { type: 'string', default: '127.0.0.1' },
   port: { type: 'string', default: '8000' },
   'api-key': { type: 'string' },
@@ -102,6 +107,7 @@ async function serve(args: readonly string[]): Promise<void> {
     bufferBytes: parseFlag('client-buffer-kb', intFlag(1), values['client-buffer-kb']) * 1024,
     stallMs: parseFlag('stall-seconds', numberFlag(0.1, 3600), values['stall-seconds']) * 1000,
   };
+  const peaks = peakOptions(values);
   const port = parseFlag('port', intFlag(0).max(65535), values.port);
   const host = parseFlag('host', z.string().min(1), values.host);
   const corsOrigins = values.cors === undefined ? undefined : parseCors(values.cors);
@@ -139,8 +145,8 @@ async function serve(args: readonly string[]): Promise<void> {
   }
   const prefixCacheBytes = model.runtime.onGpu ? 0 : Math.floor(prefixCacheMb === undefined ? kvBudgetBytes / 4 : prefixCacheMb * 2 ** 20);
   const prefixCache = prefixCacheBytes >= 1 ? new PrefixCache(prefixCacheBytes) : undefined;
-  const engine = new BatchEngine(model, { ...scheduler, maxKvTokens, maxSeqsPerClient, maxQueuePerClient }, { prefixCache });
-  const observer = trace ? () => (trace as TraceWriter).request() : undefined;
+  const engine = new BatchEngine(model, { ...scheduler, maxKvTokens, maxSeqsPerClient, maxQueuePerClient }, { prefixCache, peaks });
+  const observer = trace ? (promptIds: readonly number[]) => (trace as TraceWriter).request(promptIds) : undefined;
   // /health is open to anyone: the error's code, not the trace file's path.
   const warnings = () => (trace?.error ? [`the routing trace is off after a write error (${errorCode(trace.error.cause)}); requests are served without it`] : []);
   serving = observer ? { model, engine, observer, warnings } : { model, engine };

@@ -7,13 +7,14 @@ import { Scheduler, type SchedulerConfig, type SchedulerOutput } from '../schedu
 import type { Token } from '../tokenizer/token.js';
 import { CompletionState, type CompletionOutput, type CompletionRequest, type FinishReason, type GeneratedChunk } from './completion-state.js';
 import { ExpertAffinity, type ExpertPrediction } from './expert-affinity.js';
-import type { BatchItem, RoutingObserver } from './forward.js';
+import type { BatchItem, RoutingObserver, StepRoutingObserver } from './forward.js';
 import { kvRowsFor, type SequenceKvCache } from './kv-cache.js';
 import { tokenLogprob, type TokenLogprob } from './logit-processing.js';
 import type { MoeModel } from './moe-model.js';
 import type { PrefixCache, PrefixCacheStats } from './prefix-cache.js';
 import { checkRequest, completionLimit } from './request-rules.js';
 import { SequenceSampler } from './sequence-sampler.js';
+import { DEFAULT_PEAKS, DistinctExperts, stepCost, stepCostModel, UtilizationTally, type Peaks, type StepCostModel, type UtilizationTotals } from './step-utilization.js';
 
 export type { CompletionRequest } from './completion-state.js';
 
@@ -104,17 +105,23 @@ export interface EngineStats {
   readonly running: number;
   readonly waiting: number;
   readonly kvTokensReserved: number;
+  /** KV-cache rows the budget holds (the scheduler's maxKvTokens; Number.MAX_SAFE_INTEGER when unbounded). */
+  readonly kvTokensCapacity: number;
   /** Prompt tokens whose KV a sequence took from another sequence of the same request (n > 1). */
   readonly forkedTokens: number;
   /** Times expert-aware admission admitted a request ahead of an older waiting one, once per older one (0 when off). */
   readonly passOvers: number;
   /** null when prefix caching is off. */
   readonly prefixCache: PrefixCacheStats | null;
+  /** S-MBU and S-MFU's sums (step-utilization.ts): over every step, and over the recent window; the peaks they are judged against. */
+  readonly utilization: { readonly totals: UtilizationTotals; readonly recent: UtilizationTotals; readonly peaks: Peaks };
 }
 
 export interface EngineOptions {
   /** KV of earlier prompts for later ones to reuse; host KV caches only (ignored on GPU providers). */
   readonly prefixCache?: PrefixCache;
+  /** The machine's peak memory bandwidth and FLOP rate, for S-MBU and S-MFU (default DEFAULT_PEAKS). */
+  readonly peaks?: Peaks;
 }
 
 /**
@@ -172,6 +179,15 @@ export class BatchEngine implements AsyncDisposable {
   private tokensComputed = 0;
   private tokensGenerated = 0;
   private forkedTokens = 0;
+  /** Each step's bytes, FLOPs and time (step-utilization.ts); the model's own tally gets them too. */
+  private readonly utilization = new UtilizationTally();
+  private readonly costModel: StepCostModel;
+  private readonly peaks: Peaks;
+  private readonly distinct: DistinctExperts;
+  /** Distinct experts of the step in progress, summed over sparse layers (from every committed pass of it). */
+  private stepExperts = 0;
+  /** Sees each committed pass's routing: the expert-affinity table learns from it, the step counts its experts. */
+  private readonly stepObserver: StepRoutingObserver;
   private failuresInARow = 0;
   private lastFailure = '';
 
@@ -186,6 +202,15 @@ export class BatchEngine implements AsyncDisposable {
       ...(this.affinity && { expertAffinity: (id: string) => this.expertAffinity(id) }),
     });
     this.prefixCache = model.runtime.onGpu ? undefined : options.prefixCache;
+    this.costModel = stepCostModel(model.spec, model.forward.weightSizes);
+    this.peaks = options.peaks ?? DEFAULT_PEAKS;
+    this.distinct = new DistinctExperts(model.spec.numExperts);
+    this.stepObserver = {
+      onStepRouting: (layer, tokens, routing) => {
+        this.affinity?.onStepRouting(layer, tokens, routing);
+        this.stepExperts += this.distinct.count(routing.experts);
+      },
+    };
   }
 
   /** Most sequences one client's request can queue at once: more can never be accepted, whatever runs. */
@@ -202,9 +227,11 @@ export class BatchEngine implements AsyncDisposable {
       running: this.scheduler.numRunning,
       waiting: this.scheduler.numWaiting,
       kvTokensReserved: this.scheduler.kvTokensReserved,
+      kvTokensCapacity: this.scheduler.config.maxKvTokens,
       forkedTokens: this.forkedTokens,
       passOvers: this.scheduler.passOvers,
       prefixCache: this.prefixCache?.stats ?? null,
+      utilization: { totals: this.utilization.totals, recent: this.utilization.recent(), peaks: this.peaks },
     };
   }
 
@@ -382,8 +409,12 @@ export class BatchEngine implements AsyncDisposable {
       logits: seq.promptTop !== undefined && promptCount > 0 ? 'all' : chunk.samples ? 'last' : 'none',
       observer: seq.observer,
     });
+    const items = chunks.map(itemOf);
+    // Positions in each KV cache before the step, for its KV bytes and attention FLOPs.
+    const past = chunks.map((c) => c.kv.length);
+    this.stepExperts = 0;
     const t0 = performance.now();
-    const logits = await this.forwardIsolated(chunks.map(itemOf), chunks.map((c) => c.seq));
+    const logits = await this.forwardIsolated(items, chunks.map((c) => c.seq));
     const stepMs = performance.now() - t0;
     this.steps++;
     const sampled = new Map<string, number>();
@@ -419,6 +450,23 @@ export class BatchEngine implements AsyncDisposable {
     for (const seq of stopped) this.scheduler.finish(seq.id, RequestStatus.FINISHED_STOPPED);
     for (const f of finished) this.end(f.id, reasonOf(f.status));
     for (const seq of stopped) this.end(seq.id, 'stop');
+    this.recordStep(items, past, logits, (performance.now() - t0) / 1000);
+  }
+
+  /** The step's bytes, FLOPs and wall time (forward pass, sampling, bookkeeping), over the items whose pass committed. */
+  private recordStep(items: readonly BatchItem[], past: readonly number[], logits: readonly (Float32Array | null | undefined)[], seconds: number): void {
+    const sequences: { past: number; tokens: number }[] = [];
+    let logitsRows = 0;
+    items.forEach((item, i) => {
+      if (logits[i] === undefined) return; // failed: nothing of it was committed
+      sequences.push({ past: past[i] as number, tokens: item.tokens.length });
+      logitsRows += item.logits === 'last' ? 1 : item.logits === 'all' ? item.tokens.length : 0;
+    });
+    if (sequences.length === 0) return;
+    const cost = stepCost(this.costModel, { sequences, logitsRows, distinctExperts: this.stepExperts });
+    const now = performance.now();
+    this.utilization.record(cost, seconds, now);
+    this.model.forward.utilization.record(cost, seconds, now);
   }
 
   /**
@@ -455,7 +503,7 @@ export class BatchEngine implements AsyncDisposable {
    */
   private async forwardIsolated(items: readonly BatchItem[], seqs: readonly Sequence[]): Promise<(Float32Array | null | undefined)[]> {
     try {
-      return await this.model.forward.stepBatch(items, this.affinity);
+      return await this.model.forward.stepBatch(items, this.stepObserver);
     } catch (err) {
       if (items.length === 1) {
         this.failOne(seqs[0] as Sequence, err);
@@ -465,7 +513,7 @@ export class BatchEngine implements AsyncDisposable {
     const out: (Float32Array | null | undefined)[] = [];
     for (const [i, item] of items.entries()) {
       try {
-        const [row] = await this.model.forward.stepBatch([item], this.affinity);
+        const [row] = await this.model.forward.stepBatch([item], this.stepObserver);
         out.push(row ?? null);
       } catch (err) {
         this.failOne(seqs[i] as Sequence, err);

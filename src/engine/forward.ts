@@ -13,6 +13,7 @@ import type { ModelSessions } from './model-sessions.js';
 import type { ResidentWeights } from './resident-weights.js';
 import { groupByExpert, routeTokens, type ExpertAssignment, type Routing } from './routing.js';
 import { RowOps } from './row-ops.js';
+import { UtilizationTally, type WeightSizes } from './step-utilization.js';
 
 /** One sparse layer's routing in one forward step. */
 export interface RoutingEvent {
@@ -81,9 +82,20 @@ export class ForwardPass {
   private lastYield = performance.now();
   /** Batched steps committed so far: the next one's pass number for routing events. */
   private committedPasses = 0;
+  /**
+   * Every engine step run on this model, whichever engine ran it (step-utilization.ts): benchmarks that run
+   * engines they do not hold (generate()) read it before and after.
+   */
+  readonly utilization = new UtilizationTally();
 
   constructor(private readonly m: ForwardParts) {
     this.rows = new RowOps(m.runtime, m.spec.hiddenSize);
+  }
+
+  /** The weights' sizes that the step-utilization accounting reads (step-utilization.ts). */
+  get weightSizes(): WeightSizes {
+    const { experts, weights } = this.m;
+    return { expertBytes: experts.expertBytes, residentBytes: weights.residentBytes, embeddingBytes: weights.embedding.bytes, lookaheadRows: weights.variants.map((v) => v.lookaheadRows) };
   }
 
   /**

@@ -1,6 +1,6 @@
 // The routing trace (`--trace FILE`): JSON Lines, one line per (request, step, layer) of a sparse layer.
-// With `pass` and `lookahead_votes` (written since they were added; still version 1, since both are
-// optional and older traces read as before) a trace determines the server's batched forward passes and
+// With `pass` and `lookahead_votes` (written since they were added; still version 1, since they and
+// `prompt_tokens` are optional and older traces read as before) a trace determines the server's batched forward passes and
 // each pass's prefetch order exactly, so the replay tool makes the device cache's calls exactly.
 import { z } from 'zod';
 
@@ -31,6 +31,12 @@ export const traceLine = z.object({
    * of a multi-token line batched with others.
    */
   lookahead_votes: z.array(z.array(z.number().int().positive())).optional(),
+  /**
+   * The request's prompt, as token ids: on its first line only (step 0, its first sparse layer), so a trace
+   * holds each prompt once. What a load balancer hashes to route by prefix (replay/route-study.ts). Absent in
+   * older traces, and for requests the writer was given no prompt for.
+   */
+  prompt_tokens: z.array(z.number().int().nonnegative()).optional(),
 });
 
 export type TraceLine = z.infer<typeof traceLine>;

@@ -1,6 +1,6 @@
 // Writes the routing trace (`--trace FILE`): a header line, then one line per (request, step, sparse
 // layer) with the forward pass it ran in, the experts each token was routed to, and the router
-// lookahead's predictions with their votes.
+// lookahead's predictions with their votes; a request's first line also carries its prompt's token ids.
 //
 // A trace is a diagnostic: when writing it fails (a full disk, say) the writer reports the error once
 // and turns itself off, and requests go on. The observer runs inside the forward pass, so an error
@@ -65,11 +65,15 @@ export class TraceWriter implements AsyncDisposable {
     return this.failure;
   }
 
-  /** An observer for one request: its own request number, steps counted as its positions advance. Never throws. */
-  request(): RoutingObserver {
+  /**
+   * An observer for one request: its own request number, steps counted as its positions advance, and
+   * `promptTokens` (when given) written on its first line. Never throws.
+   */
+  request(promptTokens?: readonly number[]): RoutingObserver {
     const request = this.requests++;
     let step = -1;
     let position = -1;
+    let prompt = promptTokens === undefined ? undefined : [...promptTokens];
     return {
       onRouting: (e: RoutingEvent) => {
         if (e.position !== position) {
@@ -86,7 +90,9 @@ export class TraceWriter implements AsyncDisposable {
           experts: Array.from({ length: r.tokens }, (_, t) => [...r.experts.subarray(t * r.topK, (t + 1) * r.topK)]),
           lookahead: e.lookahead.map((l) => [...l]),
           lookahead_votes: e.lookaheadVotes.map((v) => [...v]),
+          ...(prompt === undefined ? {} : { prompt_tokens: prompt }),
         };
+        prompt = undefined;
         this.write(line);
       },
     };

@@ -1,13 +1,19 @@
 // The load tests' flags, loopback guard and charts.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { lineChartSvg } from '../../load-tests/line-chart-svg.js';
+import { lineChartSvg } from '../../src/cli/line-chart-svg.js';
 import { assertLoopback, NonLoopbackTargetError } from '../../load-tests/loopback.js';
 import { parseLoadtestArgs } from '../../load-tests/options.js';
 import { serverArgs } from '../../load-tests/server-launcher.js';
 import { UsageError } from '../../src/cli/cli-error.js';
 import { commandLine } from '../../load-tests/report-context.js';
 import { POLICY_NAMES } from '../../src/experts/policies/index.js';
+import type { RunResult } from '../../load-tests/load-run.js';
+import { parseExposition } from '../../load-tests/metric-samples.js';
+import { summarize } from '../../load-tests/percentiles.js';
+import { reportMarkdown } from '../../load-tests/report-md.js';
+import { TABLE_HEAD, tableRow } from '../../load-tests/report-table.js';
+import { runUtilization } from '../../load-tests/server-snapshot.js';
 
 /** Checks that every tag is closed in order (a small XML well-formedness check for our own output). */
 function assertWellFormed(xml: string): void {
@@ -137,5 +143,53 @@ describe('loopback guard', () => {
     for (const url of ['http://10.0.0.1:8000', 'http://example.com', 'http://localhost:8000', 'http://127.0.0.1.example.com']) {
       assert.throws(() => assertLoopback(url), NonLoopbackTargetError, url);
     }
+  });
+});
+
+describe('report table: S-MBU and S-MFU', () => {
+  const exposition = (bytes: number, flops: number, seconds: number) =>
+    parseExposition(
+      [
+        `moe_serve_step_bytes_total ${bytes}`,
+        `moe_serve_step_flops_total ${flops}`,
+        `moe_serve_step_seconds_total ${seconds}`,
+        'moe_serve_peak_memory_bytes_per_second 20000000000',
+        'moe_serve_peak_flops_per_second 200000000000',
+      ].join('\n'),
+    );
+
+  test('come from the step counters\' change over the run and the peaks the server reports', () => {
+    const u = runUtilization(exposition(1e9, 1e9, 1), exposition(1e9 + 3e9, 1e9 + 5e9, 1 + 2));
+    assert.deepEqual(u, { stepBytes: 3e9, stepFlops: 5e9, stepSeconds: 2, smbu: 3e9 / 2 / 20e9, smfu: 5e9 / 2 / 200e9 });
+    assert.deepEqual(runUtilization(exposition(5, 5, 1), exposition(5, 5, 1))?.smbu, null, 'no step ran');
+    assert.equal(runUtilization([], parseExposition('moe_serve_requests_running 0')), null, 'a server without the counters');
+  });
+
+  test('are columns of the table, after bytes to device, in report.md too', () => {
+    const utilization = runUtilization(exposition(0, 0, 0), exposition(3e9, 5e9, 2));
+    const none = summarize([]);
+    const some = summarize([10, 20]);
+    const run = {
+      policy: 'lru', budgetPercent: 25, scheduling: 'fifo', client: 'sse', concurrency: 2, mode: 'closed', durationMs: 1000, maxRequests: 10, maxTokens: 8, seed: 0,
+      arrivals: 'closed', wallMs: 1000, requests: 2, completed: 2, outputTokens: 16, tokensPerSecond: 16, serverTokensPerSecond: 16,
+      latency: { ttftMs: some, tpotMs: some, itlMs: some, e2eMs: some }, outcomes: { '200': 2 }, rejected429: 0, errors: 0,
+      server: {
+        accesses: 10, hits: 5, hitRatio: 0.5, loads: 5, loadsAvoided: 0.5, bytesToDevice: 2 ** 20, bytesFromDisk: 0, residentBytes: 0, budgetBytes: 0,
+        metrics: { generationTokens: 16, promptTokens: 8, requestsByStatus: { '200': 2 }, utilization },
+      },
+      responsiveness: { healthMs: none, eventLoopDelayMs: null }, beladyHitRatio: null,
+    } satisfies RunResult;
+    const row = tableRow(run);
+    assert.equal(row.length, TABLE_HEAD.length);
+    const at = TABLE_HEAD.indexOf('S-MBU');
+    assert.equal(TABLE_HEAD[at - 1], 'bytes to device');
+    assert.equal(TABLE_HEAD[at + 1], 'S-MFU');
+    assert.deepEqual(row.slice(at, at + 2), ['7.5%', '1.25%']);
+    const without = tableRow({ ...run, server: { ...run.server, metrics: { ...run.server.metrics, utilization: null } } });
+    assert.deepEqual(without.slice(at, at + 2), ['-', '-']);
+    const md = reportMarkdown({ command: 'npm run loadtest', date: 'd', machine: 'm', node: 'v', commit: null, model: 'tiny-moe', device: 'cpu', notes: [], workload: 'w' }, [run]);
+    assert.match(md, /\| bytes to device \| S-MBU \| S-MFU \|/);
+    assert.match(md, /\| 1\.0 MiB \| 7\.5% \| 1\.25% \|/);
+    assert.match(md, /\*\*S-MBU\*\* and \*\*S-MFU\*\*/);
   });
 });

@@ -22,9 +22,12 @@ function routed(pass: number, layer: number, position: number, tokens = 2): Rout
   return { pass, layer, position, routing: { tokens, topK: 2, experts, weights: new Float32Array(tokens * 2).fill(0.5) }, lookahead, lookaheadVotes: lookahead.map(() => [tokens, tokens]) };
 }
 
+/** The prompt of drive()'s first request; its second is given none. */
+const PROMPT = [11, 7, 11];
+
 /** Runs two requests' observers through `steps` steps of both layers, both requests in each step's pass. */
 function drive(writer: TraceWriter, steps: number): void {
-  const observers = [writer.request(), writer.request()];
+  const observers = [writer.request(PROMPT), writer.request()];
   for (let s = 0; s < steps; s++) {
     for (const o of observers) for (const layer of [0, 1]) o.onRouting(routed(s, layer, s === 0 ? 0 : 3 + s, s === 0 ? 3 : 1));
   }
@@ -44,9 +47,14 @@ describe('TraceWriter', () => {
       const parsed = lines.map((l) => traceLine.parse(l));
       assert.equal(parsed.length, 2 * 3 * 2);
       assert.deepEqual(parsed.slice(0, 2), [
-        { request: 0, step: 0, pass: 0, layer: 0, experts: [[0, 1], [2, 3], [0, 1]], lookahead: [[1, 2]], lookahead_votes: [[3, 3]] },
+        { request: 0, step: 0, pass: 0, layer: 0, experts: [[0, 1], [2, 3], [0, 1]], lookahead: [[1, 2]], lookahead_votes: [[3, 3]], prompt_tokens: PROMPT },
         { request: 0, step: 0, pass: 0, layer: 1, experts: [[1, 2], [3, 0], [1, 2]], lookahead: [], lookahead_votes: [] },
       ]);
+      assert.deepEqual(
+        parsed.flatMap((l) => (l.prompt_tokens ? [[l.request, l.step, l.layer]] : [])),
+        [[0, 0, 0]],
+        "the prompt is written once, on its request's first line; a request given none has none",
+      );
       assert.deepEqual(parsed.filter((l) => l.request === 1).map((l) => l.step), [0, 0, 1, 1, 2, 2]);
       assert.deepEqual(parsed.filter((l) => l.request === 1).map((l) => l.pass), [0, 0, 1, 1, 2, 2], 'the pass of each event, as the forward pass numbered it');
     } finally {

@@ -65,10 +65,26 @@ export function traceAccesses(trace: Trace): readonly PassLayerAccesses[] {
 }
 
 function computeAccesses(trace: Trace): PassLayerAccesses[] {
-  const { header } = trace;
+  const accessesOf = passAccesses(trace.header);
+  return forwardPasses(trace.lines).flatMap(accessesOf);
+}
+
+/**
+ * Turns one forward pass's trace lines, grouped by sparse layer in ascending order (as forwardPasses gives
+ * them), into its uses of the device cache. The route study (route-study.ts) builds its re-batched passes
+ * with it, so they are replayed exactly as the trace's own.
+ */
+export function passAccesses(header: TraceHeader): (pass: readonly (readonly TraceLine[])[]) => PassLayerAccesses[] {
   const ids = new ExpertIds(header.num_layers, header.num_experts);
   const sparseIndex = new Map(header.sparse_layers.map((layer, i) => [layer, i]));
+  // A line's accesses depend on the line alone; the route study replays each line many times.
+  const known = new WeakMap<TraceLine, LineAccesses>();
   const lineAccesses = (line: TraceLine): LineAccesses => {
+    let accesses = known.get(line);
+    if (!accesses) known.set(line, (accesses = computeLineAccesses(line)));
+    return accesses;
+  };
+  const computeLineAccesses = (line: TraceLine): LineAccesses => {
     const here = sparseIndex.get(line.layer) ?? 0; // read-trace has checked that the layer is sparse
     const targets = line.lookahead.map((_, d) => header.sparse_layers[here + d + 1]);
     return {
@@ -83,7 +99,7 @@ function computeAccesses(trace: Trace): PassLayerAccesses[] {
       predictedSlots: targets.map((t, d) => (t === undefined ? undefined : slotKey(line, here + d + 1))),
     };
   };
-  return forwardPasses(trace.lines).flatMap((pass) =>
+  return (pass) =>
     pass.map((layerLines) => {
       const lines = layerLines.map(lineAccesses);
       const used = new Set(lines.flatMap((l) => l.used));
@@ -97,8 +113,7 @@ function computeAccesses(trace: Trace): PassLayerAccesses[] {
         predictedExact: predictions.map((p) => p.exact),
         lines,
       };
-    }),
-  );
+    });
 }
 
 /**
