@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import type { ComputeOptions } from '../engine/compute-options.js';
 import type { ExpertCacheOptions, ModelLoadOptions } from '../engine/moe-model.js';
+import { MISS_PLACEMENTS, type MissPlacementMode } from '../engine/miss-placement.js';
 import { COMPUTE_DTYPES, computeDType } from '../model/compute-form.js';
 import { checkScheme } from '../model/quantization.js';
 import { DEFAULT_POLICY, POLICY_NAMES } from '../experts/policies/index.js';
@@ -28,6 +29,7 @@ export const MODEL_OPTIONS = {
   'attention-dtype': { type: 'string' },
   'block-size': { type: 'string' },
   'zero-points': { type: 'boolean' },
+  'miss-placement': { type: 'string', default: 'auto' },
 } as const;
 
 export const MODEL_OPTIONS_HELP = `  --model DIR        Hugging Face model directory (default: the embedded tiny-moe)
@@ -49,7 +51,10 @@ Expert cache:
   --prefetch-depth N           router lookahead over the next N sparse layers, 0 = off (default 1)
   --host-cache-mb N            host-memory budget for experts in stored form (default: keep all read)
   --expert-profile FILE        routing profile for 'static': a --trace file or training_report.json
-                               (default: the model's training_report.json)`;
+                               (default: the model's training_report.json)
+  --miss-placement MODE        GPU providers: where an expert that misses the cache is computed:
+                               ${MISS_PLACEMENTS.join(' | ')}: load it into the cache, run it on the CPU from host
+                               memory, or choose per miss by measured cost (default auto)`;
 
 export interface ModelOptions {
   readonly modelDir: string;
@@ -57,11 +62,12 @@ export interface ModelOptions {
   readonly cpuThreads: number;
   readonly experts: ExpertCacheOptions;
   readonly compute: ComputeOptions;
+  readonly missPlacement: MissPlacementMode;
 }
 
 /** What MoeModel.load takes from these options. */
 export function loadOptions(o: ModelOptions): ModelLoadOptions {
-  return { device: o.device, cpuThreads: o.cpuThreads, experts: o.experts, compute: o.compute };
+  return { device: o.device, cpuThreads: o.cpuThreads, experts: o.experts, compute: o.compute, missPlacement: o.missPlacement };
 }
 
 type ModelFlagValues = { [K in keyof typeof MODEL_OPTIONS]?: (typeof MODEL_OPTIONS)[K]['type'] extends 'boolean' ? boolean | undefined : string | undefined };
@@ -102,6 +108,7 @@ export function modelOptions(values: ModelFlagValues): ModelOptions {
       profilePath: values['expert-profile'],
     },
     compute: computeOptions(values),
+    missPlacement: parseFlag('miss-placement', z.enum(MISS_PLACEMENTS, { message: `expected one of ${MISS_PLACEMENTS.join(', ')}` }), values['miss-placement'] ?? 'auto'),
   };
 }
 

@@ -155,7 +155,7 @@ async function serve(args: readonly string[]): Promise<void> {
     `model loaded: serving '${modelName}' on ${address}; KV budget ${(kvBudgetBytes / 2 ** 20).toFixed(0)} MiB (${maxKvTokens} tokens); ` +
       `prefix cache ${prefixCache ? `${(prefixCacheBytes / 2 ** 20).toFixed(0)} MiB` : 'off'}; ` +
       `admission ${scheduler.expertAware ? `expert-aware (pass-over limit ${scheduler.expertAware.passOverLimit})` : 'oldest first'}; ` +
-      `experts ${forms.experts} (${forms.expertRoute} route), attention ${forms.attention}, other weights ${forms.weights}\n`,
+      `experts ${forms.experts} (${forms.expertRoute} route${model.hybrid ? `, misses placed: ${model.hybrid.mode}` : ''}), attention ${forms.attention}, other weights ${forms.weights}\n`,
   );
   await signalled.first;
   const log = (line: string) => process.stderr.write(`${line}\n`);

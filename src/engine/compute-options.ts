@@ -22,7 +22,10 @@ export interface ComputeOptions {
   readonly blockSize?: number;
   /** Asymmetric quantization with a zero point per block (default: symmetric). */
   readonly zeroPoints?: boolean;
-  /** MatMulNBits accuracy_level: 4 (default; int8 activations, the fast kernels) or 0 (float32, exact). */
+  /**
+   * MatMulNBits accuracy_level: 4 (int8 activations, the CPU provider's fast kernels; its default) or 0
+   * (float activations; the default on GPU providers, see DEFAULT_ACCURACY_LEVEL).
+   */
   readonly accuracyLevel?: 0 | 4;
 }
 
@@ -65,9 +68,18 @@ export function resolveCompute(device: DeviceKind, o: ComputeOptions = {}, budge
       weights: { dtype: o.weightDtype ?? d.weights, forced: o.weightDtype !== undefined },
     },
     quant: { blockSize: o.blockSize ?? DEFAULT_BLOCK_SIZE, zeroPoints: o.zeroPoints ?? false },
-    accuracyLevel: o.accuracyLevel ?? 4,
+    accuracyLevel: o.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL[device],
   };
 }
+
+/**
+ * On GPU providers a missed expert may be computed on the CPU provider (hybrid-experts.ts), which must
+ * give what the device computes, or a token would depend on the cache's state. Level 4 rounds
+ * activations to int8 differently on each provider (tiny fixtures' logits moved by up to 0.36 between
+ * the CPU and WebGPU on lavapipe), so GPU providers compute quantized weights with float activations;
+ * whether level 4 is faster on a GPU is unmeasured.
+ */
+const DEFAULT_ACCURACY_LEVEL: Readonly<Record<DeviceKind, 0 | 4>> = { cpu: 4, webgpu: 0, cuda: 0 };
 
 /** The dtype a stored matrix of one class computes in: as asked, else its own quantized form, else the default. */
 export function dtypeFor(stored: StoredMatrix, cls: WeightClass, c: ResolvedCompute): ComputeDType {

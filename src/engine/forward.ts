@@ -8,6 +8,7 @@ import type { ExpertStore } from '../experts/expert-store.js';
 import { countVotes, sumVotes, type RankedVotes } from '../experts/lookahead-votes.js';
 import type { RtTensor, Runtime } from '../runtime/onnx-runtime.js';
 import type { ExpertRoute } from './expert-routes.js';
+import type { HybridExperts } from './hybrid-experts.js';
 import { appendRowsFeed, type SequenceKvCache } from './kv-cache.js';
 import type { ModelSessions } from './model-sessions.js';
 import type { ResidentWeights } from './resident-weights.js';
@@ -57,6 +58,8 @@ export interface ForwardParts {
   readonly sessions: ModelSessions;
   /** How routed experts are computed on this provider. */
   readonly route: ExpertRoute;
+  /** GPU providers: where each expert-cache miss is computed (hybrid-experts.ts); absent, every miss is loaded. */
+  readonly hybrid?: HybridExperts;
 }
 
 /** One sequence's share of a batched forward step. */
@@ -128,8 +131,11 @@ export class ForwardPass {
       total += item.tokens.length;
     }
     items.forEach((item) => item.kv.begin(item.tokens.length));
-    // per sequence: (T_i, H) embeddings; (1, T_i) positions and the (2,) batch shape (1, T_i), the same at every layer
-    let hidden: (RtTensor | undefined)[] = items.map((item) => runtime.float32(weights.embedding.lookup(item.tokens), [item.tokens.length, H]));
+    // per sequence: its (T_i, H) rows, first the embeddings; (1, T_i) positions and the (2,) batch shape
+    // (1, T_i), the same at every layer
+    let hidden: HiddenRows[] = items.map((item) => ({ tensor: runtime.float32(weights.embedding.lookup(item.tokens), [item.tokens.length, H]), start: 0 }));
+    // GPU providers: the batch's joined expert output, which several entries of `hidden` are row ranges of
+    let shared: RtTensor | undefined;
     const seqFeeds = items.map((item, i) => {
       const T = item.tokens.length;
       const start = starts[i] as number;
@@ -138,6 +144,8 @@ export class ForwardPass {
         [ATTN.batchShape]: runtime.int64(BigInt64Array.of(1n, BigInt(T), -1n), [3]),
       };
     });
+    const rowRange = (h: HiddenRows, T: number): Record<string, RtTensor> =>
+      runtime.onGpu ? { [ATTN.hiddenStart]: runtime.int64(BigInt64Array.of(BigInt(h.start)), [1]), [ATTN.hiddenEnd]: runtime.int64(BigInt64Array.of(BigInt(h.start + T)), [1]) } : {};
     // Sequences decoding one token each share one attention run per layer where the provider allows
     // (on the CPU: their KV rows are packed into one batch, see decodeBatchAttention).
     const decodeGroup = runtime.onGpu ? [] : items.flatMap((item, i) => (item.tokens.length === 1 ? [i] : []));
@@ -155,22 +163,25 @@ export class ForwardPass {
         if (!variant) throw new RangeError(`no layer ${layer}`);
         const outs: Record<string, RtTensor>[] = new Array<Record<string, RtTensor>>(items.length);
         if (decodeGroup.length > 0) {
-          const grouped = await this.decodeBatchAttention(layer, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => hidden[i] as RtTensor), decodeGroup.map((i) => starts[i] as number));
+          const grouped = await this.decodeBatchAttention(layer, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => (hidden[i] as HiddenRows).tensor), decodeGroup.map((i) => starts[i] as number));
           decodeGroup.forEach((i, b) => (outs[i] = grouped[b] as Record<string, RtTensor>));
         }
         for (const [i, item] of items.entries()) {
+          const h = hidden[i] as HiddenRows;
           if (!outs[i]) {
             await this.letIoIn();
             const out = await sessions.attentionFor(layer).run(
-              { ...weights.layerInputs(layer), ...seqFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: hidden[i] as RtTensor },
+              { ...weights.layerInputs(layer), ...seqFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: h.tensor, ...rowRange(h, item.tokens.length) },
             );
             item.kv.accept(layer, out);
             outs[i] = out;
           }
-          runtime.release(hidden[i]);
+          if (h.tensor !== shared) runtime.release(h.tensor);
           // (T_i, H) residual stream after attention (and the shared expert or dense MLP)
-          hidden[i] = required(outs[i] as Record<string, RtTensor>, ATTN.residual);
+          hidden[i] = { tensor: required(outs[i] as Record<string, RtTensor>, ATTN.residual), start: 0 };
         }
+        runtime.release(shared);
+        shared = undefined;
         if (variant.mlp === 'dense') continue;
         // (sum T_i, E) router logits of the whole batch, always on the host
         const routing = routeTokens(concatData(outs.map((o) => required(o, ATTN.routerLogits))), spec.numExperts, spec.topK, spec.normTopKProb);
@@ -186,9 +197,8 @@ export class ForwardPass {
           }
         });
         const moeInputs = outs.map((o) => required(o, ATTN.moeInput));
-        const residual = await this.join(hidden as RtTensor[]);
+        const [residual, moeInput] = await this.joinPair(hidden.map((h) => h.tensor), moeInputs);
         hidden = [];
-        const moeInput = await this.join(moeInputs, false);
         let out: RtTensor;
         try {
           // Summing the sequences' votes ranks the batch as voting over all its tokens would.
@@ -200,18 +210,18 @@ export class ForwardPass {
           moeInputs.forEach((t) => runtime.release(t));
         }
         if (layer === spec.numLayers - 1 || items.length === 1) {
-          hidden = items.length === 1 ? [out] : [];
+          hidden = items.length === 1 ? [{ tensor: out, start: 0 }] : [];
           joined = items.length === 1 ? undefined : out;
+        } else if (runtime.onGpu) {
+          // Each sequence's next attention run reads its rows straight out of the batch's output.
+          shared = out;
+          hidden = items.map((_, i) => ({ tensor: out, start: offsets[i] as number }));
         } else {
-          try {
-            hidden = await Promise.all(items.map((item, i) => this.rows.slice(out, offsets[i] as number, item.tokens.length)));
-          } finally {
-            runtime.release(out);
-          }
+          hidden = await Promise.all(items.map(async (item, i) => ({ tensor: await this.rows.slice(out, offsets[i] as number, item.tokens.length), start: 0 })));
         }
       }
       if (!joined) {
-        joined = await this.join(hidden as RtTensor[]);
+        joined = await this.join(hidden.map((h) => h.tensor));
         hidden = [];
       }
       const logits = await this.logits(joined, items, offsets);
@@ -228,7 +238,7 @@ export class ForwardPass {
       items.forEach((item) => item.kv.rollback());
       throw err;
     } finally {
-      hidden.forEach((t) => runtime.release(t));
+      new Set([...hidden.map((h) => h.tensor), ...(shared ? [shared] : [])]).forEach((t) => runtime.release(t));
       runtime.release(joined);
     }
   }
@@ -298,11 +308,22 @@ export class ForwardPass {
     });
   }
 
-  /** One tensor of the parts' rows; a single part is returned as is. Releases the parts it joins if `release`. */
-  private async join(parts: readonly RtTensor[], release = true): Promise<RtTensor> {
+  /**
+   * The batch's residual rows and MoE input rows, each joined (one run on GPU providers). Releases the
+   * residual parts it joins; the MoE inputs are the caller's.
+   */
+  private async joinPair(residuals: readonly RtTensor[], moeInputs: readonly RtTensor[]): Promise<[RtTensor, RtTensor]> {
+    if (residuals.length === 1) return [residuals[0] as RtTensor, moeInputs[0] as RtTensor];
+    const [residual, moeInput] = (await this.rows.concatGroups([residuals, moeInputs])) as [RtTensor, RtTensor];
+    residuals.forEach((p) => this.m.runtime.release(p));
+    return [residual, moeInput];
+  }
+
+  /** One tensor of the parts' rows; a single part is returned as is. Releases the parts it joins. */
+  private async join(parts: readonly RtTensor[]): Promise<RtTensor> {
     if (parts.length === 1) return parts[0] as RtTensor;
     const joined = await this.rows.concat(parts);
-    if (release) parts.forEach((p) => this.m.runtime.release(p));
+    parts.forEach((p) => this.m.runtime.release(p));
     return joined;
   }
 
@@ -354,8 +375,9 @@ export class ForwardPass {
    * residual (T, H) + sum over assignments of weight * expert(moeInput[rows]). Experts are leased from the
    * store in groups that fit its budget (all at once in decode), and applied by the provider's expert
    * route (expert-routes.ts) in runs of at most its maxPerRun. Prefetches for later layers are issued
-   * after the first group is leased, so their loads overlap this layer's runs. Takes ownership of
-   * `residual`: it is released even when a run fails.
+   * after the first group is leased, so their loads overlap this layer's runs. With hybrid execution,
+   * misses the cost model sends to the CPU are computed there after the device's runs are issued, and
+   * their sum is added in one run. Takes ownership of `residual`: it is released even when a run fails.
    */
   private async applyExperts(
     layer: number,
@@ -365,20 +387,25 @@ export class ForwardPass {
     assignments: readonly ExpertAssignment[],
     lookahead: readonly (readonly number[])[],
   ): Promise<RtTensor> {
-    const { runtime, experts, weights, route } = this.m;
+    const { runtime, experts, weights, route, hybrid } = this.m;
     const group = Math.max(1, experts.maxExpertsInUse);
+    const { onDevice, onCpu } = hybrid ? hybrid.place(layer, assignments, experts) : { onDevice: assignments, onCpu: [] };
+    const prefetch = () =>
+      weights.lookaheadTargets(layer).forEach((target, d) => {
+        experts.lookahead(target, lookahead[d] ?? [], d + 1);
+      });
     let acc = residual;
     try {
-      for (let first = 0; first < assignments.length; first += group) {
-        const leased = assignments.slice(first, first + group);
+      // The CPU's inputs are read first: the host weights before the device's leases (so that the lookahead
+      // recall counts every use), and the MoE input before the device's runs are queued, so that reading
+      // it back waits for the attention block only and the device's expert runs can overlap the CPU's.
+      const cpuWork = hybrid && onCpu.length > 0 ? { weights: await experts.hostWeights(layer, onCpu.map((a) => a.expert)), x: await runtime.toHost(moeInput) } : undefined;
+      if (onDevice.length === 0) prefetch();
+      for (let first = 0; first < onDevice.length; first += group) {
+        const leased = onDevice.slice(first, first + group);
         const lease = await experts.acquire(layer, leased.map((a) => a.expert));
         try {
-          if (first === 0) {
-            weights.lookaheadTargets(layer).forEach((target, d) => {
-              const predicted = lookahead[d] ?? [];
-              experts.lookahead(target, predicted, d + 1);
-            });
-          }
+          if (first === 0) prefetch();
           for (let run = 0; run < leased.length; run += route.maxPerRun) {
             await this.letIoIn();
             const end = Math.min(leased.length, run + route.maxPerRun);
@@ -388,12 +415,19 @@ export class ForwardPass {
           lease.release();
         }
       }
+      if (hybrid && cpuWork) acc = await this.rows.addHost(acc, await hybrid.compute(layer, cpuWork.x, T, onCpu, cpuWork.weights, experts));
     } catch (err) {
       runtime.release(acc);
       throw err;
     }
     return acc;
   }
+}
+
+/** Where a sequence's (T, H) rows are: a tensor of its own (start 0), or rows start.. of a batch's joined tensor. */
+interface HiddenRows {
+  readonly tensor: RtTensor;
+  readonly start: number;
 }
 
 /** The host data of several (rows, n) float tensors, one after another. */

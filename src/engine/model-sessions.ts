@@ -56,12 +56,12 @@ export class ModelSessions {
       const outputs = [ATTN.residual, ATTN.presentKey, ATTN.presentValue, ...(v.mlp === 'sparse' ? [ATTN.moeInput] : [])];
       if (bake) {
         // On the CPU every output is a host array; the cache's new rows come back, not the cache (kv-cache.ts).
-        attention.push(await runtime.createSession(`attention_block_${l}`, buildAttentionBlock(v, 'new_rows', layer.tensors), [], { kind: 'attention' }));
+        attention.push(await runtime.createSession(`attention_block_${l}`, buildAttentionBlock(v, 'new_rows', { constants: layer.tensors }), [], { kind: 'attention' }));
         continue;
       }
       const key = attentionBlockKey(v);
       let s = byVariant.get(key);
-      if (!s) byVariant.set(key, (s = await runtime.createSession(`attention_block_${v.mlp}`, buildAttentionBlock(v, 'present'), outputs, { kind: 'attention' })));
+      if (!s) byVariant.set(key, (s = await runtime.createSession(`attention_block_${v.mlp}`, buildAttentionBlock(v, 'present', { rowRange: true }), outputs, { kind: 'attention' })));
       attention.push(s);
     }
     // Logits come back to the host: the sampler runs in JS.

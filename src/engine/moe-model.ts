@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ATTN } from '../graphs/attention-block.js';
 import { ExpertStore } from '../experts/expert-store.js';
-import { HostExpertCache, storedBytes } from '../experts/host-expert-cache.js';
+import { HostExpertCache, storedBytes, type HostExpert } from '../experts/host-expert-cache.js';
 import { planCache, type CachePlan } from '../experts/cache-plan.js';
 import { createPolicy, DEFAULT_POLICY, usesLookahead, type ExpertLayout, type PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
@@ -11,12 +11,14 @@ import { TraceWriter, type TraceWriterOptions } from '../experts/trace-writer.js
 import { loadGenerationDefaults, loadModelConfig, sparseLayerIndices, type ModelSpec } from '../model/hf-config.js';
 import { SafetensorsArchive } from '../model/safetensors.js';
 import { checkCheckpointTensors } from '../model/checkpoint-tensors.js';
-import { ExpertIds } from '../experts/expert-id.js';
+import { ExpertIds, type ExpertId } from '../experts/expert-id.js';
 import { computeBytes, type ComputeDType, type StoredMatrix } from '../model/compute-form.js';
 import { Runtime, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { computeMatrix, dtypeFor, expertHostForm, resolveCompute, type ComputeOptions, type ResolvedCompute } from './compute-options.js';
 import { chooseExpertRoute } from './expert-routes.js';
+import { HybridExperts } from './hybrid-experts.js';
+import type { MissPlacementMode } from './miss-placement.js';
 import { ForwardPass, type ForwardParts } from './forward.js';
 import { availableMemoryBytes } from './kv-budget.js';
 import { SequenceKvCache } from './kv-cache.js';
@@ -48,6 +50,11 @@ export interface ModelLoadOptions {
   readonly cpuThreads?: number;
   /** Most experts per run of the routed-experts graph on GPU providers (default: 2 x top-k). */
   readonly maxSlotsPerRun?: number;
+  /**
+   * GPU providers: where an expert-cache miss is computed: 'upload' loads it into the cache, 'cpu' runs it
+   * on the CPU provider from host memory, 'auto' (default) picks per miss by measured cost (miss-placement.ts).
+   */
+  readonly missPlacement?: MissPlacementMode;
   /** Compute forms of the weights (default: the provider's, see compute-options.ts). */
   readonly compute?: ComputeOptions;
   /** Called as weights load: the resident (non-expert) tensors, then the experts preloaded into the cache. */
@@ -124,7 +131,7 @@ function planMemory(
   compute: ResolvedCompute,
   o: ExpertCacheOptions,
   onGpu: boolean,
-): { plan: ExpertMemoryPlan; expertBytes: number; totalComputeBytes: number } {
+): { plan: ExpertMemoryPlan; expertBytes: number; hostBytes: number; totalComputeBytes: number } {
   const experts = spec.sparseLayers.filter(Boolean).length * spec.numExperts;
   // The host form is the stored form quantized once when experts compute quantized, and its compute form
   // is then itself: measuring both on it converts the sample once (quantizing a qwen3-30b-a3b-shaped
@@ -148,7 +155,7 @@ function planMemory(
     deviceBudgetBytes: deviceGiven,
     hostBudgetBytes: o.hostCacheMb === undefined ? undefined : Math.floor(o.hostCacheMb * MIB),
   });
-  return { plan, expertBytes, totalComputeBytes };
+  return { plan, expertBytes, hostBytes, totalComputeBytes };
 }
 
 /**
@@ -187,6 +194,8 @@ export class MoeModel implements AsyncDisposable {
     readonly computeForms: { readonly weights: string; readonly attention: ComputeDType; readonly experts: ComputeDType; readonly expertRoute: string },
     /** The expert tiers' budgets and how much host memory they may reach (memory-plan.ts). */
     readonly memoryPlan: ExpertMemoryPlan,
+    /** Where misses are computed on GPU providers; absent where every miss is loaded (or none can happen). */
+    readonly hybrid: HybridExperts | undefined,
   ) {}
 
   static async load(dir: string, options: ModelLoadOptions): Promise<MoeModel> {
@@ -232,6 +241,9 @@ export class MoeModel implements AsyncDisposable {
       const expertDtype = dtypeFor(sample.gate, 'experts', compute);
       const toCompute = (m: StoredMatrix, into?: Float32Array) => computeMatrix(m, 'experts', compute, into);
       const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, memory.plan.deviceBudgetBytes, cache);
+      // Hybrid execution only where a miss can happen and the device is not the CPU itself.
+      const missPlacement = options.missPlacement ?? 'auto';
+      const placesMisses = runtime.onGpu && missPlacement !== 'upload' && plan.budgetBytes < totalBytes;
       const route = chooseExpertRoute({
         runtime,
         blocks: sessions.moeBlocks,
@@ -251,13 +263,34 @@ export class MoeModel implements AsyncDisposable {
           options.onProgress?.('converted experts', ++done, keys.length);
         }
       }
-      const parts = { spec, runtime, weights, sessions, route };
+      const hybrid = placesMisses
+        ? await HybridExperts.create({
+            mode: missPlacement,
+            hiddenSize: spec.hiddenSize,
+            intermediateSize: spec.expertIntermediateSize,
+            expertBytes,
+            hostExpertBytes: memory.hostBytes,
+            expertDtype,
+            toCompute,
+            accuracyLevel: compute.accuracyLevel,
+            maxSlotsPerRun: Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK),
+            cpuThreads: runtime.options.cpuThreads,
+            device: runtime,
+          })
+        : undefined;
+      const materialize = async (w: HostExpert, id: ExpertId) => {
+        const t0 = performance.now();
+        const expert = await route.materialize(w, id);
+        hybrid?.recordUpload(performance.now() - t0);
+        return expert;
+      };
+      const parts = { spec, runtime, weights, sessions, route, hybrid };
       // A host tier that keeps nothing: the warm-up reads top-k experts of every layer, which must not stay.
       await warmUp(parts, newHost(0, compute), expertBytes);
       const experts = new ExpertStore({
         spec,
         host,
-        materialize: (w, id) => route.materialize(w, id),
+        materialize,
         expertBytes,
         policy: plan.policy,
         budgetBytes: plan.budgetBytes,
@@ -272,7 +305,7 @@ export class MoeModel implements AsyncDisposable {
         attention,
         experts: expertDtype,
         expertRoute: route.kind,
-      }, memory.plan);
+      }, memory.plan, hybrid);
     } catch (err) {
       await archive.close();
       throw err;
@@ -304,6 +337,7 @@ export class MoeModel implements AsyncDisposable {
     this.experts[Symbol.dispose]();
     this.weights[Symbol.dispose]();
     await this.sessions.release();
+    await this.hybrid?.release();
     await this.archive.close();
   }
 }

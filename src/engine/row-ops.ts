@@ -1,11 +1,13 @@
 // Joins and splits the (T, H) hidden states of a batch of sequences. On the CPU the rows are in JS memory
 // and are copied directly; on GPU providers small sessions do it, so the data stays on the device.
-import { buildConcatRows, buildSliceRows, ROWS } from '../graphs/row-ops.js';
+import { buildAddRows, buildConcatRowGroups, buildConcatRows, buildSliceRows, ROWS } from '../graphs/row-ops.js';
 import type { GraphSession, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
 
 export class RowOps {
   private readonly concatSessions = new Map<number, Promise<GraphSession>>();
+  private readonly groupSessions = new Map<string, Promise<GraphSession>>();
   private sliceSession: Promise<GraphSession> | null = null;
+  private addSession: Promise<GraphSession> | null = null;
 
   constructor(
     private readonly runtime: Runtime,
@@ -34,6 +36,25 @@ export class RowOps {
     return required((await (await session).run(feeds))[ROWS.joined]);
   }
 
+  /**
+   * Several joins in one run (on GPU providers each run costs far more than the copy): the rows of each
+   * group's parts, in order; every group has the same number of parts. Does not release the parts.
+   */
+  async concatGroups(groups: readonly (readonly RtTensor[])[]): Promise<RtTensor[]> {
+    if (!this.runtime.onGpu) return Promise.all(groups.map((parts) => this.concat(parts)));
+    const parts = groups[0]?.length ?? 0;
+    if (groups.some((g) => g.length !== parts)) throw new RangeError('concatGroups: groups of different sizes');
+    const key = `${groups.length}x${parts}`;
+    let session = this.groupSessions.get(key);
+    if (!session) {
+      session = this.runtime.createSession(`concat_row_groups_${key}`, buildConcatRowGroups(groups.length, parts, this.hiddenSize), groups.map((_, k) => ROWS.groupJoined(k)), { kind: 'concat_rows' });
+      this.groupSessions.set(key, session);
+    }
+    const feeds = Object.fromEntries(groups.flatMap((g, k) => g.map((p, i) => [ROWS.groupPart(k, i), p] as const)));
+    const out = await (await session).run(feeds);
+    return groups.map((_, k) => required(out[ROWS.groupJoined(k)]));
+  }
+
   /** Rows [start, start + count) of `t` as their own tensor. Does not release `t`. */
   async slice(t: RtTensor, start: number, count: number): Promise<RtTensor> {
     const H = this.hiddenSize;
@@ -49,8 +70,27 @@ export class RowOps {
     return required(out[ROWS.slice]);
   }
 
+  /**
+   * t + addend, where `addend` is (T, H) host data (experts computed on the CPU). Takes ownership of `t`:
+   * on the CPU the sum is made in its data, on GPU providers in a new tensor and `t` is released.
+   */
+  async addHost(t: RtTensor, addend: Float32Array): Promise<RtTensor> {
+    if (!this.runtime.onGpu) {
+      const data = t.data as Float32Array;
+      for (let i = 0; i < data.length; i++) data[i]! += addend[i]!;
+      return t;
+    }
+    this.addSession ??= this.runtime.createSession('add_rows', buildAddRows(this.hiddenSize), [ROWS.sum]);
+    try {
+      const out = await (await this.addSession).run({ [ROWS.source]: t, [ROWS.addend]: this.runtime.float32(addend, t.dims) });
+      return required(out[ROWS.sum]);
+    } finally {
+      this.runtime.release(t);
+    }
+  }
+
   async release(): Promise<void> {
-    const sessions = [...this.concatSessions.values(), ...(this.sliceSession ? [this.sliceSession] : [])];
+    const sessions = [...this.concatSessions.values(), ...this.groupSessions.values(), ...(this.sliceSession ? [this.sliceSession] : []), ...(this.addSession ? [this.addSession] : [])];
     await Promise.all(sessions.map(async (s) => (await s).release()));
   }
 }

@@ -19,6 +19,14 @@ export interface ExpertCounters {
   bytesToDevice: number;
   /** Time the forward pass waited for expert loads. */
   waitMs: number;
+  /** Time spent turning experts into compute form (uploads on GPU providers): bytesToDevice / loadMs is the load rate. */
+  loadMs: number;
+  /**
+   * Misses computed on the CPU provider from host memory instead of being loaded (GPU providers with
+   * --miss-placement cpu or auto; counted in accesses and misses too), and the milliseconds those runs took.
+   */
+  cpuComputed: number;
+  cpuMs: number;
   /** Experts used that the router lookahead had predicted, and experts used while lookahead ran. */
   predictedAndUsed: number;
   usedWithLookahead: number;
@@ -38,6 +46,9 @@ export function emptyCounters(): ExpertCounters {
     bytesFromDisk: 0,
     bytesToDevice: 0,
     waitMs: 0,
+    loadMs: 0,
+    cpuComputed: 0,
+    cpuMs: 0,
     predictedAndUsed: 0,
     usedWithLookahead: 0,
   };

@@ -169,6 +169,33 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
   }
 
   /**
+   * The host weights of experts of `layer` that miss the device cache and will be computed on the CPU
+   * instead of loaded (engine/hybrid-experts.ts). Counted as accesses and misses, and as computed on the
+   * CPU; the device cache and its policy do not see them (nothing enters or leaves it).
+   */
+  async hostWeights(layer: number, experts: readonly number[]): Promise<HostExpert[]> {
+    const c = this.layerCounters(layer);
+    this.countRecall(layer, experts, c);
+    c.accesses += experts.length;
+    c.misses += experts.length;
+    c.cpuComputed += experts.length;
+    return Promise.all(
+      experts.map(async (expert) => {
+        let inHost = false;
+        const w = await this.o.host.get({ layer, expert }, (bytes) => (c.bytesFromDisk += bytes), () => (inHost = true));
+        if (inHost) c.hostHits++;
+        else c.hostMisses++;
+        return w;
+      }),
+    );
+  }
+
+  /** Adds the time of CPU runs of missed experts to `layer`'s counters. */
+  addCpuMs(layer: number, ms: number): void {
+    this.layerCounters(layer).cpuMs += ms;
+  }
+
+  /**
    * Starts loading experts the router lookahead predicts for `layer` (most likely first), as many as
    * prefetchLimit allows and the policy keeps.
    */
@@ -306,7 +333,9 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
     // shape, tens of them a step under a small budget): let pending I/O in first, so that a step of
     // many misses does not hold the event loop for its whole length.
     await new Promise((resolve) => setImmediate(resolve));
+    const t0 = performance.now();
     const expert = await this.o.materialize(weights, id);
+    c.loadMs += performance.now() - t0;
     c.bytesToDevice += this.expertBytes;
     return expert;
   }

@@ -45,6 +45,9 @@ export interface AttentionBlockVariant {
 /** Names of the graph's inputs and outputs; the forward pass feeds and fetches by these. */
 export const ATTN = {
   hidden: 'hidden',
+  /** row-range blocks: (1,) the first of this run's rows in `hidden`, and (1,) one past its last */
+  hiddenStart: 'hidden_start',
+  hiddenEnd: 'hidden_end',
   cosCache: 'rope_cos_cache',
   sinCache: 'rope_sin_cache',
   positions: 'position_ids',
@@ -96,8 +99,15 @@ export function attentionBlockKey(v: AttentionBlockVariant): string {
   return JSON.stringify(v);
 }
 
-/** `constants`: the layer's weights, when they are baked into the session (CPU); absent: all inputs. */
-export function buildAttentionBlock(v: AttentionBlockVariant, kvOutput: KvOutput, constants?: ReadonlyMap<string, ConstTensor>): GraphModel {
+export interface AttentionBuildOptions {
+  /** `constants`: the layer's weights, when they are baked into the session (CPU); absent: all inputs. */
+  readonly constants?: ReadonlyMap<string, ConstTensor>;
+  /** The hidden input holds more rows than this run's: `hidden_start`/`hidden_end` say which are its own (GPU providers). */
+  readonly rowRange?: boolean;
+}
+
+export function buildAttentionBlock(v: AttentionBlockVariant, kvOutput: KvOutput, o: AttentionBuildOptions = {}): GraphModel {
+  const { constants } = o;
   const g = new GraphBuilder('attention_block', constants);
   const { hiddenSize: H, numHeads: nH, numKvHeads: nKv, headDim: D } = v;
   const form = (name: string): MatrixForm => {
@@ -106,7 +116,11 @@ export function buildAttentionBlock(v: AttentionBlockVariant, kvOutput: KvOutput
     return f;
   };
   const T = 'tokens';
-  const hidden = g.input(ATTN.hidden, 'float32', [T, H]);
+  // Row-range blocks read their sequence's rows out of a batch's joined (rows, H) hidden states, so that
+  // the batch's expert output feeds every sequence's next attention run without a run per slice.
+  const hidden = o.rowRange
+    ? g.op('Slice', [g.input(ATTN.hidden, 'float32', ['rows', H]), g.input(ATTN.hiddenStart, 'int64', [1]), g.input(ATTN.hiddenEnd, 'int64', [1]), g.constInt64([0])])
+    : g.input(ATTN.hidden, 'float32', [T, H]);
   const cosCache = g.input(ATTN.cosCache, 'float32', ['positions', D / 2]);
   const sinCache = g.input(ATTN.sinCache, 'float32', ['positions', D / 2]);
   const positions = g.input(ATTN.positions, 'int64', ['batch', 'sequence']);

@@ -15,6 +15,12 @@ export interface RuntimeOptions {
   readonly cpuThreads?: number;
 }
 
+/** A second runtime working for another (the CPU side of hybrid expert execution): its runs are tallied with the other's, under kinds prefixed `prefix`. */
+export interface TallyShare {
+  readonly with: Runtime;
+  readonly prefix: string;
+}
+
 /**
  * gpu-buffer tensors returned by sessions and not yet disposed, process-wide. Every such tensor must be
  * released exactly once (garbage collection never frees GPU memory), so tests check that this returns
@@ -220,9 +226,16 @@ export class Runtime {
   private readonly uploaders = new Map<ElemType, GraphSession>();
   private downloader: GraphSession | null = null;
   /** Runs and milliseconds per kind of session (the `kind` given at creation), since the runtime started. */
-  readonly tallies = new Map<string, RunTally>();
+  readonly tallies: Map<string, RunTally>;
+  private readonly tallyPrefix: string;
 
-  private constructor(readonly options: Required<RuntimeOptions>) {}
+  private constructor(
+    readonly options: Required<RuntimeOptions>,
+    share?: TallyShare,
+  ) {
+    this.tallies = share?.with.tallies ?? new Map<string, RunTally>();
+    this.tallyPrefix = share?.prefix ?? '';
+  }
 
   /** Whether runs go through onnxruntime-node's native session directly (see NativeSession). */
   static get nativeRuns(): boolean {
@@ -235,8 +248,9 @@ export class Runtime {
   }
 
   private tallyOf(kind: string): RunTally {
-    let t = this.tallies.get(kind);
-    if (!t) this.tallies.set(kind, (t = { runs: 0, ms: 0 }));
+    const key = this.tallyPrefix + kind;
+    let t = this.tallies.get(key);
+    if (!t) this.tallies.set(key, (t = { runs: 0, ms: 0 }));
     return t;
   }
 
@@ -249,7 +263,7 @@ export class Runtime {
     return this.options.device !== 'cpu';
   }
 
-  static async create(options: RuntimeOptions): Promise<Runtime> {
+  static async create(options: RuntimeOptions, share?: TallyShare): Promise<Runtime> {
     const backends = ort.listSupportedBackends();
     const backend = backends.find((b) => b.name === options.device);
     if (!backend) {
@@ -268,7 +282,7 @@ export class Runtime {
         );
       }
     }
-    return new Runtime({ device: options.device, cpuThreads: options.cpuThreads ?? 0 });
+    return new Runtime({ device: options.device, cpuThreads: options.cpuThreads ?? 0 }, share);
   }
 
   /**
