@@ -7,6 +7,7 @@ import { UsageError } from './cli-error.js';
 import { benchBatch } from './bench-batch.js';
 import { benchDecodeRow, decodeTable, parseFormPairs, type DecodeRow, type FormPair } from './bench-decode.js';
 import { benchKernelRoute, benchKernels, KERNEL_SHAPES } from './bench-kernels.js';
+import { benchGpu, DEFAULT_PCIE_GBPS, GPU_SECTIONS } from './bench-gpu.js';
 import { benchOffload } from './bench-offload.js';
 import { benchPeaks, PEAK_OPTIONS, PEAK_OPTIONS_HELP, peakOptions } from './bench-peaks.js';
 import { benchPrefix } from './bench-prefix.js';
@@ -15,7 +16,7 @@ import { benchQuant } from './bench-quant.js';
 import { benchScale } from './bench-scale.js';
 import { computeOptions, DEFAULT_MODEL_DIR, intFlag, loadOptions, MODEL_OPTIONS, MODEL_OPTIONS_HELP, modelOptions, numberFlag, parseFlag, SCHEDULER_OPTIONS, schedulerOptions } from './model-options.js';
 
-export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels|scale|prefix|peaks [options]
+export const BENCH_HELP = `Usage: moe-serve bench decode|offload|batch|quant|kernels|scale|prefix|peaks|gpu [options]
 
 decode: batch-1 prompt and decode tokens/s, and where each token's time goes (session runs by kind,
 sampling, the JavaScript between runs). Greedy, end-of-sequence ignored so every run decodes the same
@@ -85,6 +86,16 @@ peaks: this machine's peak memory bandwidth (worker threads copying 512 MiB arra
 MatMul of one row by a 1 GiB matrix) and fp32 FLOP rate (onnxruntime MatMul 2048 x 2048), with 1 thread
 and every core, and the --peak-memory-gbps / --peak-tflops flags that pass the best figures on.
 
+gpu: the GPU path (--device defaults to webgpu here; README "The GPU path"). upload: host -> device GB/s
+by transfer size and pieces per transfer. decode: batch 1 and --batch-size decode tokens/s with every
+expert resident, session runs per token, greedy agreement with the CPU provider at f32. offload: at
+--budget, every miss uploaded (lru + prefetch), hybrid (--miss-placement auto and cpu), 'none' and 'all':
+decode tokens/s, misses on the CPU / loaded, MB to device per token, load GB/s, and the PCIe bound.
+  --sections LIST    ${GPU_SECTIONS.join(',')} (default all)
+  --batch-size N     the batched decode's requests in flight (default 16)
+  --pcie-gbps X      host -> device link rate for the bound (default ${DEFAULT_PCIE_GBPS}: PyTorch's pinned copy on the
+                     H100 machine, PLATFORM.md)
+
 Every suite that runs engine steps also prints S-MBU and S-MFU (MoE-CAP's sparsity-aware bandwidth and
 FLOP utilization; README "Utilization") against:
 ${PEAK_OPTIONS_HELP}
@@ -129,6 +140,9 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
       'reply-tokens': { type: 'string', default: '32' },
       'shared-system': { type: 'boolean', default: false },
       'prefix-cache-mb': { type: 'string', default: '64' },
+      sections: { type: 'string', default: GPU_SECTIONS.join(',') },
+      'batch-size': { type: 'string', default: '16' },
+      'pcie-gbps': { type: 'string', default: String(DEFAULT_PCIE_GBPS) },
       help: { type: 'boolean', short: 'h', default: false },
     },
     allowPositionals: true,
@@ -216,10 +230,24 @@ export async function benchCommand(argv: readonly string[]): Promise<void> {
     case 'peaks':
       await benchPeaks();
       return;
+    case 'gpu': {
+      const deviceGiven = parsed.some((t) => t.kind === 'option' && t.name === 'device');
+      await benchGpu({
+        modelDir: opts.modelDir,
+        load: { ...loadOptions(opts), device: deviceGiven ? opts.device : 'webgpu' },
+        sections: new Set(parseFlag('sections', z.array(z.enum(GPU_SECTIONS, { message: `expected some of ${GPU_SECTIONS.join(', ')}` })).min(1), values.sections.split(','))),
+        budgetFraction: budget(),
+        tokens: tokens(64),
+        runs: parseFlag('runs', intFlag(1), values.runs),
+        batch: parseFlag('batch-size', intFlag(1), values['batch-size']),
+        pcieGbps: parseFlag('pcie-gbps', z.coerce.number().positive(), values['pcie-gbps']),
+      });
+      return;
+    }
     case 'decode':
       break;
     default:
-      throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, quant, kernels, scale, prefix, peaks)`);
+      throw new UsageError(`unknown bench suite '${suite ?? ''}' (available: decode, offload, batch, quant, kernels, scale, prefix, peaks, gpu)`);
   }
   const runs = parseFlag('runs', intFlag(1), values.runs);
   const threadList = parseFlag('threads', z.array(intFlag(0)).min(1), values.threads.split(','));
