@@ -6,7 +6,8 @@ import { LM_HEAD_IO } from '../graphs/lm-head.js';
 import type { ModelSpec } from '../model/hf-config.js';
 import type { ExpertStore } from '../experts/expert-store.js';
 import { countVotes, sumVotes, type RankedVotes } from '../experts/lookahead-votes.js';
-import type { RtTensor, Runtime } from '../runtime/onnx-runtime.js';
+import type { GraphSession, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
+import { buildKvPack, buildKvUnpack, KV_BATCH } from '../graphs/kv-batch.js';
 import type { ExpertRoute } from './expert-routes.js';
 import type { HybridExperts } from './hybrid-experts.js';
 import { appendRowsFeed, type SequenceKvCache } from './kv-cache.js';
@@ -82,6 +83,7 @@ const YIELD_AFTER_MS = 4;
 
 export class ForwardPass {
   private readonly rows: RowOps;
+  private readonly kvBatch: KvBatchSessions;
   private lastYield = performance.now();
   /** Batched steps committed so far: the next one's pass number for routing events. */
   private committedPasses = 0;
@@ -93,6 +95,7 @@ export class ForwardPass {
 
   constructor(private readonly m: ForwardParts) {
     this.rows = new RowOps(m.runtime, m.spec.hiddenSize);
+    this.kvBatch = new KvBatchSessions(m.runtime, m.spec.numKvHeads, m.spec.headDim);
   }
 
   /** The weights' sizes that the step-utilization accounting reads (step-utilization.ts). */
@@ -150,6 +153,15 @@ export class ForwardPass {
     // (on the CPU: their KV rows are packed into one batch, see decodeBatchAttention).
     const decodeGroup = runtime.onGpu ? [] : items.flatMap((item, i) => (item.tokens.length === 1 ? [i] : []));
     if (decodeGroup.length < 2) decodeGroup.length = 0;
+    // GPU providers: a step of decode tokens only runs each layer's attention once for the whole batch,
+    // between a KV pack and unpack run (decodeBatchAttentionGpu); the hidden rows stay joined throughout.
+    const gpuDecode = runtime.onGpu && items.length > 1 && items.every((item) => item.tokens.length === 1);
+    if (gpuDecode) {
+      shared = runtime.float32(weights.embedding.lookup(items.flatMap((item) => item.tokens)), [items.length, H]);
+      hidden = items.map((_, i) => ({ tensor: shared as RtTensor, start: i }));
+    }
+    // GPU decode batches: the layer's MoE input rows, joined by the batched attention run
+    let batchMoeInput: RtTensor | undefined;
     // (sum T_i, H): the batch's rows joined, when the last layer leaves them that way
     let joined: RtTensor | undefined;
     // Routing reaches the observers only once the step commits: a failed step is run again (per sequence,
@@ -162,6 +174,14 @@ export class ForwardPass {
         const variant = weights.variants[layer];
         if (!variant) throw new RangeError(`no layer ${layer}`);
         const outs: Record<string, RtTensor>[] = new Array<Record<string, RtTensor>>(items.length);
+        if (gpuDecode) {
+          const batched = await this.decodeBatchAttentionGpu(layer, items, shared as RtTensor, starts);
+          batched.views.forEach((v, i) => (outs[i] = v));
+          runtime.release(shared);
+          shared = batched.residual;
+          batchMoeInput = batched.moeInput;
+          hidden = items.map((_, i) => ({ tensor: batched.residual, start: i }));
+        }
         if (decodeGroup.length > 0) {
           const grouped = await this.decodeBatchAttention(layer, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => (hidden[i] as HiddenRows).tensor), decodeGroup.map((i) => starts[i] as number));
           decodeGroup.forEach((i, b) => (outs[i] = grouped[b] as Record<string, RtTensor>));
@@ -176,12 +196,19 @@ export class ForwardPass {
             item.kv.accept(layer, out);
             outs[i] = out;
           }
+          if (gpuDecode) continue;
           if (h.tensor !== shared) runtime.release(h.tensor);
           // (T_i, H) residual stream after attention (and the shared expert or dense MLP)
           hidden[i] = { tensor: required(outs[i] as Record<string, RtTensor>, ATTN.residual), start: 0 };
         }
-        runtime.release(shared);
-        shared = undefined;
+        if (!gpuDecode) {
+          runtime.release(shared);
+          shared = undefined;
+        }
+        if (variant.mlp === 'dense') {
+          runtime.release(batchMoeInput);
+          batchMoeInput = undefined;
+        }
         if (variant.mlp === 'dense') continue;
         // (sum T_i, E) router logits of the whole batch, always on the host
         const routing = routeTokens(concatData(outs.map((o) => required(o, ATTN.routerLogits))), spec.numExperts, spec.topK, spec.normTopKProb);
@@ -196,8 +223,16 @@ export class ForwardPass {
             });
           }
         });
-        const moeInputs = outs.map((o) => required(o, ATTN.moeInput));
-        const [residual, moeInput] = await this.joinPair(hidden.map((h) => h.tensor), moeInputs);
+        const moeInputs = gpuDecode ? [] : outs.map((o) => required(o, ATTN.moeInput));
+        let residual: RtTensor;
+        let moeInput: RtTensor;
+        if (gpuDecode) {
+          // Already joined by the batched attention run; ownership passes to the expert step.
+          [residual, moeInput] = [shared as RtTensor, batchMoeInput as RtTensor];
+          shared = batchMoeInput = undefined;
+        } else {
+          [residual, moeInput] = await this.joinPair(hidden.map((h) => h.tensor), moeInputs);
+        }
         hidden = [];
         let out: RtTensor;
         try {
@@ -220,6 +255,12 @@ export class ForwardPass {
           hidden = await Promise.all(items.map(async (item, i) => ({ tensor: await this.rows.slice(out, offsets[i] as number, item.tokens.length), start: 0 })));
         }
       }
+      if (!joined && shared && hidden.every((h) => h.tensor === shared)) {
+        // A GPU decode batch whose last layer is dense: its residual rows are the batch's, in order.
+        joined = shared;
+        shared = undefined;
+        hidden = [];
+      }
       if (!joined) {
         joined = await this.join(hidden.map((h) => h.tensor));
         hidden = [];
@@ -239,6 +280,7 @@ export class ForwardPass {
       throw err;
     } finally {
       new Set([...hidden.map((h) => h.tensor), ...(shared ? [shared] : [])]).forEach((t) => runtime.release(t));
+      runtime.release(batchMoeInput);
       runtime.release(joined);
     }
   }
@@ -306,6 +348,76 @@ export class ForwardPass {
       }
       return views;
     });
+  }
+
+  /**
+   * GPU providers: attention for B sequences with one new token each, in one run of batch B. Their KV
+   * caches are separate device tensors, so one run packs them into a zero-padded (B, kvHeads, P, D) past
+   * and one run cuts the batched present back into each sequence's cache (graphs/kv-batch.ts): 3 runs a
+   * layer instead of B. `hidden` holds the B rows in item order. Returns the joined residual and MoE input
+   * (device; none for a dense layer) and each sequence's router and lookahead logits (host views).
+   */
+  private async decodeBatchAttentionGpu(
+    layer: number,
+    items: readonly BatchItem[],
+    hidden: RtTensor,
+    positions: readonly number[],
+  ): Promise<{ residual: RtTensor; moeInput: RtTensor | undefined; views: Record<string, RtTensor>[] }> {
+    const { runtime, weights, sessions } = this.m;
+    const B = items.length;
+    const P = Math.max(...positions);
+    const { pack, unpack } = await this.kvBatch.sessions(B);
+    const packFeeds: Record<string, RtTensor> = {};
+    items.forEach((item, b) => {
+      const past = item.kv.layerFeeds(layer);
+      packFeeds[KV_BATCH.pastKey(b)] = past[ATTN.pastKey] as RtTensor;
+      packFeeds[KV_BATCH.pastValue(b)] = past[ATTN.pastValue] as RtTensor;
+      packFeeds[KV_BATCH.pad(b)] = runtime.int64(BigInt64Array.of(0n, 0n, 0n, 0n, 0n, 0n, BigInt(P - (positions[b] as number)), 0n), [8]);
+    });
+    const packed = await pack.run(packFeeds);
+    let out: Record<string, RtTensor>;
+    try {
+      out = await sessions.attentionFor(layer).run({
+        ...weights.layerInputs(layer),
+        [ATTN.hidden]: hidden,
+        [ATTN.hiddenStart]: runtime.int64(BigInt64Array.of(0n), [1]),
+        [ATTN.hiddenEnd]: runtime.int64(BigInt64Array.of(BigInt(B)), [1]),
+        [ATTN.batchShape]: runtime.int64(BigInt64Array.of(BigInt(B), 1n, -1n), [3]),
+        [ATTN.positions]: runtime.int64(BigInt64Array.from(positions, BigInt), [B, 1]),
+        [ATTN.pastKey]: required(packed, KV_BATCH.packedKey),
+        [ATTN.pastValue]: required(packed, KV_BATCH.packedValue),
+        [ATTN.seqlensK]: runtime.int32(Int32Array.from(positions), [B]),
+        [ATTN.totalSeqLen]: runtime.int32(Int32Array.of(P + 1), []),
+      });
+    } finally {
+      runtime.release(packed[KV_BATCH.packedKey]);
+      runtime.release(packed[KV_BATCH.packedValue]);
+    }
+    try {
+      const unpackFeeds: Record<string, RtTensor> = { [KV_BATCH.presentKey]: required(out, ATTN.presentKey), [KV_BATCH.presentValue]: required(out, ATTN.presentValue) };
+      positions.forEach((L, b) => (unpackFeeds[KV_BATCH.end(b)] = runtime.int64(BigInt64Array.of(BigInt(b + 1), BigInt(L + 1)), [2])));
+      const cut = await unpack.run(unpackFeeds);
+      items.forEach((item, b) => item.kv.accept(layer, { [ATTN.presentKey]: required(cut, KV_BATCH.key(b)), [ATTN.presentValue]: required(cut, KV_BATCH.value(b)) }));
+    } catch (err) {
+      runtime.release(out[ATTN.residual]);
+      runtime.release(out[ATTN.moeInput]);
+      throw err;
+    } finally {
+      runtime.release(out[ATTN.presentKey]);
+      runtime.release(out[ATTN.presentValue]);
+    }
+    const views = items.map((_, b) => {
+      const v: Record<string, RtTensor> = {};
+      for (const name of [ATTN.routerLogits, ATTN.lookaheadLogits]) {
+        const t = out[name];
+        if (!t) continue;
+        const width = t.dims[1] as number;
+        v[name] = runtime.float32((t.data as Float32Array).subarray(b * width, (b + 1) * width), [1, width]);
+      }
+      return v;
+    });
+    // Dense layers have no MoE input.
+    return { residual: required(out, ATTN.residual), moeInput: out[ATTN.moeInput], views };
   }
 
   /**
@@ -421,6 +533,31 @@ export class ForwardPass {
       throw err;
     }
     return acc;
+  }
+}
+
+/** The KV pack and unpack sessions of GPU decode batches, per batch size, built on first use. */
+class KvBatchSessions {
+  private readonly bySize = new Map<number, Promise<{ pack: GraphSession; unpack: GraphSession }>>();
+
+  constructor(
+    private readonly runtime: Runtime,
+    private readonly numKvHeads: number,
+    private readonly headDim: number,
+  ) {}
+
+  sessions(batch: number): Promise<{ pack: GraphSession; unpack: GraphSession }> {
+    let s = this.bySize.get(batch);
+    if (!s) {
+      const { runtime, numKvHeads: nKv, headDim: D } = this;
+      const outputs = Array.from({ length: batch }, (_, b) => [KV_BATCH.key(b), KV_BATCH.value(b)]).flat();
+      s = (async () => ({
+        pack: await runtime.createSession(`kv_pack_${batch}`, buildKvPack(batch, nKv, D), [KV_BATCH.packedKey, KV_BATCH.packedValue], { kind: 'kv_pack' }),
+        unpack: await runtime.createSession(`kv_unpack_${batch}`, buildKvUnpack(batch, nKv, D), outputs, { kind: 'kv_unpack' }),
+      }))();
+      this.bySize.set(batch, s);
+    }
+    return s;
   }
 }
 

@@ -8,6 +8,7 @@ import type { Routing } from '../../src/engine/routing.js';
 import { MoeModel } from '../../src/engine/moe-model.js';
 import { logitTolerance, testDevices, F32 } from '../helpers/devices.js';
 import { FIXTURES_DIR, TINY_MOE_DIR } from '../helpers/paths.js';
+import { makeCheckpoint } from '../reference/make-checkpoint.js';
 
 const PROMPTS = ['The quick brown fox', 'A computer is like', 'Q: Why?\nA:', 'import os\n'];
 const STEPS = 8;
@@ -125,6 +126,37 @@ for (const device of testDevices()) {
       const [row, otherRow] = await model.forward.stepBatch(items);
       assert.ok(row && maxDiff(row, at(p)) <= tolerance, `position ${p}: max |logit diff| ${row ? maxDiff(row, at(p)) : 'none'}`);
       if (otherRow) assert.ok(maxDiff(otherRow, at(40 + p - 5)) <= tolerance, `other sequence, position ${40 + p - 5}: max |logit diff| ${maxDiff(otherRow, at(40 + p - 5))}`);
+    }
+  });
+}
+
+// Dense layers leave the batch's rows joined differently from sparse ones (no expert step joins them); a
+// dense last layer hands them straight to the LM head. Generated Qwen3-MoE with layers 1 and 2 dense.
+for (const device of testDevices()) {
+  test(`a batch decoding through dense layers, the last one too, on ${device} gives each sequence its logits alone`, async () => {
+    await using checkpoint = await makeCheckpoint({ family: 'qwen3_moe', config: { mlp_only_layers: [1, 2] } });
+    await using model = await MoeModel.load(checkpoint.dir, { device, compute: F32 });
+    const prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10]];
+    const next = [11, 12, 13];
+    const expected: Float32Array[][] = [];
+    for (const p of prompts) {
+      using kv = model.newSequence();
+      const steps = [await model.forward.step(kv, p, 'last')];
+      for (const t of next) steps.push(await model.forward.step(kv, [t], 'last'));
+      expected.push(steps.map((l) => l.slice()));
+    }
+    const kvs = prompts.map(() => model.newSequence());
+    try {
+      const batches = [prompts, ...next.map((t) => prompts.map(() => [t]))];
+      for (const [s, tokens] of batches.entries()) {
+        const logits = await model.forward.stepBatch(kvs.map((kv, i) => ({ kv, tokens: tokens[i] ?? [], logits: 'last' })));
+        logits.forEach((row, i) => {
+          const d = maxDiff(row ?? new Float32Array(), expected[i]?.[s] ?? new Float32Array());
+          assert.ok(d <= logitTolerance(device, 1e-4), `sequence ${i} step ${s}: max |logit diff| ${d}`);
+        });
+      }
+    } finally {
+      kvs.forEach((kv) => kv[Symbol.dispose]());
     }
   });
 }
