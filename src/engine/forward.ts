@@ -205,10 +205,6 @@ export class ForwardPass {
           runtime.release(shared);
           shared = undefined;
         }
-        if (variant.mlp === 'dense') {
-          runtime.release(batchMoeInput);
-          batchMoeInput = undefined;
-        }
         if (variant.mlp === 'dense') continue;
         // (sum T_i, E) router logits of the whole batch, always on the host
         const routing = routeTokens(concatData(outs.map((o) => required(o, ATTN.routerLogits))), spec.numExperts, spec.topK, spec.normTopKProb);
