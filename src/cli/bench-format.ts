@@ -13,6 +13,25 @@ export function median(xs: readonly number[]): number {
   return s.length % 2 === 1 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
+/**
+ * Greedy agreement of `got` with `want`, prompt by prompt: tokens equal up to the first difference
+ * (`prefix`; after it the sequences decode different histories), tokens equal position by position, and
+ * `want`'s token count.
+ */
+export function agree(got: readonly (readonly number[])[], want: readonly (readonly number[])[]): { prefix: number; positions: number; of: number } {
+  let prefix = 0;
+  let positions = 0;
+  let of = 0;
+  got.forEach((g, p) => {
+    const w = want[p] ?? [];
+    const first = g.findIndex((t, i) => w[i] !== t);
+    prefix += first < 0 ? g.length : first;
+    positions += g.filter((t, i) => w[i] === t).length;
+    of += w.length;
+  });
+  return { prefix, positions, of };
+}
+
 /** A benchmark's S-MBU and S-MFU over the steps it ran (step-utilization.ts), as fractions; null without steps. */
 export function utilizationFields(t: Pick<UtilizationTotals, 'bytes' | 'flops' | 'seconds'>, peaks: Peaks): { s_mbu: number | null; s_mfu: number | null } {
   const u = utilizationOf(t, peaks);

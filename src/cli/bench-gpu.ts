@@ -14,7 +14,7 @@ import { emptyCounters, type ExpertCounters } from '../experts/expert-stats.js';
 import { Runtime, type DeviceKind } from '../runtime/onnx-runtime.js';
 import type { Token } from '../tokenizer/token.js';
 import { greedyDecode } from './bench-decode.js';
-import { round } from './bench-format.js';
+import { agree, median, round } from './bench-format.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 
 export const GPU_SECTIONS = ['upload', 'decode', 'offload'] as const;
@@ -86,8 +86,7 @@ async function benchUpload(device: DeviceKind, emit: (row: object) => void): Pro
           uploaded.forEach((u) => u.dispose());
           if (rep > 0) gbps.push((pieces * count * bytesPer) / ms / 1e6); // the first pays for session creation
         }
-        gbps.sort((a, b) => a - b);
-        const row: UploadRow = { bench: 'gpu-upload', device, dtype, total_mib: totalMib, pieces, best_gbps: round(gbps[gbps.length - 1] ?? 0, 3), median_gbps: round(gbps[Math.floor(gbps.length / 2)] ?? 0, 3) };
+        const row: UploadRow = { bench: 'gpu-upload', device, dtype, total_mib: totalMib, pieces, best_gbps: round(Math.max(...gbps), 3), median_gbps: round(median(gbps), 3) };
         rows.push(row);
         emit(row);
       }
@@ -122,7 +121,7 @@ async function benchResidentDecode(o: GpuBenchOptions, emit: (row: object) => vo
   }
   await using model = await MoeModel.load(o.modelDir, { ...o.load, experts: resident });
   const single = await greedyDecode(model, prompts, o.tokens, o.runs);
-  const agree = countAgreement(single.outputs, cpuOutputs);
+  const agreement = agree(single.outputs, cpuOutputs);
   rows.push({
     bench: 'gpu-decode',
     device: o.load.device,
@@ -130,7 +129,7 @@ async function benchResidentDecode(o: GpuBenchOptions, emit: (row: object) => vo
     experts: model.computeForms.experts,
     decode_tokens_per_s: round((single.decodeSteps * 1000) / single.decodeMs),
     runs_per_token: single.breakdown.runs_per_token,
-    agree_with_cpu: `${agree.same}/${agree.total}`,
+    agree_with_cpu: `${agreement.prefix}/${agreement.of}`,
   });
   emit(rows[rows.length - 1] as ResidentRow);
   const batched = await greedyBatch(model, o.batch, o.tokens);
@@ -168,19 +167,6 @@ function totalRuns(model: MoeModel): number {
   return Object.values(model.runtime.tallySnapshot()).reduce((n, t) => n + t.runs, 0);
 }
 
-function countAgreement(a: readonly (readonly Token[])[], b: readonly (readonly Token[])[]): { same: number; total: number } {
-  let same = 0;
-  let total = 0;
-  a.forEach((seq, i) => {
-    // Greedy tokens agree up to the first difference; after it the sequences decode different histories.
-    const other = b[i] ?? [];
-    let k = 0;
-    while (k < seq.length && seq[k] === other[k]) k++;
-    same += k;
-    total += seq.length;
-  });
-  return { same, total };
-}
 
 // --- the expert cache at a budget: where misses go ---
 
@@ -239,7 +225,7 @@ async function benchOffloadModes(o: GpuBenchOptions, emit: (row: object) => void
     const bytesPerToken = c.bytesToDevice / generated;
     const bound = bytesPerToken > 0 ? (o.pcieGbps * 1e9) / bytesPerToken : null;
     const tokensPerS = 1000 / msPerToken;
-    const agree = countAgreement(t.outputs, allOutputs);
+    const agreement = agree(t.outputs, allOutputs);
     const row: OffloadModeRow = {
       bench: 'gpu-offload',
       mode: mode.name,
@@ -253,7 +239,7 @@ async function benchOffloadModes(o: GpuBenchOptions, emit: (row: object) => void
       load_gbps: c.loadMs > 0 ? round(c.bytesToDevice / c.loadMs / 1e6, 3) : null,
       pcie_bound_tokens_per_s: bound === null ? null : round(bound, 1),
       tokens_per_s_over_pcie_bound: bound === null ? null : round(tokensPerS / bound, 3),
-      agree_with_all: `${agree.same}/${agree.total}`,
+      agree_with_all: `${agreement.prefix}/${agreement.of}`,
     };
     rows.push(row);
     emit(row);

@@ -13,7 +13,7 @@ import { asToken } from '../tokenizer/token.js';
 import { batchThroughput } from './bench-batch.js';
 import { greedyDecode } from './bench-decode.js';
 import type { Peaks, UtilizationTotals } from '../engine/step-utilization.js';
-import { round, utilizationCell, utilizationFields } from './bench-format.js';
+import { agree, round, utilizationCell, utilizationFields } from './bench-format.js';
 import { HELD_OUT_TEXT } from './bench-heldout.js';
 import { BENCH_PROMPTS } from './bench-prompts.js';
 
@@ -140,20 +140,6 @@ function maxAbs(a: Float32Array, b: Float32Array): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
   return m;
-}
-
-function agree(got: readonly (readonly number[])[], want: readonly (readonly number[])[]): { prefix: number; positions: number; of: number } {
-  let prefix = 0;
-  let positions = 0;
-  let of = 0;
-  got.forEach((g, p) => {
-    const w = want[p] ?? [];
-    const first = g.findIndex((t, i) => w[i] !== t);
-    prefix += first < 0 ? g.length : first;
-    positions += g.filter((t, i) => w[i] === t).length;
-    of += w.length;
-  });
-  return { prefix, positions, of };
 }
 
 async function transformersAgreement(model: MoeModel, prompts: readonly { input_ids: number[]; greedy_ids: number[] }[]) {

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import type { ComputeOptions } from '../engine/compute-options.js';
 import type { ExpertCacheOptions, ModelLoadOptions } from '../engine/moe-model.js';
-import { MISS_PLACEMENTS, type MissPlacementMode } from '../engine/miss-placement.js';
+import { DEFAULT_MISS_PLACEMENT, MISS_PLACEMENTS, type MissPlacementMode } from '../engine/miss-placement.js';
 import { COMPUTE_DTYPES, computeDType } from '../model/compute-form.js';
 import { checkScheme } from '../model/quantization.js';
 import { DEFAULT_POLICY, POLICY_NAMES } from '../experts/policies/index.js';
@@ -29,7 +29,7 @@ export const MODEL_OPTIONS = {
   'attention-dtype': { type: 'string' },
   'block-size': { type: 'string' },
   'zero-points': { type: 'boolean' },
-  'miss-placement': { type: 'string', default: 'auto' },
+  'miss-placement': { type: 'string', default: DEFAULT_MISS_PLACEMENT },
 } as const;
 
 export const MODEL_OPTIONS_HELP = `  --model DIR        Hugging Face model directory (default: the embedded tiny-moe)
@@ -54,7 +54,7 @@ Expert cache:
                                (default: the model's training_report.json)
   --miss-placement MODE        GPU providers: where an expert that misses the cache is computed:
                                ${MISS_PLACEMENTS.join(' | ')}: load it into the cache, run it on the CPU from host
-                               memory, or choose per miss by measured cost (default auto)`;
+                               memory, or choose per miss by measured cost (default ${DEFAULT_MISS_PLACEMENT})`;
 
 export interface ModelOptions {
   readonly modelDir: string;
@@ -108,7 +108,7 @@ export function modelOptions(values: ModelFlagValues): ModelOptions {
       profilePath: values['expert-profile'],
     },
     compute: computeOptions(values),
-    missPlacement: parseFlag('miss-placement', z.enum(MISS_PLACEMENTS, { message: `expected one of ${MISS_PLACEMENTS.join(', ')}` }), values['miss-placement'] ?? 'auto'),
+    missPlacement: parseFlag('miss-placement', z.enum(MISS_PLACEMENTS, { message: `expected one of ${MISS_PLACEMENTS.join(', ')}` }), values['miss-placement'] ?? DEFAULT_MISS_PLACEMENT),
   };
 }
 

@@ -134,11 +134,17 @@ export class ForwardPass {
       total += item.tokens.length;
     }
     items.forEach((item) => item.kv.begin(item.tokens.length));
-    // per sequence: its (T_i, H) rows, first the embeddings; (1, T_i) positions and the (2,) batch shape
-    // (1, T_i), the same at every layer
-    let hidden: HiddenRows[] = items.map((item) => ({ tensor: runtime.float32(weights.embedding.lookup(item.tokens), [item.tokens.length, H]), start: 0 }));
-    // GPU providers: the batch's joined expert output, which several entries of `hidden` are row ranges of
-    let shared: RtTensor | undefined;
+    // GPU providers: a step of decode tokens only runs each layer's attention once for the whole batch,
+    // between a KV pack and unpack run (decodeBatchAttentionGpu); the hidden rows stay joined throughout.
+    const gpuDecode = runtime.onGpu && items.length > 1 && items.every((item) => item.tokens.length === 1);
+    // GPU providers: the batch's joined rows (expert output, or a decode batch's embeddings and residual),
+    // which several entries of `hidden` are row ranges of
+    let shared = gpuDecode ? runtime.float32(weights.embedding.lookup(items.flatMap((item) => item.tokens)), [items.length, H]) : undefined;
+    // per sequence: its (T_i, H) rows, first the embeddings
+    let hidden: HiddenRows[] = items.map((item, i) =>
+      shared ? { tensor: shared, start: i } : { tensor: runtime.float32(weights.embedding.lookup(item.tokens), [item.tokens.length, H]), start: 0 },
+    );
+    // per sequence: (1, T_i) positions and the (2,) batch shape (1, T_i), the same at every layer
     const seqFeeds = items.map((item, i) => {
       const T = item.tokens.length;
       const start = starts[i] as number;
@@ -147,19 +153,10 @@ export class ForwardPass {
         [ATTN.batchShape]: runtime.int64(BigInt64Array.of(1n, BigInt(T), -1n), [3]),
       };
     });
-    const rowRange = (h: HiddenRows, T: number): Record<string, RtTensor> =>
-      runtime.onGpu ? { [ATTN.hiddenStart]: runtime.int64(BigInt64Array.of(BigInt(h.start)), [1]), [ATTN.hiddenEnd]: runtime.int64(BigInt64Array.of(BigInt(h.start + T)), [1]) } : {};
     // Sequences decoding one token each share one attention run per layer where the provider allows
     // (on the CPU: their KV rows are packed into one batch, see decodeBatchAttention).
     const decodeGroup = runtime.onGpu ? [] : items.flatMap((item, i) => (item.tokens.length === 1 ? [i] : []));
     if (decodeGroup.length < 2) decodeGroup.length = 0;
-    // GPU providers: a step of decode tokens only runs each layer's attention once for the whole batch,
-    // between a KV pack and unpack run (decodeBatchAttentionGpu); the hidden rows stay joined throughout.
-    const gpuDecode = runtime.onGpu && items.length > 1 && items.every((item) => item.tokens.length === 1);
-    if (gpuDecode) {
-      shared = runtime.float32(weights.embedding.lookup(items.flatMap((item) => item.tokens)), [items.length, H]);
-      hidden = items.map((_, i) => ({ tensor: shared as RtTensor, start: i }));
-    }
     // GPU decode batches: the layer's MoE input rows, joined by the batched attention run
     let batchMoeInput: RtTensor | undefined;
     // (sum T_i, H): the batch's rows joined, when the last layer leaves them that way
@@ -181,27 +178,25 @@ export class ForwardPass {
           shared = batched.residual;
           batchMoeInput = batched.moeInput;
           hidden = items.map((_, i) => ({ tensor: batched.residual, start: i }));
-        }
-        if (decodeGroup.length > 0) {
-          const grouped = await this.decodeBatchAttention(layer, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => (hidden[i] as HiddenRows).tensor), decodeGroup.map((i) => starts[i] as number));
-          decodeGroup.forEach((i, b) => (outs[i] = grouped[b] as Record<string, RtTensor>));
-        }
-        for (const [i, item] of items.entries()) {
-          const h = hidden[i] as HiddenRows;
-          if (!outs[i]) {
-            await this.letIoIn();
-            const out = await sessions.attentionFor(layer).run(
-              { ...weights.layerInputs(layer), ...seqFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: h.tensor, ...rowRange(h, item.tokens.length) },
-            );
-            item.kv.accept(layer, out);
-            outs[i] = out;
+        } else {
+          if (decodeGroup.length > 0) {
+            const grouped = await this.decodeBatchAttention(layer, decodeGroup.map((i) => items[i] as BatchItem), decodeGroup.map((i) => (hidden[i] as HiddenRows).tensor), decodeGroup.map((i) => starts[i] as number));
+            decodeGroup.forEach((i, b) => (outs[i] = grouped[b] as Record<string, RtTensor>));
           }
-          if (gpuDecode) continue;
-          if (h.tensor !== shared) runtime.release(h.tensor);
-          // (T_i, H) residual stream after attention (and the shared expert or dense MLP)
-          hidden[i] = { tensor: required(outs[i] as Record<string, RtTensor>, ATTN.residual), start: 0 };
-        }
-        if (!gpuDecode) {
+          for (const [i, item] of items.entries()) {
+            const h = hidden[i] as HiddenRows;
+            if (!outs[i]) {
+              await this.letIoIn();
+              const out = await sessions.attentionFor(layer).run(
+                { ...weights.layerInputs(layer), ...seqFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: h.tensor, ...(runtime.onGpu && rowRangeFeeds(runtime, h.start, item.tokens.length)) },
+              );
+              item.kv.accept(layer, out);
+              outs[i] = out;
+            }
+            if (h.tensor !== shared) runtime.release(h.tensor);
+            // (T_i, H) residual stream after attention (and the shared expert or dense MLP)
+            hidden[i] = { tensor: required(outs[i] as Record<string, RtTensor>, ATTN.residual), start: 0 };
+          }
           runtime.release(shared);
           shared = undefined;
         }
@@ -248,7 +243,7 @@ export class ForwardPass {
           shared = out;
           hidden = items.map((_, i) => ({ tensor: out, start: offsets[i] as number }));
         } else {
-          hidden = await Promise.all(items.map(async (item, i) => ({ tensor: await this.rows.slice(out, offsets[i] as number, item.tokens.length), start: 0 })));
+          hidden = items.map((item, i) => ({ tensor: this.rows.slice(out, offsets[i] as number, item.tokens.length), start: 0 }));
         }
       }
       if (!joined && shared && hidden.every((h) => h.tensor === shared)) {
@@ -334,16 +329,7 @@ export class ForwardPass {
       [ATTN.totalSeqLen]: runtime.int32(Int32Array.of(P), []),
     });
     items.forEach((item, b) => item.kv.accept(layer, out, b));
-    return items.map((_, b) => {
-      const views: Record<string, RtTensor> = {};
-      for (const name of [ATTN.residual, ATTN.moeInput, ATTN.routerLogits, ATTN.lookaheadLogits]) {
-        const t = out[name];
-        if (!t) continue;
-        const width = t.dims[1] as number;
-        views[name] = runtime.float32((t.data as Float32Array).subarray(b * width, (b + 1) * width), [1, width]);
-      }
-      return views;
-    });
+    return rowViews(runtime, out, [ATTN.residual, ATTN.moeInput, ATTN.routerLogits, ATTN.lookaheadLogits], B);
   }
 
   /**
@@ -376,8 +362,7 @@ export class ForwardPass {
       out = await sessions.attentionFor(layer).run({
         ...weights.layerInputs(layer),
         [ATTN.hidden]: hidden,
-        [ATTN.hiddenStart]: runtime.int64(BigInt64Array.of(0n), [1]),
-        [ATTN.hiddenEnd]: runtime.int64(BigInt64Array.of(BigInt(B)), [1]),
+        ...rowRangeFeeds(runtime, 0, B),
         [ATTN.batchShape]: runtime.int64(BigInt64Array.of(BigInt(B), 1n, -1n), [3]),
         [ATTN.positions]: runtime.int64(BigInt64Array.from(positions, BigInt), [B, 1]),
         [ATTN.pastKey]: required(packed, KV_BATCH.packedKey),
@@ -402,18 +387,8 @@ export class ForwardPass {
       runtime.release(out[ATTN.presentKey]);
       runtime.release(out[ATTN.presentValue]);
     }
-    const views = items.map((_, b) => {
-      const v: Record<string, RtTensor> = {};
-      for (const name of [ATTN.routerLogits, ATTN.lookaheadLogits]) {
-        const t = out[name];
-        if (!t) continue;
-        const width = t.dims[1] as number;
-        v[name] = runtime.float32((t.data as Float32Array).subarray(b * width, (b + 1) * width), [1, width]);
-      }
-      return v;
-    });
     // Dense layers have no MoE input.
-    return { residual: required(out, ATTN.residual), moeInput: out[ATTN.moeInput], views };
+    return { residual: required(out, ATTN.residual), moeInput: out[ATTN.moeInput], views: rowViews(runtime, out, [ATTN.routerLogits, ATTN.lookaheadLogits], B) };
   }
 
   /**
@@ -561,6 +536,28 @@ class KvBatchSessions {
 interface HiddenRows {
   readonly tensor: RtTensor;
   readonly start: number;
+}
+
+/**
+ * Sequence b's row of each named (B, width) host output of a batched run, as (1, width) views, per
+ * sequence; outputs the run did not return are left out.
+ */
+function rowViews(runtime: Runtime, out: Record<string, RtTensor>, names: readonly string[], B: number): Record<string, RtTensor>[] {
+  return Array.from({ length: B }, (_, b) => {
+    const views: Record<string, RtTensor> = {};
+    for (const name of names) {
+      const t = out[name];
+      if (!t) continue;
+      const width = t.dims[1] as number;
+      views[name] = runtime.float32((t.data as Float32Array).subarray(b * width, (b + 1) * width), [1, width]);
+    }
+    return views;
+  });
+}
+
+/** The hidden_start/hidden_end feeds of a row-range attention block (GPU providers): rows start..start + count. */
+function rowRangeFeeds(runtime: Runtime, start: number, count: number): Record<string, RtTensor> {
+  return { [ATTN.hiddenStart]: runtime.int64(BigInt64Array.of(BigInt(start)), [1]), [ATTN.hiddenEnd]: runtime.int64(BigInt64Array.of(BigInt(start + count)), [1]) };
 }
 
 /** The host data of several (rows, n) float tensors, one after another. */

@@ -25,9 +25,10 @@ export interface HybridExpertsOptions {
   /** The device experts' MatMulNBits accuracy level: the CPU must compute what the device does (see moe-model.ts). */
   readonly accuracyLevel: 0 | 4;
   readonly maxSlotsPerRun: number;
-  /** CPU provider threads for the experts computed there (0: onnxruntime's default). */
-  readonly cpuThreads: number;
-  /** The device's runtime: the CPU runs are tallied with its own, as kinds cpu_* (runs per token count both). */
+  /**
+   * The device's runtime: the CPU runs use its CPU thread setting, and are tallied with its runs as kinds
+   * cpu_* (runs per token count both).
+   */
   readonly device: Runtime;
 }
 
@@ -50,7 +51,7 @@ export class HybridExperts {
   }
 
   static async create(o: HybridExpertsOptions): Promise<HybridExperts> {
-    const cpu = await Runtime.create({ device: 'cpu', cpuThreads: o.cpuThreads }, { with: o.device, prefix: 'cpu_' });
+    const cpu = await Runtime.create({ device: 'cpu', cpuThreads: o.device.options.cpuThreads }, { with: o.device, prefix: 'cpu_' });
     const blocks = new MoeBlockSessions(cpu, o.hiddenSize);
     // Misses are the only experts computed here and none is kept, so float experts take the graph route
     // (a miss is a widening) and quantized ones a prepacked session (the only fast int4/int8 CPU form).

@@ -15,6 +15,7 @@
 
 export const MISS_PLACEMENTS = ['upload', 'cpu', 'auto'] as const;
 export type MissPlacementMode = (typeof MISS_PLACEMENTS)[number];
+export const DEFAULT_MISS_PLACEMENT: MissPlacementMode = 'auto';
 
 export type MissPlace = 'upload' | 'cpu';
 

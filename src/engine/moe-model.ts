@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { ATTN } from '../graphs/attention-block.js';
 import { ExpertStore } from '../experts/expert-store.js';
-import { HostExpertCache, storedBytes, type HostExpert } from '../experts/host-expert-cache.js';
+import { HostExpertCache, storedBytes } from '../experts/host-expert-cache.js';
 import { planCache, type CachePlan } from '../experts/cache-plan.js';
 import { createPolicy, DEFAULT_POLICY, usesLookahead, type ExpertLayout, type PolicyName } from '../experts/policies/index.js';
 import { loadRoutingProfile } from '../experts/routing-profile.js';
@@ -11,14 +11,14 @@ import { TraceWriter, type TraceWriterOptions } from '../experts/trace-writer.js
 import { loadGenerationDefaults, loadModelConfig, sparseLayerIndices, type ModelSpec } from '../model/hf-config.js';
 import { SafetensorsArchive } from '../model/safetensors.js';
 import { checkCheckpointTensors } from '../model/checkpoint-tensors.js';
-import { ExpertIds, type ExpertId } from '../experts/expert-id.js';
+import { ExpertIds } from '../experts/expert-id.js';
 import { computeBytes, type ComputeDType, type StoredMatrix } from '../model/compute-form.js';
 import { Runtime, type DeviceKind } from '../runtime/onnx-runtime.js';
 import { TextTokenizer } from '../tokenizer/tokenizer.js';
 import { computeMatrix, dtypeFor, expertHostForm, resolveCompute, type ComputeOptions, type ResolvedCompute } from './compute-options.js';
 import { chooseExpertRoute } from './expert-routes.js';
 import { HybridExperts } from './hybrid-experts.js';
-import type { MissPlacementMode } from './miss-placement.js';
+import { DEFAULT_MISS_PLACEMENT, type MissPlacementMode } from './miss-placement.js';
 import { ForwardPass, type ForwardParts } from './forward.js';
 import { availableMemoryBytes } from './kv-budget.js';
 import { SequenceKvCache } from './kv-cache.js';
@@ -242,7 +242,8 @@ export class MoeModel implements AsyncDisposable {
       const toCompute = (m: StoredMatrix, into?: Float32Array) => computeMatrix(m, 'experts', compute, into);
       const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, memory.plan.deviceBudgetBytes, cache);
       // Hybrid execution only where a miss can happen and the device is not the CPU itself.
-      const missPlacement = options.missPlacement ?? 'auto';
+      const missPlacement = options.missPlacement ?? DEFAULT_MISS_PLACEMENT;
+      const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK);
       const placesMisses = runtime.onGpu && missPlacement !== 'upload' && plan.budgetBytes < totalBytes;
       const route = chooseExpertRoute({
         runtime,
@@ -251,7 +252,7 @@ export class MoeModel implements AsyncDisposable {
         expertDtype,
         toCompute,
         accuracyLevel: compute.accuracyLevel,
-        maxSlotsPerRun: Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK),
+        maxSlotsPerRun,
         everyExpertFits: plan.budgetBytes >= totalBytes,
       });
       if (host.budgetBytes === null && convertsAtLoad(sample.gate, expertDtype)) {
@@ -273,24 +274,18 @@ export class MoeModel implements AsyncDisposable {
             expertDtype,
             toCompute,
             accuracyLevel: compute.accuracyLevel,
-            maxSlotsPerRun: Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK),
-            cpuThreads: runtime.options.cpuThreads,
+            maxSlotsPerRun,
             device: runtime,
           })
         : undefined;
-      const materialize = async (w: HostExpert, id: ExpertId) => {
-        const t0 = performance.now();
-        const expert = await route.materialize(w, id);
-        hybrid?.recordUpload(performance.now() - t0);
-        return expert;
-      };
       const parts = { spec, runtime, weights, sessions, route, hybrid };
       // A host tier that keeps nothing: the warm-up reads top-k experts of every layer, which must not stay.
       await warmUp(parts, newHost(0, compute), expertBytes);
       const experts = new ExpertStore({
         spec,
         host,
-        materialize,
+        materialize: (w, id) => route.materialize(w, id),
+        onLoaded: hybrid ? (ms) => hybrid.recordUpload(ms) : undefined,
         expertBytes,
         policy: plan.policy,
         budgetBytes: plan.budgetBytes,

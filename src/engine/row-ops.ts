@@ -1,12 +1,12 @@
-// Joins and splits the (T, H) hidden states of a batch of sequences. On the CPU the rows are in JS memory
-// and are copied directly; on GPU providers small sessions do it, so the data stays on the device.
-import { buildAddRows, buildConcatRowGroups, buildConcatRows, buildSliceRows, ROWS } from '../graphs/row-ops.js';
+// Joins the (T, H) hidden states of a batch of sequences, and adds host rows to them. On the CPU the rows
+// are in JS memory and are copied directly; on GPU providers small sessions do it, so the data stays on
+// the device. Cutting one sequence's rows back out is a view on the CPU; on GPU providers the attention
+// block reads its row range itself (forward.ts), so no session cuts rows.
+import { buildAddRows, buildConcatRowGroups, ROWS } from '../graphs/row-ops.js';
 import type { GraphSession, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
 
 export class RowOps {
-  private readonly concatSessions = new Map<number, Promise<GraphSession>>();
-  private readonly groupSessions = new Map<string, Promise<GraphSession>>();
-  private sliceSession: Promise<GraphSession> | null = null;
+  private readonly concatSessions = new Map<string, Promise<GraphSession>>();
   private addSession: Promise<GraphSession> | null = null;
 
   constructor(
@@ -16,24 +16,7 @@ export class RowOps {
 
   /** The parts' rows, in order, as one (sum of rows, H) tensor. Does not release the parts. */
   async concat(parts: readonly RtTensor[]): Promise<RtTensor> {
-    const H = this.hiddenSize;
-    const rows = parts.reduce((n, p) => n + (p.dims[0] ?? 0), 0);
-    if (!this.runtime.onGpu) {
-      const out = new Float32Array(rows * H);
-      let at = 0;
-      for (const p of parts) {
-        out.set(p.data as Float32Array, at);
-        at += p.size;
-      }
-      return this.runtime.float32(out, [rows, H]);
-    }
-    let session = this.concatSessions.get(parts.length);
-    if (!session) {
-      session = this.runtime.createSession(`concat_rows_${parts.length}`, buildConcatRows(parts.length, H), [ROWS.joined]);
-      this.concatSessions.set(parts.length, session);
-    }
-    const feeds = Object.fromEntries(parts.map((p, i) => [ROWS.part(i), p]));
-    return required((await (await session).run(feeds))[ROWS.joined]);
+    return (await this.concatGroups([parts]))[0] as RtTensor;
   }
 
   /**
@@ -41,33 +24,36 @@ export class RowOps {
    * group's parts, in order; every group has the same number of parts. Does not release the parts.
    */
   async concatGroups(groups: readonly (readonly RtTensor[])[]): Promise<RtTensor[]> {
-    if (!this.runtime.onGpu) return Promise.all(groups.map((parts) => this.concat(parts)));
+    if (!this.runtime.onGpu) return groups.map((parts) => this.concatHost(parts));
     const parts = groups[0]?.length ?? 0;
     if (groups.some((g) => g.length !== parts)) throw new RangeError('concatGroups: groups of different sizes');
     const key = `${groups.length}x${parts}`;
-    let session = this.groupSessions.get(key);
+    let session = this.concatSessions.get(key);
     if (!session) {
-      session = this.runtime.createSession(`concat_row_groups_${key}`, buildConcatRowGroups(groups.length, parts, this.hiddenSize), groups.map((_, k) => ROWS.groupJoined(k)), { kind: 'concat_rows' });
-      this.groupSessions.set(key, session);
+      session = this.runtime.createSession(`concat_rows_${key}`, buildConcatRowGroups(groups.length, parts, this.hiddenSize), groups.map((_, k) => ROWS.groupJoined(k)), { kind: 'concat_rows' });
+      this.concatSessions.set(key, session);
     }
     const feeds = Object.fromEntries(groups.flatMap((g, k) => g.map((p, i) => [ROWS.groupPart(k, i), p] as const)));
     const out = await (await session).run(feeds);
     return groups.map((_, k) => required(out[ROWS.groupJoined(k)]));
   }
 
-  /** Rows [start, start + count) of `t` as their own tensor. Does not release `t`. */
-  async slice(t: RtTensor, start: number, count: number): Promise<RtTensor> {
-    const H = this.hiddenSize;
-    if (!this.runtime.onGpu) {
-      return this.runtime.float32((t.data as Float32Array).subarray(start * H, (start + count) * H), [count, H]);
+  private concatHost(parts: readonly RtTensor[]): RtTensor {
+    const rows = parts.reduce((n, p) => n + (p.dims[0] ?? 0), 0);
+    const out = new Float32Array(rows * this.hiddenSize);
+    let at = 0;
+    for (const p of parts) {
+      out.set(p.data as Float32Array, at);
+      at += p.size;
     }
-    this.sliceSession ??= this.runtime.createSession('slice_rows', buildSliceRows(H), [ROWS.slice]);
-    const out = await (await this.sliceSession).run({
-      [ROWS.source]: t,
-      [ROWS.start]: this.runtime.int64(BigInt64Array.of(BigInt(start)), [1]),
-      [ROWS.end]: this.runtime.int64(BigInt64Array.of(BigInt(start + count)), [1]),
-    });
-    return required(out[ROWS.slice]);
+    return this.runtime.float32(out, [rows, this.hiddenSize]);
+  }
+
+  /** Rows [start, start + count) of a host tensor `t`, as a view. GPU tensors are read by range instead. */
+  slice(t: RtTensor, start: number, count: number): RtTensor {
+    if (t.location === 'gpu-buffer') throw new Error('RowOps.slice: GPU rows are read by range (the attention block\'s hidden_start/hidden_end), not cut out');
+    const H = this.hiddenSize;
+    return this.runtime.float32((t.data as Float32Array).subarray(start * H, (start + count) * H), [count, H]);
   }
 
   /**
@@ -90,7 +76,7 @@ export class RowOps {
   }
 
   async release(): Promise<void> {
-    const sessions = [...this.concatSessions.values(), ...this.groupSessions.values(), ...(this.sliceSession ? [this.sliceSession] : []), ...(this.addSession ? [this.addSession] : [])];
+    const sessions = [...this.concatSessions.values(), ...(this.addSession ? [this.addSession] : [])];
     await Promise.all(sessions.map(async (s) => (await s).release()));
   }
 }

@@ -9,7 +9,7 @@
 import { LRUCache } from 'lru-cache';
 import type { ModelSpec } from '../model/hf-config.js';
 import { prefetchLimit } from './cache-plan.js';
-import { ExpertIds, type ExpertId } from './expert-id.js';
+import { ExpertIds, type ExpertId, type ExpertKey } from './expert-id.js';
 import { addCounters, emptyCounters, ratio, type ExpertCacheStats, type ExpertCounters } from './expert-stats.js';
 import type { HostExpert, HostExpertCache } from './host-expert-cache.js';
 import type { CachePolicy } from './policies/index.js';
@@ -60,6 +60,8 @@ export interface ExpertStoreOptions<R extends ResidentExpert> {
   readonly policy: CachePolicy;
   readonly budgetBytes: number;
   readonly prefetchDepth: number;
+  /** Told how long each load's materializing took (the hybrid cost model's upload rate). */
+  readonly onLoaded?: (ms: number) => void;
 }
 
 export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements Disposable {
@@ -179,15 +181,21 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
     c.accesses += experts.length;
     c.misses += experts.length;
     c.cpuComputed += experts.length;
-    return Promise.all(
-      experts.map(async (expert) => {
-        let inHost = false;
-        const w = await this.o.host.get({ layer, expert }, (bytes) => (c.bytesFromDisk += bytes), () => (inHost = true));
-        if (inHost) c.hostHits++;
-        else c.hostMisses++;
-        return w;
-      }),
+    return Promise.all(experts.map((expert) => this.readHost({ layer, expert }, c)));
+  }
+
+  /** An expert's weights through the host tier, counted as a host hit or miss and its disk bytes. */
+  private async readHost(key: ExpertKey, c: ExpertCounters): Promise<HostExpert> {
+    // A read that joins another's in flight found nothing in host memory either: a host miss.
+    let inHost = false;
+    const weights = await this.o.host.get(
+      key,
+      (bytes) => (c.bytesFromDisk += bytes),
+      () => (inHost = true),
     );
+    if (inHost) c.hostHits++;
+    else c.hostMisses++;
+    return weights;
   }
 
   /** Adds the time of CPU runs of missed experts to `layer`'s counters. */
@@ -320,23 +328,17 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
   private async load(id: ExpertId): Promise<R> {
     const key = this.ids.key(id);
     const c = this.layerCounters(key.layer);
-    // A load that joins another's read in flight found nothing in host memory either: a host miss.
-    let inHost = false;
-    const weights = await this.o.host.get(
-      key,
-      (bytes) => (c.bytesFromDisk += bytes),
-      () => (inHost = true),
-    );
-    if (inHost) c.hostHits++;
-    else c.hostMisses++;
+    const weights = await this.readHost(key, c);
     // Materializing holds the thread (a widening or a session creation, ~0.3-1 ms each at tiny-moe's
     // shape, tens of them a step under a small budget): let pending I/O in first, so that a step of
     // many misses does not hold the event loop for its whole length.
     await new Promise((resolve) => setImmediate(resolve));
     const t0 = performance.now();
     const expert = await this.o.materialize(weights, id);
-    c.loadMs += performance.now() - t0;
+    const ms = performance.now() - t0;
+    c.loadMs += ms;
     c.bytesToDevice += this.expertBytes;
+    this.o.onLoaded?.(ms);
     return expert;
   }
 
