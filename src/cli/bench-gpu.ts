@@ -57,6 +57,8 @@ interface UploadRow {
   readonly dtype: 'float32' | 'float16';
   readonly total_mib: number;
   readonly pieces: number;
+  /** session runs per transfer: one per piece, or all pieces in one (Runtime.toDeviceAll, what expert loads do) */
+  readonly runs: number;
   /** best of the repeats, GB/s (1e9 bytes) */
   readonly best_gbps: number;
   readonly median_gbps: number;
@@ -67,9 +69,10 @@ async function benchUpload(device: DeviceKind, emit: (row: object) => void): Pro
   const runtime = await Runtime.create({ device });
   const rows: UploadRow[] = [];
   // A tiny-moe f32 expert is 0.75 MiB, a Qwen3-30B-A3B one 18 MiB, a Mixtral one 672 MiB; each split in 1
-  // (one upload per expert), 3 (gate, up, down) or 16 pieces (chunked).
+  // (one packed tensor per expert), 3 (gate, up, down) or 16 pieces (chunked), uploaded in a run per piece
+  // or all in one run.
   for (const totalMib of [1, 16, 64, 256]) {
-    for (const pieces of [1, 3, 16]) {
+    for (const [pieces, oneRun] of [[1, true], [3, false], [3, true], [16, false], [16, true]] as const) {
       for (const dtype of ['float32', 'float16'] as const) {
         const bytesPer = 4 - (dtype === 'float16' ? 2 : 0);
         const count = Math.floor((totalMib * MIB) / pieces / bytesPer);
@@ -80,20 +83,20 @@ async function benchUpload(device: DeviceKind, emit: (row: object) => void): Pro
         const gbps: number[] = [];
         for (let rep = 0; rep < 6; rep++) {
           const t0 = performance.now();
-          const uploaded = [];
-          for (const p of parts) uploaded.push(await runtime.toDevice(p));
+          const uploaded = oneRun ? await runtime.toDeviceAll(parts) : [];
+          if (!oneRun) for (const p of parts) uploaded.push(await runtime.toDevice(p));
           const ms = performance.now() - t0;
           uploaded.forEach((u) => u.dispose());
           if (rep > 0) gbps.push((pieces * count * bytesPer) / ms / 1e6); // the first pays for session creation
         }
-        const row: UploadRow = { bench: 'gpu-upload', device, dtype, total_mib: totalMib, pieces, best_gbps: round(Math.max(...gbps), 3), median_gbps: round(median(gbps), 3) };
+        const row: UploadRow = { bench: 'gpu-upload', device, dtype, total_mib: totalMib, pieces, runs: oneRun ? 1 : pieces, best_gbps: round(Math.max(...gbps), 3), median_gbps: round(median(gbps), 3) };
         rows.push(row);
         emit(row);
       }
     }
   }
-  const head = '| MiB per transfer | pieces | dtype | best GB/s | median GB/s |\n|---|---|---|---|---|';
-  return [head, ...rows.map((r) => `| ${r.total_mib} | ${r.pieces} | ${r.dtype} | ${r.best_gbps} | ${r.median_gbps} |`)].join('\n');
+  const head = '| MiB per transfer | pieces | runs | dtype | best GB/s | median GB/s |\n|---|---|---|---|---|---|';
+  return [head, ...rows.map((r) => `| ${r.total_mib} | ${r.pieces} | ${r.runs} | ${r.dtype} | ${r.best_gbps} | ${r.median_gbps} |`)].join('\n');
 }
 
 // --- resident decode at batch 1 and batch N ---
@@ -167,6 +170,13 @@ function totalRuns(model: MoeModel): number {
   return Object.values(model.runtime.tallySnapshot()).reduce((n, t) => n + t.runs, 0);
 }
 
+/** Session runs so far on the device and on the CPU provider of hybrid misses (whose tallies are prefixed 'cpu_'). */
+function runsBySide(model: MoeModel): { device: number; cpu: number } {
+  const runs = { device: 0, cpu: 0 };
+  for (const [kind, t] of Object.entries(model.runtime.tallySnapshot())) runs[kind.startsWith('cpu_') ? 'cpu' : 'device'] += t.runs;
+  return runs;
+}
+
 
 // --- the expert cache at a budget: where misses go ---
 
@@ -186,6 +196,9 @@ interface OffloadModeRow {
   /** of expert uses: misses computed on the CPU, and misses loaded */
   readonly cpu_share: number | null;
   readonly loaded_share: number | null;
+  /** session runs per generated token (prompt steps amortized): on the device, and of the CPU provider's hybrid misses */
+  readonly device_runs_per_token: number;
+  readonly cpu_runs_per_token: number;
   /** expert bytes moved host -> device per generated token (prompt steps amortized) */
   readonly mb_to_device_per_token: number;
   /** bytesToDevice over the time spent loading */
@@ -213,9 +226,11 @@ async function benchOffloadModes(o: GpuBenchOptions, emit: (row: object) => void
   for (const mode of modes) {
     await using model = await MoeModel.load(o.modelDir, { ...o.load, missPlacement: mode.missPlacement, experts: mode.experts });
     const before = model.experts.stats().total;
+    const runsBefore = runsBySide(model);
     // No warm-up run: the cache's misses are the point, and a warm-up would fill it.
     const t = await greedyDecode(model, prompts, o.tokens, 0);
     const c = since(model.experts.stats().total, before);
+    const runsAfter = runsBySide(model);
     const generated = t.decodeSteps + prompts.length;
     const msPerToken = t.decodeMs / t.decodeSteps;
     if (mode.experts.policy === 'all') {
@@ -235,6 +250,8 @@ async function benchOffloadModes(o: GpuBenchOptions, emit: (row: object) => void
       hit_ratio: c.accesses > 0 ? round(c.hits / c.accesses, 3) : null,
       cpu_share: c.accesses > 0 ? round(c.cpuComputed / c.accesses, 3) : null,
       loaded_share: c.accesses > 0 ? round((c.misses - c.cpuComputed) / c.accesses, 3) : null,
+      device_runs_per_token: round((runsAfter.device - runsBefore.device) / generated, 1),
+      cpu_runs_per_token: round((runsAfter.cpu - runsBefore.cpu) / generated, 1),
       mb_to_device_per_token: round(bytesPerToken / 1e6, 3),
       load_gbps: c.loadMs > 0 ? round(c.bytesToDevice / c.loadMs / 1e6, 3) : null,
       pcie_bound_tokens_per_s: bound === null ? null : round(bound, 1),
@@ -246,13 +263,13 @@ async function benchOffloadModes(o: GpuBenchOptions, emit: (row: object) => void
   }
   const pct = (x: number | null) => (x === null ? '-' : `${(x * 100).toFixed(1)}%`);
   const head =
-    `| mode (budget ${o.budgetFraction * 100}%) | decode tokens/s | time/token vs all | hit ratio | misses on CPU / loaded (of uses) | MB to device per token | load GB/s | PCIe bound tokens/s (${o.pcieGbps} GB/s) | tokens/s / bound | greedy = all |\n` +
-    '|---|---|---|---|---|---|---|---|---|---|';
+    `| mode (budget ${o.budgetFraction * 100}%) | decode tokens/s | time/token vs all | hit ratio | misses on CPU / loaded (of uses) | session runs per token, device / CPU | MB to device per token | load GB/s | PCIe bound tokens/s (${o.pcieGbps} GB/s) | tokens/s / bound | greedy = all |\n` +
+    '|---|---|---|---|---|---|---|---|---|---|---|';
   return [
     head,
     ...rows.map(
       (r) =>
-        `| ${r.mode} | ${r.decode_tokens_per_s} | ${r.time_per_token_vs_all ?? '-'}x | ${pct(r.hit_ratio)} | ${pct(r.cpu_share)} / ${pct(r.loaded_share)} | ${r.mb_to_device_per_token} | ${r.load_gbps ?? '-'} | ${r.pcie_bound_tokens_per_s ?? '-'} | ${r.tokens_per_s_over_pcie_bound ?? '-'} | ${r.agree_with_all} |`,
+        `| ${r.mode} | ${r.decode_tokens_per_s} | ${r.time_per_token_vs_all ?? '-'}x | ${pct(r.hit_ratio)} | ${pct(r.cpu_share)} / ${pct(r.loaded_share)} | ${r.device_runs_per_token} / ${r.cpu_runs_per_token} | ${r.mb_to_device_per_token} | ${r.load_gbps ?? '-'} | ${r.pcie_bound_tokens_per_s ?? '-'} | ${r.tokens_per_s_over_pcie_bound ?? '-'} | ${r.agree_with_all} |`,
     ),
   ].join('\n');
 }

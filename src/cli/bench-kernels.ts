@@ -130,7 +130,7 @@ async function measure(runtime: Runtime, spec: RouteSpec, H: number, I: number, 
   const q = { blockSize: DEFAULT_BLOCK_SIZE, zeroPoints: false };
   const toCompute = (s: StoredMatrix, into?: Float32Array) => toComputeForm(s, spec.dtype, q, into);
   const blocks = new MoeBlockSessions(runtime, H);
-  const route: ExpertRoute = spec.kind === 'session' ? new SessionExpertRoute(runtime, H, toCompute, spec.accuracyLevel) : new GraphExpertRoute(runtime, blocks, 1, toCompute, spec.accuracyLevel);
+  const route: ExpertRoute = spec.kind === 'session' ? new SessionExpertRoute(runtime, H, toCompute, spec.accuracyLevel) : new GraphExpertRoute(runtime, blocks, 1, toCompute, spec.accuracyLevel, false);
   // Host forms as the host tier keeps them: quantized ahead (not timed), float as stored.
   const hostOf = (e: HostExpert): HostExpert => {
     if (spec.dtype !== 'int8' && spec.dtype !== 'int4') return e;

@@ -35,6 +35,19 @@ export interface ExpertRoute {
    * Takes ownership of `acc` (its data may be updated in place; released on the GPU).
    */
   apply(acc: RtTensor, moeInput: RtTensor, T: number, chunk: readonly ExpertAssignment[], experts: readonly ResidentExpert[]): Promise<RtTensor>;
+  /**
+   * Routes whose experts are graph inputs: the slot feeds of one run of `chunk` (at most maxPerRun), for a
+   * graph that applies them itself (a fused attention block, forward.ts). The feeds' tensors are views of
+   * the experts' or fresh host tensors: nothing to release, but the experts must stay leased until the run.
+   */
+  slotFeeds?(T: number, chunk: readonly ExpertAssignment[], experts: readonly ResidentExpert[]): SlotFeeds;
+}
+
+/** One run's routed-expert inputs, by the routed-experts graph's names (moe-block.ts). */
+export interface SlotFeeds {
+  readonly feeds: Record<string, RtTensor>;
+  readonly forms: ExpertForms;
+  readonly slots: number;
 }
 
 const ROLES = ['gate', 'up', 'down'] as const;
@@ -176,22 +189,23 @@ export class GraphExpertRoute implements ExpertRoute {
     readonly maxPerRun: number,
     private readonly toCompute: ToCompute,
     private readonly accuracyLevel: 0 | 4,
+    /** Pad each run's slot count to a power of two (paddedSlots): GPU providers, where runs are few and large. */
+    private readonly padSlots: boolean,
   ) {}
 
   async materialize(w: HostExpert): Promise<ResidentExpert> {
     const tensors = new Map<string, DeviceTensor>();
     const owned: Float32Array[] = [];
     const forms: Partial<Record<(typeof ROLES)[number], ReturnType<typeof matrixForm>>> = {};
-    try {
-      for (const role of ROLES) {
-        const m = this.compute(w[role], owned);
-        forms[role] = matrixForm(m, this.accuracyLevel);
-        for (const [name, t] of matrixTensors(role, m)) tensors.set(name, await this.runtime.toDevice(this.runtime.tensorOf(t)));
-      }
-    } catch (err) {
-      for (const t of tensors.values()) t.dispose();
-      throw err;
+    const pieces: [string, ConstTensor][] = [];
+    for (const role of ROLES) {
+      const m = this.compute(w[role], owned);
+      forms[role] = matrixForm(m, this.accuracyLevel);
+      pieces.push(...matrixTensors(role, m));
     }
+    // All of the expert's pieces in one upload run.
+    const uploaded = await this.runtime.toDeviceAll(pieces.map(([, t]) => this.runtime.tensorOf(t)));
+    pieces.forEach(([name], i) => tensors.set(name, uploaded[i] as DeviceTensor));
     // On GPU providers the widened arrays were only staging for the upload; on the CPU they are the tensors.
     if (this.runtime.onGpu) owned.forEach((b) => this.spare.give(b));
     const recycle = this.runtime.onGpu ? [] : owned;
@@ -209,17 +223,25 @@ export class GraphExpertRoute implements ExpertRoute {
   }
 
   async apply(acc: RtTensor, moeInput: RtTensor, T: number, chunk: readonly ExpertAssignment[], experts: readonly ResidentExpert[]): Promise<RtTensor> {
-    const feeds: Record<string, RtTensor> = { [MOE.residual]: acc, [MOE.moeInput]: moeInput };
+    const { feeds, forms, slots } = this.slotFeeds(T, chunk, experts);
+    const out = await (await this.blocks.forSlots(slots, forms)).run({ ...feeds, [MOE.residual]: acc, [MOE.moeInput]: moeInput });
+    this.runtime.release(acc);
+    const hidden = out[MOE.hidden];
+    if (!hidden) throw new Error(`routed-experts block returned no '${MOE.hidden}'`);
+    return hidden;
+  }
+
+  slotFeeds(T: number, chunk: readonly ExpertAssignment[], experts: readonly ResidentExpert[]): SlotFeeds {
+    const feeds: Record<string, RtTensor> = {};
     let forms: ExpertForms | undefined;
-    chunk.forEach((a, s) => {
-      const expert = experts[s];
+    const feedSlot = (s: number, expert: ResidentExpert | undefined, rows: readonly number[], weights: readonly number[]) => {
       if (!(expert instanceof TensorExpert)) throw new Error('graph route given an expert that is not device tensors');
       forms ??= expert.forms;
-      const n = a.rows.length;
+      const n = rows.length;
       // (T, n): scatter[t, j] = weight of token t for its j-th routed row
       const scatter = new Float32Array(T * n);
-      a.rows.forEach((row, j) => (scatter[row * n + j] = a.weights[j] as number));
-      feeds[MOE.rows(s)] = this.runtime.int64(BigInt64Array.from(a.rows, BigInt), [n]);
+      rows.forEach((row, j) => (scatter[row * n + j] = weights[j] as number));
+      feeds[MOE.rows(s)] = this.runtime.int64(BigInt64Array.from(rows, BigInt), [n]);
       feeds[MOE.scatter(s)] = this.runtime.float32(scatter, [T, n]);
       const slotName = { gate: MOE.gate(s), up: MOE.up(s), down: MOE.down(s) };
       for (const [name, t] of expert.tensors) {
@@ -227,14 +249,26 @@ export class GraphExpertRoute implements ExpertRoute {
         if (!role) throw new Error(`expert tensor '${name}' has no role`);
         feeds[slotName[role] + name.slice(role.length)] = t.tensor;
       }
-    });
+    };
+    chunk.forEach((a, s) => feedSlot(s, experts[s], a.rows, a.weights));
     if (!forms) throw new Error('no experts to apply');
-    const out = await (await this.blocks.forSlots(chunk.length, forms)).run(feeds);
-    this.runtime.release(acc);
-    const hidden = out[MOE.hidden];
-    if (!hidden) throw new Error(`routed-experts block returned no '${MOE.hidden}'`);
-    return hidden;
+    // Padding slots apply the first expert to one row with weight 0, which adds exactly 0.
+    const slots = this.padSlots ? paddedSlots(chunk.length, this.maxPerRun) : chunk.length;
+    for (let s = chunk.length; s < slots; s++) feedSlot(s, experts[0], [0], [0]);
+    return { feeds, forms, slots };
   }
+}
+
+/**
+ * The slot count a run of `n` experts takes when runs are padded: the next power of two, at most `max`.
+ * Each slot count is a session of its own, and on GPU providers each is compiled on first use; a step
+ * touches any number of experts from 1 to the batch's distinct experts, so exact counts would compile up
+ * to `max` sessions, while a padding slot costs one row of an expert already resident.
+ */
+export function paddedSlots(n: number, max: number): number {
+  let slots = 1;
+  while (slots < n) slots *= 2;
+  return Math.min(slots, Math.max(n, max));
 }
 
 export interface RouteChoice {
@@ -261,5 +295,5 @@ export interface RouteChoice {
 export function chooseExpertRoute(c: RouteChoice): ExpertRoute {
   const quantized = c.expertDtype === 'int8' || c.expertDtype === 'int4';
   if (!c.runtime.onGpu && (quantized || c.everyExpertFits)) return new SessionExpertRoute(c.runtime, c.hiddenSize, c.toCompute, c.accuracyLevel);
-  return new GraphExpertRoute(c.runtime, c.blocks, c.maxSlotsPerRun, c.toCompute, c.accuracyLevel);
+  return new GraphExpertRoute(c.runtime, c.blocks, c.maxSlotsPerRun, c.toCompute, c.accuracyLevel, c.runtime.onGpu);
 }

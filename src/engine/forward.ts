@@ -6,9 +6,10 @@ import { LM_HEAD_IO } from '../graphs/lm-head.js';
 import type { ModelSpec } from '../model/hf-config.js';
 import type { ExpertStore } from '../experts/expert-store.js';
 import { countVotes, sumVotes, type RankedVotes } from '../experts/lookahead-votes.js';
-import type { GraphSession, RtTensor, Runtime } from '../runtime/onnx-runtime.js';
-import { buildKvPack, buildKvUnpack, KV_BATCH } from '../graphs/kv-batch.js';
-import type { ExpertRoute } from './expert-routes.js';
+import type { RtTensor, Runtime } from '../runtime/onnx-runtime.js';
+import { KV_BATCH } from '../graphs/kv-batch.js';
+import type { ExpertRoute, SlotFeeds } from './expert-routes.js';
+import { MOE, type ExpertsShape } from '../graphs/moe-block.js';
 import type { HybridExperts } from './hybrid-experts.js';
 import { appendRowsFeed, type SequenceKvCache } from './kv-cache.js';
 import type { ModelSessions } from './model-sessions.js';
@@ -83,7 +84,6 @@ const YIELD_AFTER_MS = 4;
 
 export class ForwardPass {
   private readonly rows: RowOps;
-  private readonly kvBatch: KvBatchSessions;
   private lastYield = performance.now();
   /** Batched steps committed so far: the next one's pass number for routing events. */
   private committedPasses = 0;
@@ -95,7 +95,6 @@ export class ForwardPass {
 
   constructor(private readonly m: ForwardParts) {
     this.rows = new RowOps(m.runtime, m.spec.hiddenSize);
-    this.kvBatch = new KvBatchSessions(m.runtime, m.spec.numKvHeads, m.spec.headDim);
   }
 
   /** The weights' sizes that the step-utilization accounting reads (step-utilization.ts). */
@@ -161,6 +160,8 @@ export class ForwardPass {
     let batchMoeInput: RtTensor | undefined;
     // (sum T_i, H): the batch's rows joined, when the last layer leaves them that way
     let joined: RtTensor | undefined;
+    // GPU providers: the last sparse layer's experts, leased and fed, for the next attention run to apply
+    let pending: PendingExperts | undefined;
     // Routing reaches the observers only once the step commits: a failed step is run again (per sequence,
     // by the engine), and its routing must not be traced twice.
     const observed: { observer: RoutingObserver; event: Omit<RoutingEvent, 'pass'> }[] = [];
@@ -172,9 +173,10 @@ export class ForwardPass {
         if (!variant) throw new RangeError(`no layer ${layer}`);
         const outs: Record<string, RtTensor>[] = new Array<Record<string, RtTensor>>(items.length);
         if (gpuDecode) {
-          const batched = await this.decodeBatchAttentionGpu(layer, items, shared as RtTensor, starts);
+          const batched = await this.decodeBatchAttentionGpu(layer, items, pending ?? (shared as RtTensor), starts);
           batched.views.forEach((v, i) => (outs[i] = v));
           runtime.release(shared);
+          pending = disposePending(runtime, pending);
           shared = batched.residual;
           batchMoeInput = batched.moeInput;
           hidden = items.map((_, i) => ({ tensor: batched.residual, start: i }));
@@ -184,16 +186,19 @@ export class ForwardPass {
             decodeGroup.forEach((i, b) => (outs[i] = grouped[b] as Record<string, RtTensor>));
           }
           for (const [i, item] of items.entries()) {
-            const h = hidden[i] as HiddenRows;
+            // A lone sequence's previous experts may be pending, to be applied by this run (applyExperts).
+            const h = pending ? undefined : (hidden[i] as HiddenRows);
             if (!outs[i]) {
               await this.letIoIn();
-              const out = await sessions.attentionFor(layer).run(
-                { ...weights.layerInputs(layer), ...seqFeeds[i], ...item.kv.layerFeeds(layer), [ATTN.hidden]: h.tensor, ...(runtime.onGpu && rowRangeFeeds(runtime, h.start, item.tokens.length)) },
-              );
+              const feeds = { ...weights.layerInputs(layer), ...seqFeeds[i], ...item.kv.layerFeeds(layer), ...(runtime.onGpu && rowRangeFeeds(runtime, h?.start ?? 0, item.tokens.length)) };
+              const out = pending
+                ? await (await sessions.attentionShapedFor(layer, { experts: pendingShape(pending) })).run({ ...feeds, ...pendingFeeds(pending) })
+                : await sessions.attentionFor(layer).run({ ...feeds, [ATTN.hidden]: (h as HiddenRows).tensor });
               item.kv.accept(layer, out);
               outs[i] = out;
             }
-            if (h.tensor !== shared) runtime.release(h.tensor);
+            pending = disposePending(runtime, pending);
+            if (h && h.tensor !== shared) runtime.release(h.tensor);
             // (T_i, H) residual stream after attention (and the shared expert or dense MLP)
             hidden[i] = { tensor: required(outs[i] as Record<string, RtTensor>, ATTN.residual), start: 0 };
           }
@@ -225,16 +230,28 @@ export class ForwardPass {
           [residual, moeInput] = await this.joinPair(hidden.map((h) => h.tensor), moeInputs);
         }
         hidden = [];
-        let out: RtTensor;
+        // GPU providers: a lone sequence's or a decode batch's experts can be applied by the next layer's
+        // attention run, or the last layer's by the LM head, which then starts with them (one run a layer
+        // instead of two).
+        const fuse = runtime.onGpu && (items.length === 1 || gpuDecode);
+        let applied: RtTensor | PendingExperts | undefined;
         try {
           // Summing the sequences' votes ranks the batch as voting over all its tokens would.
           const depths = Math.max(0, ...lookaheads.map((l) => l.length));
           const batchLookahead = Array.from({ length: depths }, (_, d) => sumVotes(lookaheads.flatMap((l) => l[d] ?? [])).experts);
-          out = await this.applyExperts(layer, residual, moeInput, total, groupByExpert(routing), batchLookahead);
+          applied = await this.applyExperts(layer, residual, moeInput, total, groupByExpert(routing), batchLookahead, fuse);
         } finally {
-          if (items.length > 1) runtime.release(moeInput);
-          moeInputs.forEach((t) => runtime.release(t));
+          // A pending application owns the MoE input (when fused, it is the only one: see `fuse`).
+          if (!isPending(applied)) {
+            if (items.length > 1) runtime.release(moeInput);
+            moeInputs.forEach((t) => runtime.release(t));
+          }
         }
+        if (isPending(applied)) {
+          pending = applied;
+          continue;
+        }
+        const out = applied as RtTensor;
         if (layer === spec.numLayers - 1 || items.length === 1) {
           hidden = items.length === 1 ? [{ tensor: out, start: 0 }] : [];
           joined = items.length === 1 ? undefined : out;
@@ -246,17 +263,17 @@ export class ForwardPass {
           hidden = items.map((item, i) => ({ tensor: this.rows.slice(out, offsets[i] as number, item.tokens.length), start: 0 }));
         }
       }
-      if (!joined && shared && hidden.every((h) => h.tensor === shared)) {
+      if (!pending && !joined && shared && hidden.every((h) => h.tensor === shared)) {
         // A GPU decode batch whose last layer is dense: its residual rows are the batch's, in order.
         joined = shared;
         shared = undefined;
         hidden = [];
       }
-      if (!joined) {
+      if (!pending && !joined) {
         joined = await this.join(hidden.map((h) => h.tensor));
         hidden = [];
       }
-      const logits = await this.logits(joined, items, offsets);
+      const logits = await this.logits(pending ?? (joined as RtTensor), items, offsets);
       items.forEach((item) => item.kv.commit());
       const pass = this.committedPasses++;
       for (const { observer, event } of observed) observer.onRouting({ pass, ...event });
@@ -271,6 +288,7 @@ export class ForwardPass {
       throw err;
     } finally {
       new Set([...hidden.map((h) => h.tensor), ...(shared ? [shared] : [])]).forEach((t) => runtime.release(t));
+      disposePending(runtime, pending);
       runtime.release(batchMoeInput);
       runtime.release(joined);
     }
@@ -334,59 +352,41 @@ export class ForwardPass {
 
   /**
    * GPU providers: attention for B sequences with one new token each, in one run of batch B. Their KV
-   * caches are separate device tensors, so one run packs them into a zero-padded (B, kvHeads, P, D) past
-   * and one run cuts the batched present back into each sequence's cache (graphs/kv-batch.ts): 3 runs a
-   * layer instead of B. `hidden` holds the B rows in item order. Returns the joined residual and MoE input
-   * (device; none for a dense layer) and each sequence's router and lookahead logits (host views).
+   * caches are separate device tensors; the run packs them into a zero-padded (B, kvHeads, P, D) past and
+   * cuts its present back into each sequence's cache (graphs/kv-batch.ts): one run a layer instead of B.
+   * `hidden` holds the B rows in item order, or the previous layer's experts make them in the same run (the
+   * caller disposes them). Returns the joined residual and MoE input (device; none for a
+   * dense layer) and each sequence's router and lookahead logits (host views).
    */
   private async decodeBatchAttentionGpu(
     layer: number,
     items: readonly BatchItem[],
-    hidden: RtTensor,
+    hidden: RtTensor | PendingExperts,
     positions: readonly number[],
   ): Promise<{ residual: RtTensor; moeInput: RtTensor | undefined; views: Record<string, RtTensor>[] }> {
     const { runtime, weights, sessions } = this.m;
     const B = items.length;
     const P = Math.max(...positions);
-    const { pack, unpack } = await this.kvBatch.sessions(B);
-    const packFeeds: Record<string, RtTensor> = {};
+    const pending = isPending(hidden) ? hidden : undefined;
+    const feeds: Record<string, RtTensor> = {
+      ...weights.layerInputs(layer),
+      ...(pending ? pendingFeeds(pending) : { [ATTN.hidden]: hidden as RtTensor }),
+      ...rowRangeFeeds(runtime, 0, B),
+      [ATTN.batchShape]: runtime.int64(BigInt64Array.of(BigInt(B), 1n, -1n), [3]),
+      [ATTN.positions]: runtime.int64(BigInt64Array.from(positions, BigInt), [B, 1]),
+      [ATTN.seqlensK]: runtime.int32(Int32Array.from(positions), [B]),
+      [ATTN.totalSeqLen]: runtime.int32(Int32Array.of(P + 1), []),
+    };
     items.forEach((item, b) => {
+      const L = positions[b] as number;
       const past = item.kv.layerFeeds(layer);
-      packFeeds[KV_BATCH.pastKey(b)] = past[ATTN.pastKey] as RtTensor;
-      packFeeds[KV_BATCH.pastValue(b)] = past[ATTN.pastValue] as RtTensor;
-      packFeeds[KV_BATCH.pad(b)] = runtime.int64(BigInt64Array.of(0n, 0n, 0n, 0n, 0n, 0n, BigInt(P - (positions[b] as number)), 0n), [8]);
+      feeds[KV_BATCH.pastKey(b)] = past[ATTN.pastKey] as RtTensor;
+      feeds[KV_BATCH.pastValue(b)] = past[ATTN.pastValue] as RtTensor;
+      feeds[KV_BATCH.pad(b)] = runtime.int64(BigInt64Array.of(0n, 0n, 0n, 0n, 0n, 0n, BigInt(P - L), 0n), [8]);
+      feeds[KV_BATCH.end(b)] = runtime.int64(BigInt64Array.of(BigInt(b + 1), BigInt(L + 1)), [2]);
     });
-    const packed = await pack.run(packFeeds);
-    let out: Record<string, RtTensor>;
-    try {
-      out = await sessions.attentionFor(layer).run({
-        ...weights.layerInputs(layer),
-        [ATTN.hidden]: hidden,
-        ...rowRangeFeeds(runtime, 0, B),
-        [ATTN.batchShape]: runtime.int64(BigInt64Array.of(BigInt(B), 1n, -1n), [3]),
-        [ATTN.positions]: runtime.int64(BigInt64Array.from(positions, BigInt), [B, 1]),
-        [ATTN.pastKey]: required(packed, KV_BATCH.packedKey),
-        [ATTN.pastValue]: required(packed, KV_BATCH.packedValue),
-        [ATTN.seqlensK]: runtime.int32(Int32Array.from(positions), [B]),
-        [ATTN.totalSeqLen]: runtime.int32(Int32Array.of(P + 1), []),
-      });
-    } finally {
-      runtime.release(packed[KV_BATCH.packedKey]);
-      runtime.release(packed[KV_BATCH.packedValue]);
-    }
-    try {
-      const unpackFeeds: Record<string, RtTensor> = { [KV_BATCH.presentKey]: required(out, ATTN.presentKey), [KV_BATCH.presentValue]: required(out, ATTN.presentValue) };
-      positions.forEach((L, b) => (unpackFeeds[KV_BATCH.end(b)] = runtime.int64(BigInt64Array.of(BigInt(b + 1), BigInt(L + 1)), [2])));
-      const cut = await unpack.run(unpackFeeds);
-      items.forEach((item, b) => item.kv.accept(layer, { [ATTN.presentKey]: required(cut, KV_BATCH.key(b)), [ATTN.presentValue]: required(cut, KV_BATCH.value(b)) }));
-    } catch (err) {
-      runtime.release(out[ATTN.residual]);
-      runtime.release(out[ATTN.moeInput]);
-      throw err;
-    } finally {
-      runtime.release(out[ATTN.presentKey]);
-      runtime.release(out[ATTN.presentValue]);
-    }
+    const out = await (await sessions.attentionShapedFor(layer, { kvBatch: B, ...(pending && { experts: pendingShape(pending) }) })).run(feeds);
+    items.forEach((item, b) => item.kv.accept(layer, { [ATTN.presentKey]: required(out, KV_BATCH.key(b)), [ATTN.presentValue]: required(out, KV_BATCH.value(b)) }));
     // Dense layers have no MoE input.
     return { residual: required(out, ATTN.residual), moeInput: out[ATTN.moeInput], views: rowViews(runtime, out, [ATTN.routerLogits, ATTN.lookaheadLogits], B) };
   }
@@ -410,8 +410,11 @@ export class ForwardPass {
     return joined;
   }
 
-  /** LM head over the rows each item asked for, in one run; split back per item. */
-  private async logits(joined: RtTensor, items: readonly BatchItem[], offsets: readonly number[]): Promise<(Float32Array | null)[]> {
+  /**
+   * LM head over the rows each item asked for, in one run; split back per item. `joined` may be the last
+   * layer's pending experts, which the head's run then applies first (the caller disposes them).
+   */
+  private async logits(joined: RtTensor | PendingExperts, items: readonly BatchItem[], offsets: readonly number[]): Promise<(Float32Array | null)[]> {
     const { runtime, sessions, weights, spec } = this.m;
     const rows: number[] = [];
     const spans = items.map((item, i) => {
@@ -423,11 +426,10 @@ export class ForwardPass {
       return { first, count: rows.length - first, wanted: item.logits !== 'none' };
     });
     if (rows.length === 0) return items.map(() => null);
-    const out = await sessions.lmHead.run({
-      ...weights.headInputs(),
-      [LM_HEAD_IO.hidden]: joined,
-      [LM_HEAD_IO.rows]: runtime.int64(BigInt64Array.from(rows, BigInt), [rows.length]),
-    });
+    const feeds = { ...weights.headInputs(), [LM_HEAD_IO.rows]: runtime.int64(BigInt64Array.from(rows, BigInt), [rows.length]) };
+    const out = isPending(joined)
+      ? await (await sessions.lmHeadWithExperts(pendingShape(joined))).run({ ...feeds, ...pendingFeeds(joined) })
+      : await sessions.lmHead.run({ ...feeds, [LM_HEAD_IO.hidden]: joined });
     const all = required(out, LM_HEAD_IO.logits).data as Float32Array;
     const V = spec.vocabSize;
     return spans.map((s) => (s.wanted ? all.subarray(s.first * V, (s.first + s.count) * V) : null));
@@ -461,6 +463,8 @@ export class ForwardPass {
    * after the first group is leased, so their loads overlap this layer's runs. With hybrid execution,
    * misses the cost model sends to the CPU are computed there after the device's runs are issued, and
    * their sum is added in one run. Takes ownership of `residual`: it is released even when a run fails.
+   * With `fuse`, experts that fit one run, all on the device, are leased and fed but not run: the pending
+   * application (which then owns `residual`, `moeInput` and the lease) is for the next layer's attention run.
    */
   private async applyExperts(
     layer: number,
@@ -469,7 +473,8 @@ export class ForwardPass {
     T: number,
     assignments: readonly ExpertAssignment[],
     lookahead: readonly (readonly number[])[],
-  ): Promise<RtTensor> {
+    fuse: boolean,
+  ): Promise<RtTensor | PendingExperts> {
     const { runtime, experts, weights, route, hybrid } = this.m;
     const group = Math.max(1, experts.maxExpertsInUse);
     const { onDevice, onCpu } = hybrid ? hybrid.place(layer, assignments, experts) : { onDevice: assignments, onCpu: [] };
@@ -483,6 +488,20 @@ export class ForwardPass {
       // recall counts every use), and the MoE input before the device's runs are queued, so that reading
       // it back waits for the attention block only and the device's expert runs can overlap the CPU's.
       const cpuWork = hybrid && onCpu.length > 0 ? { weights: await experts.hostWeights(layer, onCpu.map((a) => a.expert)), x: await runtime.toHost(moeInput) } : undefined;
+      if (fuse && route.slotFeeds && onDevice.length <= Math.min(group, route.maxPerRun)) {
+        // Fused, the device's experts wait for the CPU's instead of overlapping them, which a decode step's
+        // few resident experts cost less than the two runs it saves (the experts' and the sum's addition).
+        const lease = onDevice.length > 0 ? await experts.acquire(layer, onDevice.map((a) => a.expert)) : undefined;
+        try {
+          prefetch();
+          const slots = lease && route.slotFeeds(T, onDevice, lease.experts);
+          const hostSum = hybrid && cpuWork ? runtime.float32(await hybrid.compute(layer, cpuWork.x, T, onCpu, cpuWork.weights, experts), [T, this.m.spec.hiddenSize]) : undefined;
+          return { pending: true, residual, moeInput, slots, hostSum, lease };
+        } catch (err) {
+          lease?.release();
+          throw err;
+        }
+      }
       if (onDevice.length === 0) prefetch();
       for (let first = 0; first < onDevice.length; first += group) {
         const leased = onDevice.slice(first, first + group);
@@ -504,31 +523,6 @@ export class ForwardPass {
       throw err;
     }
     return acc;
-  }
-}
-
-/** The KV pack and unpack sessions of GPU decode batches, per batch size, built on first use. */
-class KvBatchSessions {
-  private readonly bySize = new Map<number, Promise<{ pack: GraphSession; unpack: GraphSession }>>();
-
-  constructor(
-    private readonly runtime: Runtime,
-    private readonly numKvHeads: number,
-    private readonly headDim: number,
-  ) {}
-
-  sessions(batch: number): Promise<{ pack: GraphSession; unpack: GraphSession }> {
-    let s = this.bySize.get(batch);
-    if (!s) {
-      const { runtime, numKvHeads: nKv, headDim: D } = this;
-      const outputs = Array.from({ length: batch }, (_, b) => [KV_BATCH.key(b), KV_BATCH.value(b)]).flat();
-      s = (async () => ({
-        pack: await runtime.createSession(`kv_pack_${batch}`, buildKvPack(batch, nKv, D), [KV_BATCH.packedKey, KV_BATCH.packedValue], { kind: 'kv_pack' }),
-        unpack: await runtime.createSession(`kv_unpack_${batch}`, buildKvUnpack(batch, nKv, D), outputs, { kind: 'kv_unpack' }),
-      }))();
-      this.bySize.set(batch, s);
-    }
-    return s;
   }
 }
 
@@ -583,4 +577,40 @@ function required(outputs: Record<string, RtTensor>, name: string): RtTensor {
   const t = outputs[name];
   if (!t) throw new Error(`session returned no '${name}'`);
   return t;
+}
+
+/**
+ * A sparse layer's routed experts, leased and fed but not yet run (GPU providers): the next layer's attention
+ * run starts with them (attention-block.ts `experts`). Owns the residual, the MoE input and the lease.
+ */
+interface PendingExperts {
+  readonly pending: true;
+  readonly residual: RtTensor;
+  readonly moeInput: RtTensor;
+  /** the device's experts, none when every one of them was computed on the CPU */
+  readonly slots: SlotFeeds | undefined;
+  /** (T, H) host rows: the sum of the experts computed on the CPU (hybrid-experts.ts) */
+  readonly hostSum: RtTensor | undefined;
+  readonly lease: { release(): void } | undefined;
+}
+
+function isPending(x: RtTensor | PendingExperts | undefined): x is PendingExperts {
+  return x !== undefined && 'pending' in x;
+}
+
+function pendingFeeds(p: PendingExperts): Record<string, RtTensor> {
+  return { ...p.slots?.feeds, ...(p.hostSum && { [MOE.fusedHostSum]: p.hostSum }), [MOE.fusedResidual]: p.residual, [MOE.fusedMoeInput]: p.moeInput };
+}
+
+function pendingShape(p: PendingExperts): ExpertsShape {
+  return { forms: p.slots?.forms ?? null, slots: p.slots?.slots ?? 0, hostSum: p.hostSum !== undefined };
+}
+
+/** Releases what a pending application holds, once its run is done or failed; returns undefined for the caller's variable. */
+function disposePending(runtime: Runtime, p: PendingExperts | undefined): undefined {
+  if (!p) return undefined;
+  p.lease?.release();
+  runtime.release(p.residual);
+  runtime.release(p.moeInput);
+  return undefined;
 }

@@ -3,8 +3,9 @@
 // session has that layer's weights baked in (prepacked initializers), so there is one per layer; on GPU
 // providers weights are inputs and one session serves every layer of the same variant.
 import { ATTN, attentionBlockKey, buildAttentionBlock, type AttentionBlockVariant } from '../graphs/attention-block.js';
+import { KV_BATCH } from '../graphs/kv-batch.js';
 import { buildLmHead, type LmHeadVariant } from '../graphs/lm-head.js';
-import { buildMoeBlock, MOE, type ExpertForms } from '../graphs/moe-block.js';
+import { buildMoeBlock, MOE, type ExpertForms, type ExpertsShape } from '../graphs/moe-block.js';
 import type { ModelSpec } from '../model/hf-config.js';
 import type { GraphSession, Runtime } from '../runtime/onnx-runtime.js';
 import type { BlockWeights } from './resident-weights.js';
@@ -34,14 +35,24 @@ export class MoeBlockSessions {
   }
 }
 
+/** What a GPU provider's attention run also does (attentionShapedFor); the empty shape is the plain block. */
+export interface AttentionShape {
+  readonly kvBatch?: number;
+  readonly experts?: ExpertsShape;
+}
+
 export class ModelSessions {
   readonly moeBlocks: MoeBlockSessions;
+  /** GPU providers' fused attention blocks by variant and shape (attentionShapedFor). */
+  private readonly shaped = new Map<string, Promise<GraphSession>>();
 
   private constructor(
-    runtime: Runtime,
+    private readonly runtime: Runtime,
     spec: ModelSpec,
+    private readonly variants: readonly AttentionBlockVariant[],
     private readonly attention: readonly GraphSession[],
     readonly lmHead: GraphSession,
+    private readonly headVariant: LmHeadVariant,
   ) {
     this.moeBlocks = new MoeBlockSessions(runtime, spec.hiddenSize);
   }
@@ -53,7 +64,7 @@ export class ModelSessions {
     for (const [l, layer] of layers.entries()) {
       const v = layer.variant;
       // Router and lookahead logits are not listed: they always come back to the host for routing in JS.
-      const outputs = [ATTN.residual, ATTN.presentKey, ATTN.presentValue, ...(v.mlp === 'sparse' ? [ATTN.moeInput] : [])];
+      const outputs = [ATTN.presentKey, ATTN.presentValue, ...hiddenOutputs(v)];
       if (bake) {
         // On the CPU every output is a host array; the cache's new rows come back, not the cache (kv-cache.ts).
         attention.push(await runtime.createSession(`attention_block_${l}`, buildAttentionBlock(v, 'new_rows', { constants: layer.tensors }), [], { kind: 'attention' }));
@@ -66,7 +77,7 @@ export class ModelSessions {
     }
     // Logits come back to the host: the sampler runs in JS.
     const lmHead = await runtime.createSession('lm_head', buildLmHead(head.variant, bake ? head.tensors : undefined), [], { kind: 'lm_head' });
-    return new ModelSessions(runtime, spec, attention, lmHead);
+    return new ModelSessions(runtime, spec, layers.map((l) => l.variant), attention, lmHead, head.variant);
   }
 
   /** Layer `layer`'s attention block. */
@@ -76,9 +87,43 @@ export class ModelSessions {
     return s;
   }
 
+  /**
+   * GPU providers: layer `layer`'s attention block in one of its run-saving shapes, built on first use:
+   * for `kvBatch` sequences decoding one token each, packing their KV caches and cutting them back out in
+   * the same run (kv-batch.ts), and/or starting with the previous sparse layer's routed `experts`. One
+   * session per variant and shape, as the pack has inputs per sequence and the experts per slot.
+   */
+  attentionShapedFor(layer: number, shape: AttentionShape): Promise<GraphSession> {
+    const v = this.variants[layer];
+    if (!v) throw new RangeError(`no attention variant for layer ${layer}`);
+    const key = JSON.stringify([shape.kvBatch ?? 0, shape.experts ?? null, attentionBlockKey(v)]);
+    let s = this.shaped.get(key);
+    if (!s) {
+      const B = shape.kvBatch;
+      const kv = B === undefined ? [ATTN.presentKey, ATTN.presentValue] : Array.from({ length: B }, (_, b) => [KV_BATCH.key(b), KV_BATCH.value(b)]).flat();
+      const name = `attention_block_${v.mlp}${B === undefined ? '' : `_kv_batch_${B}`}${shape.experts ? `_experts_${shape.experts.slots}${shape.experts.hostSum ? '_cpu' : ''}` : ''}`;
+      s = this.runtime.createSession(name, buildAttentionBlock(v, 'present', { rowRange: true, ...shape }), [...hiddenOutputs(v), ...kv], { kind: 'attention' });
+      this.shaped.set(key, s);
+    }
+    return s;
+  }
+
+  /** GPU providers: the LM head that starts with the last sparse layer's routed experts, built on first use. */
+  lmHeadWithExperts(experts: ExpertsShape): Promise<GraphSession> {
+    const key = JSON.stringify(['lm_head', experts]);
+    let s = this.shaped.get(key);
+    if (!s) this.shaped.set(key, (s = this.runtime.createSession(`lm_head_experts_${experts.slots}${experts.hostSum ? '_cpu' : ''}`, buildLmHead(this.headVariant, undefined, experts), [], { kind: 'lm_head' })));
+    return s;
+  }
+
   async release(): Promise<void> {
     const all = new Set([...this.attention, this.lmHead]);
-    await Promise.all([...all].map((s) => s.release()));
+    await Promise.all([...all, ...this.shaped.values()].map(async (s) => (await s).release()));
     await this.moeBlocks.release();
   }
+}
+
+/** The attention block's outputs that stay on a GPU: the residual stream and, before routed experts, their input. */
+function hiddenOutputs(v: AttentionBlockVariant): string[] {
+  return [ATTN.residual, ...(v.mlp === 'sparse' ? [ATTN.moeInput] : [])];
 }

@@ -48,7 +48,7 @@ export interface ModelLoadOptions {
   readonly device: DeviceKind;
   /** CPU provider threads (0 or absent: chosen from the model's size, see autoCpuThreads). */
   readonly cpuThreads?: number;
-  /** Most experts per run of the routed-experts graph on GPU providers (default: 2 x top-k). */
+  /** Most experts per run of the routed-experts graph (default: GPU providers min(experts, 32), else 2 x top-k). */
   readonly maxSlotsPerRun?: number;
   /**
    * GPU providers: where an expert-cache miss is computed: 'upload' loads it into the cache, 'cpu' runs it
@@ -65,6 +65,13 @@ export interface ModelLoadOptions {
 export type LoadStage = 'resident weights' | 'converted experts' | 'preloaded experts' | 'converted tensors';
 
 const MIB = 1024 * 1024;
+
+/**
+ * Most experts one routed-experts run takes on GPU providers by default: a batch of 16 decoding
+ * Qwen3-30B-A3B (top-8 of 128) touches ~90 experts a layer, 3 runs at 32. Each slot count padded to a
+ * power of two is one session (expert-routes.ts paddedSlots), so at most 6 are compiled.
+ */
+const GPU_SLOTS_PER_RUN = 32;
 
 /**
  * One decode-shaped step through every session, so that the first request does not pay for
@@ -243,7 +250,10 @@ export class MoeModel implements AsyncDisposable {
       const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, memory.plan.deviceBudgetBytes, cache);
       // Hybrid execution only where a miss can happen and the device is not the CPU itself.
       const missPlacement = options.missPlacement ?? DEFAULT_MISS_PLACEMENT;
-      const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? 2 * spec.topK);
+      // On the CPU a run is cheap and every slot computes; on GPU providers each run costs 0.4-1.9 ms
+      // (PLATFORM.md), so a batched step's experts go in as few runs as the graph allows.
+      const cpuSlotsPerRun = 2 * spec.topK;
+      const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? (runtime.onGpu ? Math.min(spec.numExperts, GPU_SLOTS_PER_RUN) : cpuSlotsPerRun));
       const placesMisses = runtime.onGpu && missPlacement !== 'upload' && plan.budgetBytes < totalBytes;
       const route = chooseExpertRoute({
         runtime,
@@ -274,7 +284,7 @@ export class MoeModel implements AsyncDisposable {
             expertDtype,
             toCompute,
             accuracyLevel: compute.accuracyLevel,
-            maxSlotsPerRun,
+            maxSlotsPerRun: cpuSlotsPerRun,
             device: runtime,
           })
         : undefined;

@@ -143,7 +143,9 @@ export class ResidentWeights implements Disposable {
     const upload = async (tensors: ReadonlyMap<string, ConstTensor>) => {
       const feeds: Record<string, DeviceTensor> = {};
       if (!runtime.onGpu) return feeds;
-      for (const [name, t] of tensors) feeds[name] = await runtime.toDevice(runtime.tensorOf(t));
+      const named = [...tensors];
+      const uploaded = await runtime.toDeviceAll(named.map(([, t]) => runtime.tensorOf(t)));
+      named.forEach(([name], i) => (feeds[name] = uploaded[i] as DeviceTensor));
       return feeds;
     };
     const layerFeeds: Record<string, DeviceTensor>[] = [];

@@ -14,6 +14,8 @@
 // rows a run appends to the cache) comes in as inputs rather than being computed from others in the graph,
 // and outputs are named where they are made (no Identity nodes).
 import type { QkNorm } from '../model/hf-config.js';
+import { packPast, unpackPresent } from './kv-batch.js';
+import { fusedExperts, type ExpertsShape } from './moe-block.js';
 import { reshape, rmsNorm } from './layers.js';
 import { linear, swiGlu, type MatrixForm } from './matrix.js';
 import { attr, GraphBuilder, type ConstTensor, type GraphModel, type Value } from './onnx-builder.js';
@@ -104,6 +106,17 @@ export interface AttentionBuildOptions {
   readonly constants?: ReadonlyMap<string, ConstTensor>;
   /** The hidden input holds more rows than this run's: `hidden_start`/`hidden_end` say which are its own (GPU providers). */
   readonly rowRange?: boolean;
+  /**
+   * GPU decode batches of this many sequences, one token each: the block packs their separate KV caches
+   * into its past and cuts its present back into each sequence's (kv-batch.ts) instead of taking one past
+   * and returning one present. Needs the 'present' KV output.
+   */
+  readonly kvBatch?: number;
+  /**
+   * GPU providers: the block starts with the previous sparse layer's routed experts (moe-block.ts), which
+   * make its hidden input from that layer's residual and MoE input, so that a layer costs one run.
+   */
+  readonly experts?: ExpertsShape;
 }
 
 export function buildAttentionBlock(v: AttentionBlockVariant, kvOutput: KvOutput, o: AttentionBuildOptions = {}): GraphModel {
@@ -118,14 +131,16 @@ export function buildAttentionBlock(v: AttentionBlockVariant, kvOutput: KvOutput
   const T = 'tokens';
   // Row-range blocks read their sequence's rows out of a batch's joined (rows, H) hidden states, so that
   // the batch's expert output feeds every sequence's next attention run without a run per slice.
-  const hidden = o.rowRange
-    ? g.op('Slice', [g.input(ATTN.hidden, 'float32', ['rows', H]), g.input(ATTN.hiddenStart, 'int64', [1]), g.input(ATTN.hiddenEnd, 'int64', [1]), g.constInt64([0])])
-    : g.input(ATTN.hidden, 'float32', [T, H]);
+  const rows = o.experts
+    ? fusedExperts(g, H, o.experts)
+    : g.input(ATTN.hidden, 'float32', [o.rowRange ? 'rows' : T, H]);
+  const hidden = o.rowRange ? g.op('Slice', [rows, g.input(ATTN.hiddenStart, 'int64', [1]), g.input(ATTN.hiddenEnd, 'int64', [1]), g.constInt64([0])]) : rows;
   const cosCache = g.input(ATTN.cosCache, 'float32', ['positions', D / 2]);
   const sinCache = g.input(ATTN.sinCache, 'float32', ['positions', D / 2]);
   const positions = g.input(ATTN.positions, 'int64', ['batch', 'sequence']);
-  const pastKey = g.input(ATTN.pastKey, 'float32', ['batch', nKv, 'past', D]);
-  const pastValue = g.input(ATTN.pastValue, 'float32', ['batch', nKv, 'past', D]);
+  if (o.kvBatch !== undefined && kvOutput !== 'present') throw new RangeError('a KV-batch attention block returns the present');
+  const [pastKey, pastValue] =
+    o.kvBatch === undefined ? [g.input(ATTN.pastKey, 'float32', ['batch', nKv, 'past', D]), g.input(ATTN.pastValue, 'float32', ['batch', nKv, 'past', D])] : packPast(g, o.kvBatch, nKv, D);
   const seqlensK = g.input(ATTN.seqlensK, 'int32', ['batch']);
   const totalSeqLen = g.input(ATTN.totalSeqLen, 'int32', []);
   // (3,): (1, T, -1) for T tokens of one sequence, (B, 1, -1) for one token each of B sequences
@@ -200,7 +215,9 @@ export function buildAttentionBlock(v: AttentionBlockVariant, kvOutput: KvOutput
     }
   }
   g.output(residual, ATTN.residual, 'float32', [T, H]);
-  if (kvOutput === 'present') {
+  if (o.kvBatch !== undefined) {
+    unpackPresent(g, presentKey, presentValue, o.kvBatch, nKv, D);
+  } else if (kvOutput === 'present') {
     g.output(presentKey, ATTN.presentKey, 'float32', ['batch', nKv, 'present', D]);
     g.output(presentValue, ATTN.presentValue, 'float32', ['batch', nKv, 'present', D]);
   } else {

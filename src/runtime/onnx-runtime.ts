@@ -205,6 +205,13 @@ function describeFeeds(feeds: Feeds): string {
     .join('\n');
 }
 
+/** x0.. -> y0..: one Identity per input, of the given element types, any shapes. */
+function buildIdentities(types: readonly ElemType[]): Uint8Array {
+  const g = new GraphBuilder('identities');
+  types.forEach((type, i) => g.output(g.op('Identity', [g.input(`x${i}`, type, null)], {}, { name: `y${i}` }), `y${i}`, type, null));
+  return g.toModelBytes();
+}
+
 function buildIdentity(type: ElemType): Uint8Array {
   const g = new GraphBuilder('identity');
   g.output(g.op('Identity', [g.input('x', type, null)]), 'y', type, null);
@@ -223,7 +230,8 @@ export interface SessionCreation {
 }
 
 export class Runtime {
-  private readonly uploaders = new Map<ElemType, GraphSession>();
+  /** upload sessions by their inputs' element types, comma-separated */
+  private readonly uploaders = new Map<string, Promise<GraphSession>>();
   private downloader: GraphSession | null = null;
   /** Runs and milliseconds per kind of session (the `kind` given at creation), since the runtime started. */
   readonly tallies: Map<string, RunTally>;
@@ -361,13 +369,29 @@ export class Runtime {
    * data, so on GPU providers an Identity session with a gpu-buffer output does the upload.
    */
   async toDevice(host: RtTensor): Promise<DeviceTensor> {
-    const bytes = host.size * bytesPerElement(host.type);
-    if (!this.onGpu) return new DeviceTensor(host, bytes);
-    const type = elemTypeOf(host.type);
-    let uploader = this.uploaders.get(type);
-    if (!uploader) this.uploaders.set(type, (uploader = await this.createSession(`upload_${type}`, buildIdentity(type), ['y'], { kind: 'upload' })));
-    const out = await uploader.run({ x: host });
-    return new DeviceTensor(out.y as RtTensor, bytes);
+    const [d] = await this.toDeviceAll([host]);
+    return d as DeviceTensor;
+  }
+
+  /**
+   * Device-resident copies of several host tensors in one run (an Identity per tensor, one session per
+   * list of element types): on GPU providers each run costs a fixed 0.4-1.9 ms (PLATFORM.md), which for
+   * an expert's three or more pieces can cost more than moving its bytes.
+   */
+  async toDeviceAll(hosts: readonly RtTensor[]): Promise<DeviceTensor[]> {
+    const bytes = hosts.map((h) => h.size * bytesPerElement(h.type));
+    if (!this.onGpu) return hosts.map((h, i) => new DeviceTensor(h, bytes[i] as number));
+    if (hosts.length === 0) return [];
+    const types = hosts.map((h) => elemTypeOf(h.type));
+    const key = types.join(',');
+    let uploader = this.uploaders.get(key);
+    if (!uploader) {
+      uploader = this.createSession(`upload_${types.length}`, buildIdentities(types), types.map((_, i) => `y${i}`), { kind: 'upload' });
+      this.uploaders.set(key, uploader);
+      uploader.catch(() => this.uploaders.delete(key));
+    }
+    const out = await (await uploader).run(Object.fromEntries(hosts.map((h, i) => [`x${i}`, h])));
+    return hosts.map((_, i) => new DeviceTensor(out[`y${i}`] as RtTensor, bytes[i] as number));
   }
 
   /** Reads a float32 tensor back to host memory. Never getData() on a gpu-buffer tensor: it aborts. */

@@ -193,3 +193,27 @@ for (const device of testDevices()) {
     assert.deepEqual(seen.map((s) => [s.layer, s.tokens]), sparse.map((layer) => [layer, [1]]));
   });
 }
+
+// On a GPU provider every session run costs a fixed 0.4-1.9 ms (PLATFORM.md), so a decode step's run count
+// is its floor: one run per layer, which applies the previous layer's routed experts (all of them: tiny-moe
+// has 16, under one run's 32 slots), runs attention, and for a batch packs and unpacks the sequences' KV
+// caches; then one LM head run, which applies the last layer's experts.
+for (const device of testDevices().filter((d) => d !== 'cpu')) {
+  for (const batch of [1, 4]) {
+    test(`a decode step of ${batch} sequence(s) on ${device} is one run per layer and one LM head run`, async () => {
+      await using model = await MoeModel.load(TINY_MOE_DIR, { device, compute: F32, experts: { policy: 'all' } });
+      const kvs = PROMPTS.slice(0, batch).map(() => model.newSequence());
+      try {
+        await model.forward.stepBatch(kvs.map((kv, i) => ({ kv, tokens: model.tokenizer.encode(PROMPTS[i] ?? '') as number[], logits: 'last' })));
+        const runs = () => Object.fromEntries(Object.entries(model.runtime.tallySnapshot()).map(([kind, t]) => [kind, t.runs]));
+        const before = runs();
+        await model.forward.stepBatch(kvs.map((kv, i) => ({ kv, tokens: [i + 1], logits: 'last' })));
+        const after = runs();
+        const step = Object.fromEntries(Object.entries(after).map(([kind, n]) => [kind, n - (before[kind] ?? 0)]).filter(([, n]) => n !== 0));
+        assert.deepEqual(step, { attention: model.spec.numLayers, lm_head: 1 });
+      } finally {
+        kvs.forEach((kv) => kv[Symbol.dispose]());
+      }
+    });
+  }
+}

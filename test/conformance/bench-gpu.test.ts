@@ -21,7 +21,7 @@ for (const device of testDevices()) {
 
       if (device !== 'cpu') {
         const uploads = of('gpu-upload');
-        assert.equal(uploads.length, 4 * 3 * 2, 'every size x pieces x dtype');
+        assert.equal(uploads.length, 4 * 5 * 2, 'every size x (pieces, runs) x dtype');
         for (const u of uploads) assert.ok((u.best_gbps as number) > 0 && (u.median_gbps as number) <= (u.best_gbps as number), JSON.stringify(u));
       }
 
@@ -43,6 +43,8 @@ for (const device of testDevices()) {
       } else {
         assert.ok((onCpu.cpu_share as number) > 0 && onCpu.loaded_share === 0, JSON.stringify(onCpu));
         assert.ok((onCpu.mb_to_device_per_token as number) < (byName('misses uploaded').mb_to_device_per_token as number), 'computing misses on the CPU moves fewer bytes');
+        // Every expert-cache load is an upload run on a GPU provider.
+        assert.ok((byName('misses uploaded').device_runs_per_token as number) > (byName('all').device_runs_per_token as number), 'loads are runs');
       }
       assert.match(stdout, /\| mode \(budget 25%\) \|/);
     });
