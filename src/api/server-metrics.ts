@@ -81,6 +81,7 @@ export class ServerMetrics {
     expertCounter('moe_serve_expert_bytes_to_device_total', 'Expert bytes uploaded (converted to compute form on the CPU)', (s) => s.total.bytesToDevice);
     expertCounter('moe_serve_expert_cpu_computed_total', 'Expert-cache misses computed on the CPU from host memory instead of loaded (GPU providers)', (s) => s.total.cpuComputed);
     expertCounter('moe_serve_expert_cpu_seconds_total', 'Time of the CPU runs of missed experts', (s) => s.total.cpuMs / 1000);
+    expertCounter('moe_serve_expert_cpu_kept_total', 'Misses computed on the CPU whose CPU form was kept from an earlier use', (s) => s.total.cpuKept);
     expertCounter('moe_serve_expert_bytes_from_disk_total', 'Expert bytes read from the checkpoint', (s) => s.total.bytesFromDisk);
     expertCounter('moe_serve_expert_host_hits_total', 'Expert loads served from the host tier', (s) => s.total.hostHits);
     expertCounter('moe_serve_expert_host_misses_total', 'Expert loads read from disk', (s) => s.total.hostMisses);

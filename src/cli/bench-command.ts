@@ -87,10 +87,11 @@ MatMul of one row by a 1 GiB matrix) and fp32 FLOP rate (onnxruntime MatMul 2048
 and every core, and the --peak-memory-gbps / --peak-tflops flags that pass the best figures on.
 
 gpu: the GPU path (--device defaults to webgpu here; README "The GPU path"). upload: host -> device GB/s
-by transfer size and pieces per transfer. decode: batch 1 and --batch-size decode tokens/s with every
-expert resident, session runs per token, greedy agreement with the CPU provider at f32. offload: at
---budget, every miss uploaded (lru + prefetch), hybrid (--miss-placement auto and cpu), 'none' and 'all':
-decode tokens/s, misses on the CPU / loaded, MB to device per token, load GB/s, and the PCIe bound.
+by transfer size, pieces per transfer and runs. decode: batch 1 and --batch-size decode tokens/s with
+every expert resident, session runs per token, greedy agreement with the CPU provider at f32. offload: at
+--budget, every miss uploaded (lru + prefetch), hybrid (--miss-placement auto and cpu with prefetch, auto
+without), 'none' and 'all': decode tokens/s, misses on the CPU / loaded, CPU misses kept and ms each,
+session runs per token, MB to device per token, load GB/s, and the PCIe bound.
   --sections LIST    ${GPU_SECTIONS.join(',')} (default all)
   --batch-size N     the batched decode's requests in flight (default 16)
   --pcie-gbps X      host -> device link rate for the bound (default ${DEFAULT_PCIE_GBPS}: PyTorch's pinned copy on the

@@ -23,6 +23,7 @@ export const MODEL_OPTIONS = {
   'expert-policy': { type: 'string', default: DEFAULT_POLICY },
   'prefetch-depth': { type: 'string', default: '1' },
   'host-cache-mb': { type: 'string' },
+  'cpu-expert-cache-mb': { type: 'string' },
   'expert-profile': { type: 'string' },
   'weight-dtype': { type: 'string' },
   'expert-dtype': { type: 'string' },
@@ -54,7 +55,10 @@ Expert cache:
                                (default: the model's training_report.json)
   --miss-placement MODE        GPU providers: where an expert that misses the cache is computed:
                                ${MISS_PLACEMENTS.join(' | ')}: load it into the cache, run it on the CPU from host
-                               memory, or choose per miss by measured cost (default ${DEFAULT_MISS_PLACEMENT})`;
+                               memory, or choose per miss by measured cost (default ${DEFAULT_MISS_PLACEMENT})
+  --cpu-expert-cache-mb N      GPU providers: host memory for misses computed on the CPU kept in its form,
+                               so that the next use is not made ready again; 0 = keep none (default:
+                               what half of the free memory leaves after the host tier)`;
 
 export interface ModelOptions {
   readonly modelDir: string;
@@ -105,6 +109,7 @@ export function modelOptions(values: ModelFlagValues): ModelOptions {
       budgetFraction: optionalFlag('expert-cache-fraction', numberFlag(0, 1).refine((f) => f > 0, 'must be greater than 0'), values['expert-cache-fraction']),
       prefetchDepth: parseFlag('prefetch-depth', intFlag(0).max(8), values['prefetch-depth'] ?? '1'),
       hostCacheMb: optionalFlag('host-cache-mb', positiveMb, values['host-cache-mb']),
+      cpuCacheMb: optionalFlag('cpu-expert-cache-mb', z.coerce.number().min(0), values['cpu-expert-cache-mb']),
       profilePath: values['expert-profile'],
     },
     compute: computeOptions(values),

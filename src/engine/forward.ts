@@ -487,7 +487,7 @@ export class ForwardPass {
       // The CPU's inputs are read first: the host weights before the device's leases (so that the lookahead
       // recall counts every use), and the MoE input before the device's runs are queued, so that reading
       // it back waits for the attention block only and the device's expert runs can overlap the CPU's.
-      const cpuWork = hybrid && onCpu.length > 0 ? { weights: await experts.hostWeights(layer, onCpu.map((a) => a.expert)), x: await runtime.toHost(moeInput) } : undefined;
+      const cpuWork = hybrid && onCpu.length > 0 ? { experts: await hybrid.prepare(layer, onCpu, experts), x: await runtime.toHost(moeInput) } : undefined;
       if (fuse && route.slotFeeds && onDevice.length <= Math.min(group, route.maxPerRun)) {
         // Fused, the device's experts wait for the CPU's instead of overlapping them, which a decode step's
         // few resident experts cost less than the two runs it saves (the experts' and the sum's addition).
@@ -495,7 +495,7 @@ export class ForwardPass {
         try {
           prefetch();
           const slots = lease && route.slotFeeds(T, onDevice, lease.experts);
-          const hostSum = hybrid && cpuWork ? runtime.float32(await hybrid.compute(layer, cpuWork.x, T, onCpu, cpuWork.weights, experts), [T, this.m.spec.hiddenSize]) : undefined;
+          const hostSum = hybrid && cpuWork ? runtime.float32(await hybrid.compute(cpuWork.x, T, onCpu, cpuWork.experts, experts), [T, this.m.spec.hiddenSize]) : undefined;
           return { pending: true, residual, moeInput, slots, hostSum, lease };
         } catch (err) {
           lease?.release();
@@ -517,7 +517,7 @@ export class ForwardPass {
           lease.release();
         }
       }
-      if (hybrid && cpuWork) acc = await this.rows.addHost(acc, await hybrid.compute(layer, cpuWork.x, T, onCpu, cpuWork.weights, experts));
+      if (hybrid && cpuWork) acc = await this.rows.addHost(acc, await hybrid.compute(cpuWork.x, T, onCpu, cpuWork.experts, experts));
     } catch (err) {
       runtime.release(acc);
       throw err;

@@ -2,12 +2,19 @@
 // (uploaded and cached, the usual path) or computed on the CPU provider from its host-memory weights, as
 // the cost model in miss-placement.ts decides. Resident experts (and prefetches in flight) always run on
 // the device. The CPU's share of the layer comes back as (T, H) host rows that the forward pass adds to
-// the device-resident residual stream in one small run.
-import type { ExpertStore } from '../experts/expert-store.js';
+// the device-resident residual stream (as an input of the next run, or in one small run).
+// A miss's CPU form (a widened f32 expert, or a prepacked session for a quantized one) costs several times
+// its run to make (`bench kernels --shapes 2048x768`, 1 thread: f32 22.7 ms against a 1.4 ms run, an int4
+// session at accuracy level 0 7.9 ms against 0.8 ms), so the most recently used are kept in a
+// byte-budgeted LRU (--cpu-expert-cache-mb).
+import { LRUCache } from 'lru-cache';
+import type { ExpertId } from '../experts/expert-id.js';
+import type { ExpertStore, ResidentExpert } from '../experts/expert-store.js';
 import type { HostExpert } from '../experts/host-expert-cache.js';
 import type { ComputeDType } from '../model/compute-form.js';
 import { Runtime } from '../runtime/onnx-runtime.js';
 import { chooseExpertRoute, type ExpertRoute, type ToCompute } from './expert-routes.js';
+import { PREPACKED_SESSION_OVERHEAD } from './memory-plan.js';
 import { MissCostModel, type ExpertCost, type MissPlacementMode } from './miss-placement.js';
 import { MoeBlockSessions } from './model-sessions.js';
 import type { ExpertAssignment } from './routing.js';
@@ -25,6 +32,8 @@ export interface HybridExpertsOptions {
   /** The device experts' MatMulNBits accuracy level: the CPU must compute what the device does (see moe-model.ts). */
   readonly accuracyLevel: 0 | 4;
   readonly maxSlotsPerRun: number;
+  /** Host memory for experts kept in the CPU provider's form between uses (memory-plan.ts); 0 keeps none. */
+  readonly cacheBytes: number;
   /**
    * The device's runtime: the CPU runs use its CPU thread setting, and are tallied with its runs as kinds
    * cpu_* (runs per token count both).
@@ -38,8 +47,20 @@ export interface ExpertPlacement {
   readonly onCpu: readonly ExpertAssignment[];
 }
 
+/** A layer's CPU-computed experts before their run: the ones kept from earlier uses, and the others' host weights. */
+export interface CpuExperts {
+  readonly ids: readonly ExpertId[];
+  readonly kept: readonly (ResidentExpert | undefined)[];
+  readonly weights: readonly (HostExpert | undefined)[];
+}
+
 export class HybridExperts {
   readonly costs: MissCostModel;
+  /** CPU forms of missed experts by id, kept between uses; undefined when the budget keeps none. */
+  private readonly kept: LRUCache<ExpertId, ResidentExpert> | undefined;
+  /** Experts in a run now: one evicted meanwhile is disposed after the run. */
+  private readonly inUse = new Set<ResidentExpert>();
+  private readonly evictedInUse: ResidentExpert[] = [];
 
   private constructor(
     private readonly o: HybridExpertsOptions,
@@ -48,7 +69,21 @@ export class HybridExperts {
     private readonly route: ExpertRoute,
   ) {
     this.costs = new MissCostModel(o.mode);
+    const size = this.keptBytes;
+    if (o.cacheBytes >= size) {
+      this.kept = new LRUCache<ExpertId, ResidentExpert>({
+        maxSize: o.cacheBytes,
+        sizeCalculation: () => size,
+        dispose: (e) => (this.inUse.has(e) ? this.evictedInUse.push(e) : e.dispose()),
+      });
+    }
   }
+
+  /** Host memory one kept expert takes: its compute form, or a prepacked session's (memory-plan.ts). */
+  private get keptBytes(): number {
+    return Math.ceil(this.o.expertBytes * (this.route.kind === 'session' ? PREPACKED_SESSION_OVERHEAD : 1));
+  }
+
 
   static async create(o: HybridExpertsOptions): Promise<HybridExperts> {
     const cpu = await Runtime.create({ device: 'cpu', cpuThreads: o.device.options.cpuThreads }, { with: o.device, prefix: 'cpu_' });
@@ -77,43 +112,74 @@ export class HybridExperts {
     this.costs.recordUpload(this.o.expertBytes, ms);
   }
 
-  /** Resident experts stay on the device; each miss goes where the cost model says. */
+  /** Resident experts stay on the device; each miss goes where the cost model says, knowing which are kept in the CPU's form. */
   place(layer: number, assignments: readonly ExpertAssignment[], store: ExpertStore): ExpertPlacement {
     if (this.o.mode === 'upload') return { onDevice: assignments, onCpu: [] };
     const onDevice: ExpertAssignment[] = [];
     const onCpu: ExpertAssignment[] = [];
     const cost = this.expertCost();
     for (const a of assignments) {
-      const place = store.isResident(layer, a.expert) ? 'upload' : this.costs.choose(a.rows.length, cost);
+      const kept = this.kept?.has(store.ids.id({ layer, expert: a.expert })) ?? false;
+      const place = store.isResident(layer, a.expert) ? 'upload' : kept ? this.costs.chooseKept(a.rows.length, cost) : this.costs.choose(a.rows.length, cost);
       (place === 'cpu' ? onCpu : onDevice).push(a);
     }
     return { onDevice, onCpu };
   }
 
   /**
-   * sum over `assignments` of routing weight x expert(x[rows]), as (T, H) host rows, computed on the CPU
-   * provider from the experts' host weights (ExpertStore.hostWeights). `x` is the layer's (T, H) MoE input on the host.
+   * The first half of computing `assignments` on the CPU, done before the device's experts are leased (see
+   * forward.ts): the experts kept from earlier uses, and the host weights of the others, read through the
+   * store, which counts them all.
    */
-  async compute(layer: number, x: Float32Array, T: number, assignments: readonly ExpertAssignment[], weights: readonly HostExpert[], store: ExpertStore): Promise<Float32Array> {
+  async prepare(layer: number, assignments: readonly ExpertAssignment[], store: ExpertStore): Promise<CpuExperts> {
+    const ids = assignments.map((a) => store.ids.id({ layer, expert: a.expert }));
+    const kept = ids.map((id) => this.kept?.get(id));
+    const weights = await store.hostWeights(layer, assignments.map((a) => a.expert), kept.map((e) => e !== undefined));
+    return { ids, kept, weights };
+  }
+
+  /**
+   * sum over `assignments` of routing weight x expert(x[rows]), as (T, H) host rows, computed on the CPU
+   * provider from what prepare() found. `x` is the layer's (T, H) MoE input on the host. The experts made
+   * here are kept for their next use, as the budget allows.
+   */
+  async compute(x: Float32Array, T: number, assignments: readonly ExpertAssignment[], work: CpuExperts, store: ExpertStore): Promise<Float32Array> {
     const H = this.o.hiddenSize;
+    const layer = store.ids.key(work.ids[0] as ExpertId).layer;
     const t0 = performance.now();
-    const experts = await Promise.all(weights.map((w, i) => this.route.materialize(w, store.ids.id({ layer, expert: (assignments[i] as ExpertAssignment).expert }))));
+    work.kept.forEach((e) => e && this.inUse.add(e));
+    const made = new Map<number, ResidentExpert>();
     let acc = this.cpu.float32(new Float32Array(T * H), [T, H]);
     try {
+      const experts = await Promise.all(
+        work.ids.map(async (id, i) => {
+          const kept = work.kept[i];
+          if (kept) return kept;
+          const e = await this.route.materialize(work.weights[i] as HostExpert, id);
+          made.set(i, e);
+          return e;
+        }),
+      );
       const input = this.cpu.float32(x, [T, H]);
       for (let run = 0; run < assignments.length; run += this.route.maxPerRun) {
         const end = Math.min(assignments.length, run + this.route.maxPerRun);
         acc = await this.route.apply(acc, input, T, assignments.slice(run, end), experts.slice(run, end));
       }
     } finally {
-      experts.forEach((e) => e.dispose());
+      for (const [i, e] of made) {
+        if (this.kept) this.kept.set(work.ids[i] as ExpertId, e);
+        else e.dispose();
+      }
+      this.inUse.clear();
+      this.evictedInUse.splice(0).forEach((e) => e.dispose());
     }
     const ms = performance.now() - t0;
     const rows = assignments.reduce((n, a) => n + a.rows.length, 0);
-    const hostBytes = weights.reduce((n, w) => n + w.bytes, 0);
+    const hostBytes = work.weights.reduce((n, w) => n + (w?.bytes ?? 0), 0);
     const flops = rows * this.expertCost().flopsPerRow;
-    // Memory-bound runs are timed per expert (each reads its own weights); compute-bound per row.
-    this.costs.recordCpu(rows / assignments.length, hostBytes, flops, ms);
+    // Memory-bound runs are timed per expert (each reads its own weights); compute-bound per row. Only runs
+    // whose experts were all made here measure what the model's choose() predicts (chooseKept counts FLOPs).
+    if (work.kept.every((e) => e === undefined)) this.costs.recordCpu(rows / assignments.length, hostBytes, flops, ms);
     store.addCpuMs(layer, ms);
     return acc.data as Float32Array;
   }
@@ -124,6 +190,7 @@ export class HybridExperts {
   }
 
   async release(): Promise<void> {
+    this.kept?.clear();
     await this.blocks.release();
   }
 }

@@ -25,6 +25,11 @@ export interface ExpertMemoryInputs {
   /** What the user gave, bytes; undefined = plan it. */
   readonly deviceBudgetBytes?: number;
   readonly hostBudgetBytes?: number;
+  /**
+   * GPU providers that may compute misses on the CPU (hybrid-experts.ts): host memory per compute byte of
+   * an expert made resident for the CPU provider, and the budget the user gave (bytes; undefined = plan it).
+   */
+  readonly cpuExpertCache?: { readonly overhead: number; readonly budgetBytes?: number };
 }
 
 export interface ExpertMemoryPlan {
@@ -35,6 +40,8 @@ export interface ExpertMemoryPlan {
   readonly expertHostMemoryBytes: number;
   /** Host memory per device-tier budget byte (0 where the device tier is not host memory). */
   readonly deviceHostCost: number;
+  /** Host memory for experts kept in the CPU provider's form for misses computed there (0: none kept). */
+  readonly cpuExpertCacheBytes: number;
   /** Which budgets were planned here rather than given, and why, for the start-up log. */
   readonly notes: readonly string[];
 }
@@ -90,5 +97,18 @@ export function planExpertMemory(i: ExpertMemoryInputs): ExpertMemoryPlan {
     host = Math.max(0, Math.floor(share - deviceHost));
     notes.push(`host tier ${mib(host)} of ${mib(i.totalHostBytes)} (--host-cache-mb sets it; the OS page cache holds more)`);
   }
-  return { deviceBudgetBytes: device, hostBudgetBytes: host, expertHostMemoryBytes: deviceHost + (host ?? i.totalHostBytes), deviceHostCost: deviceCost, notes };
+  // Misses computed on the CPU are made resident there at each use (a widening, or a prepacked session's
+  // creation: ~10x the run at 2048 x 768, README "Compute forms"), unless kept: they get what the share
+  // leaves once the host tier holds every expert, as the host tier comes first (it saves disk reads).
+  let cpu = 0;
+  if (i.cpuExpertCache && device < i.totalComputeBytes) {
+    const all = Math.ceil(i.totalComputeBytes * i.cpuExpertCache.overhead);
+    if (i.cpuExpertCache.budgetBytes !== undefined) {
+      cpu = i.cpuExpertCache.budgetBytes;
+    } else {
+      cpu = host === null ? Math.min(all, Math.max(0, share - deviceHost - i.totalHostBytes)) : 0;
+      notes.push(`CPU expert cache ${mib(cpu)} of ${mib(all)} for misses computed on the CPU (${host === null ? 'what the expert share leaves after the host tier' : 'the host tier takes the share'}; --cpu-expert-cache-mb sets it)`);
+    }
+  }
+  return { deviceBudgetBytes: device, hostBudgetBytes: host, expertHostMemoryBytes: deviceHost + (host ?? i.totalHostBytes) + cpu, deviceHostCost: deviceCost, cpuExpertCacheBytes: cpu, notes };
 }

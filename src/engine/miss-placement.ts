@@ -57,6 +57,15 @@ export class MissCostModel {
     return this.cpuMs(rows, cost) < this.uploadMs(cost) ? 'cpu' : 'upload';
   }
 
+  /**
+   * Where to compute a missed expert whose CPU form is kept from an earlier use (hybrid-experts.ts): its
+   * weights are ready, so the CPU side costs its FLOPs alone, which decode rows make negligible.
+   */
+  chooseKept(rows: number, cost: ExpertCost): MissPlace {
+    if (this.mode !== 'auto') return this.mode;
+    return (rows * cost.flopsPerRow) / this.cpuFlopsPerMs < this.uploadMs(cost) ? 'cpu' : 'upload';
+  }
+
   uploadMs(cost: ExpertCost): number {
     return cost.computeBytes / this.uploadBytesPerMs;
   }

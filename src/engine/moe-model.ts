@@ -38,6 +38,11 @@ export interface ExpertCacheOptions {
   readonly prefetchDepth?: number;
   /** Host-memory budget for experts in stored form, MiB; default: keep every expert read. */
   readonly hostCacheMb?: number;
+  /**
+   * GPU providers computing misses on the CPU: host memory for those experts kept in the CPU provider's
+   * form, MiB (0: none); default: planned (memory-plan.ts).
+   */
+  readonly cpuCacheMb?: number;
   /** Routing profile for 'static' (trace or training_report.json); default: the model's training_report.json. */
   readonly profilePath?: string;
   /** Lookahead depth computed even where nothing is prefetched (for traces and recall); default 0. */
@@ -138,6 +143,7 @@ function planMemory(
   compute: ResolvedCompute,
   o: ExpertCacheOptions,
   onGpu: boolean,
+  missPlacement: MissPlacementMode,
 ): { plan: ExpertMemoryPlan; expertBytes: number; hostBytes: number; totalComputeBytes: number } {
   const experts = spec.sparseLayers.filter(Boolean).length * spec.numExperts;
   // The host form is the stored form quantized once when experts compute quantized, and its compute form
@@ -150,6 +156,8 @@ function planMemory(
   const deviceGiven =
     o.policy === 'all' ? totalComputeBytes : o.budgetMb !== undefined ? Math.floor(o.budgetMb * MIB) : o.budgetFraction !== undefined ? Math.floor(o.budgetFraction * totalComputeBytes) : undefined;
   const quantized = dtypeFor(sample.gate, 'experts', compute).startsWith('int');
+  // A quantized expert is a prepacked session on the CPU provider (memory-plan.ts); float experts are plain arrays.
+  const cpuOverhead = quantized ? PREPACKED_SESSION_OVERHEAD : 1;
   const plan = planExpertMemory({
     availableBytes: availableMemoryBytes(),
     totalComputeBytes,
@@ -157,10 +165,10 @@ function planMemory(
     expertComputeBytes: expertBytes,
     topK: spec.topK,
     deviceInHostMemory: !onGpu,
-    // CPU provider: a quantized expert is a prepacked session (memory-plan.ts); float experts are plain arrays.
-    residentOverhead: quantized ? PREPACKED_SESSION_OVERHEAD : 1,
+    residentOverhead: cpuOverhead,
     deviceBudgetBytes: deviceGiven,
     hostBudgetBytes: o.hostCacheMb === undefined ? undefined : Math.floor(o.hostCacheMb * MIB),
+    cpuExpertCache: onGpu && missPlacement !== 'upload' ? { overhead: cpuOverhead, budgetBytes: o.cpuCacheMb === undefined ? undefined : Math.floor(o.cpuCacheMb * MIB) } : undefined,
   });
   return { plan, expertBytes, hostBytes, totalComputeBytes };
 }
@@ -237,11 +245,12 @@ export class MoeModel implements AsyncDisposable {
           budgetBytes,
         });
       const sample = await newHost(0, compute).readStored({ layer: firstSparseLayer(spec), expert: 0 });
-      let memory = planMemory(spec, sample, compute, cache, runtime.onGpu);
+      const missPlacement = options.missPlacement ?? DEFAULT_MISS_PLACEMENT;
+      let memory = planMemory(spec, sample, compute, cache, runtime.onGpu, missPlacement);
       if (!budgeted && memory.plan.deviceBudgetBytes < memory.totalComputeBytes) {
         // The experts do not fit, so misses will happen: the compute form defaults change (resolveCompute).
         compute = resolveCompute(options.device, options.compute, true);
-        memory = planMemory(spec, sample, compute, cache, runtime.onGpu);
+        memory = planMemory(spec, sample, compute, cache, runtime.onGpu, missPlacement);
       }
       const host = newHost(memory.plan.hostBudgetBytes, compute);
       const { expertBytes } = memory;
@@ -249,7 +258,6 @@ export class MoeModel implements AsyncDisposable {
       const toCompute = (m: StoredMatrix, into?: Float32Array) => computeMatrix(m, 'experts', compute, into);
       const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, memory.plan.deviceBudgetBytes, cache);
       // Hybrid execution only where a miss can happen and the device is not the CPU itself.
-      const missPlacement = options.missPlacement ?? DEFAULT_MISS_PLACEMENT;
       // On the CPU a run is cheap and every slot computes; on GPU providers each run costs 0.4-1.9 ms
       // (PLATFORM.md), so a batched step's experts go in as few runs as the graph allows.
       const cpuSlotsPerRun = 2 * spec.topK;
@@ -285,6 +293,7 @@ export class MoeModel implements AsyncDisposable {
             toCompute,
             accuracyLevel: compute.accuracyLevel,
             maxSlotsPerRun: cpuSlotsPerRun,
+            cacheBytes: memory.plan.cpuExpertCacheBytes,
             device: runtime,
           })
         : undefined;

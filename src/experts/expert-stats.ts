@@ -27,6 +27,8 @@ export interface ExpertCounters {
    */
   cpuComputed: number;
   cpuMs: number;
+  /** Of cpuComputed, those found in the CPU provider's form, kept from an earlier use (no host read, no widening or session creation). */
+  cpuKept: number;
   /** Experts used that the router lookahead had predicted, and experts used while lookahead ran. */
   predictedAndUsed: number;
   usedWithLookahead: number;
@@ -49,6 +51,7 @@ export function emptyCounters(): ExpertCounters {
     loadMs: 0,
     cpuComputed: 0,
     cpuMs: 0,
+    cpuKept: 0,
     predictedAndUsed: 0,
     usedWithLookahead: 0,
   };

@@ -172,16 +172,18 @@ export class ExpertStore<R extends ResidentExpert = ResidentExpert> implements D
 
   /**
    * The host weights of experts of `layer` that miss the device cache and will be computed on the CPU
-   * instead of loaded (engine/hybrid-experts.ts). Counted as accesses and misses, and as computed on the
-   * CPU; the device cache and its policy do not see them (nothing enters or leaves it).
+   * instead of loaded (engine/hybrid-experts.ts), except those `kept` in the CPU provider's form from an
+   * earlier use (undefined there). Counted as accesses and misses, and as computed on the CPU (and kept);
+   * the device cache and its policy do not see them (nothing enters or leaves it).
    */
-  async hostWeights(layer: number, experts: readonly number[]): Promise<HostExpert[]> {
+  async hostWeights(layer: number, experts: readonly number[], kept: readonly boolean[]): Promise<(HostExpert | undefined)[]> {
     const c = this.layerCounters(layer);
     this.countRecall(layer, experts, c);
     c.accesses += experts.length;
     c.misses += experts.length;
     c.cpuComputed += experts.length;
-    return Promise.all(experts.map((expert) => this.readHost({ layer, expert }, c)));
+    c.cpuKept += kept.filter(Boolean).length;
+    return Promise.all(experts.map((expert, i) => (kept[i] ? undefined : this.readHost({ layer, expert }, c))));
   }
 
   /** An expert's weights through the host tier, counted as a host hit or miss and its disk bytes. */

@@ -31,7 +31,7 @@ for (const device of testDevices()) {
       assert.equal(decode[0]?.agree_with_cpu, '12/12', 'greedy tokens match the CPU provider at f32');
 
       const modes = of('gpu-offload');
-      assert.equal(modes.length, 5);
+      assert.equal(modes.length, 6);
       for (const m of modes) assert.equal(m.agree_with_all, '12/12', `${m.mode as string}: the all-resident tokens`);
       const byName = (part: string) => modes.find((m) => (m.mode as string).includes(part)) as Row;
       assert.equal(byName('all').mb_to_device_per_token, 0);

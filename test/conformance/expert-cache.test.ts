@@ -115,7 +115,8 @@ for (const device of testDevices()) {
     test(`${formName}: evicted experts are disposed: live resident experts track exactly the cache contents`, async () => {
       const before = DeviceTensor.liveCount;
       const expertsBefore = liveResidentExperts();
-      const model = await MoeModel.load(TINY_MOE_DIR, { device, compute, experts: { policy: 'lru', budgetFraction: 0.1, prefetchDepth: 1 } });
+      // Every miss loaded into the device tier: hybrid misses keep CPU forms of their own (hybrid-experts.test.ts).
+      const model = await MoeModel.load(TINY_MOE_DIR, { device, compute, missPlacement: 'upload', experts: { policy: 'lru', budgetFraction: 0.1, prefetchDepth: 1 } });
       const tensorsPerExpert = compute.expertDtype === 'int4' ? 6 : 3; // (packed, scales) or the float matrix, for gate, up, down
       const residentWeights = DeviceTensor.liveCount - before - (model.runtime.onGpu ? tensorsPerExpert * (model.experts.stats().residentBytes / model.experts.expertBytes) : 0);
       await run(model, 'A list comprehension');

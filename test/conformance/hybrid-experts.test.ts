@@ -8,6 +8,7 @@ import { BatchEngine } from '../../src/engine/batch-engine.js';
 import { MoeModel, type ExpertCacheOptions } from '../../src/engine/moe-model.js';
 import type { MissPlacementMode } from '../../src/engine/miss-placement.js';
 import { liveGpuTensorCount } from '../../src/runtime/onnx-runtime.js';
+import { liveResidentExperts } from '../../src/engine/expert-routes.js';
 import { asToken } from '../../src/tokenizer/token.js';
 import type { ComputeOptions } from '../../src/engine/compute-options.js';
 import { F32, testDevices } from '../helpers/devices.js';
@@ -59,11 +60,13 @@ for (const device of testDevices().filter((d) => d !== 'cpu')) {
       ['every miss on the CPU, 25% budget, prefetch depth 1', 'cpu', { policy: 'lru', budgetFraction: 0.25, prefetchDepth: 1 }],
       ['every miss on the CPU, top-k budget, no prefetch', 'cpu', { policy: 'none', budgetFraction: 0.05, prefetchDepth: 0 }],
       ['cost model, 25% budget, prefetch depth 1', 'auto', { policy: 'lru', budgetFraction: 0.25, prefetchDepth: 1 }],
+      ['every miss on the CPU, 25% budget, none kept in the CPU form', 'cpu', { policy: 'lru', budgetFraction: 0.25, prefetchDepth: 1, cpuCacheMb: 0 }],
     ];
     for (const [name, missPlacement, experts] of cases) {
-      test(`${name}: the same tokens and logits as every expert resident; every GPU tensor freed`, async () => {
+      test(`${name}: the same tokens and logits as every expert resident; every GPU tensor and expert freed`, async () => {
         const reference = await referenceOnce();
         const before = liveGpuTensorCount();
+        const expertsBefore = liveResidentExperts();
         const model = await MoeModel.load(TINY_MOE_DIR, { device, compute, missPlacement, experts });
         try {
           const result = await greedy(model);
@@ -76,6 +79,9 @@ for (const device of testDevices().filter((d) => d !== 'cpu')) {
             assert.ok(t.cpuComputed > 0, 'misses were computed on the CPU');
             assert.equal(t.cpuComputed, t.misses, 'every demand miss went to the CPU');
             assert.equal(t.bytesToDevice, t.prefetchIssued * model.experts.expertBytes, 'only prefetches were uploaded');
+            // Ten tokens at a 25% budget miss some experts more than once: by default their CPU forms are kept.
+            if (experts.cpuCacheMb === 0) assert.equal(t.cpuKept, 0);
+            else assert.ok(t.cpuKept > 0 && t.cpuKept < t.cpuComputed, `kept ${t.cpuKept} of ${t.cpuComputed}`);
           }
           assert.ok(t.cpuComputed <= t.misses);
           assert.ok(t.cpuComputed === 0 || t.cpuMs > 0, 'CPU runs are timed');
@@ -84,6 +90,7 @@ for (const device of testDevices().filter((d) => d !== 'cpu')) {
         }
         await new Promise((r) => setImmediate(r));
         assert.equal(liveGpuTensorCount(), before, 'unloading the model freed every GPU tensor');
+        assert.equal(liveResidentExperts(), expertsBefore, 'and every expert made, on the device or kept on the CPU');
       });
     }
 

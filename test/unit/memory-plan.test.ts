@@ -33,6 +33,23 @@ describe('expert memory plan', () => {
     assert.equal(p.notes.length, 2, 'both planned budgets are reported');
   });
 
+  it('on a GPU computing misses on the CPU, keeps CPU forms in what the share leaves after the host tier, and counts them', () => {
+    const gpu = { ...big, deviceInHostMemory: false, deviceBudgetBytes: 1 * GIB, cpuExpertCache: { overhead: 1.7 } };
+    const roomy = planExpertMemory({ ...gpu, availableBytes: 16 * GIB });
+    assert.equal(roomy.hostBudgetBytes, null, 'every host expert fits');
+    assert.equal(roomy.cpuExpertCacheBytes, 8 * GIB - big.totalHostBytes);
+    assert.equal(roomy.expertHostMemoryBytes, 8 * GIB, 'the host tier and the kept CPU forms fill the share, no more');
+    // With room for all of them, all of them; with none left after the host tier, none (and a note says so).
+    assert.equal(planExpertMemory({ ...gpu, availableBytes: 64 * GIB }).cpuExpertCacheBytes, Math.ceil(big.totalComputeBytes * 1.7));
+    const tight = planExpertMemory(gpu);
+    assert.equal(tight.cpuExpertCacheBytes, 0);
+    assert.ok(tight.notes.some((n) => n.startsWith('CPU expert cache 0 MiB')), tight.notes.join('; '));
+    // Given, it is what was given; with every expert on the device, or no CPU misses, there is none.
+    assert.equal(planExpertMemory({ ...gpu, cpuExpertCache: { overhead: 1, budgetBytes: 123 * MIB } }).cpuExpertCacheBytes, 123 * MIB);
+    assert.equal(planExpertMemory({ ...gpu, deviceBudgetBytes: big.totalComputeBytes, availableBytes: 64 * GIB }).cpuExpertCacheBytes, 0);
+    assert.equal(planExpertMemory({ ...gpu, cpuExpertCache: undefined, availableBytes: 16 * GIB }).cpuExpertCacheBytes, 0);
+  });
+
   it('on a GPU splits the share between the tiers when neither fits', () => {
     const p = planExpertMemory({ ...big, deviceInHostMemory: false, deviceBudgetBytes: 1 * GIB });
     assert.ok(p.hostBudgetBytes !== null && p.hostBudgetBytes > 0 && p.hostBudgetBytes < big.totalHostBytes);

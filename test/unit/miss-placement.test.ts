@@ -44,3 +44,14 @@ test('a zero-length timing is ignored rather than read as an infinite rate', () 
   m.recordCpu(1, MIXTRAL.hostBytes, MIXTRAL.flopsPerRow, 0);
   assert.deepEqual(m.estimates, { uploadGbps: 1, cpuGbps: 15, cpuGflops: 50 });
 });
+
+test('a miss kept in the CPU form costs its FLOPs alone there: decode rows stay on the CPU however slow its reads measured', () => {
+  const m = new MissCostModel('auto');
+  // Widening at every use measured as a slow byte rate: an expert that is not kept goes to the upload...
+  for (let i = 0; i < 30; i++) m.recordCpu(1, MIXTRAL.hostBytes, MIXTRAL.flopsPerRow, 2000);
+  assert.equal(m.choose(1, MIXTRAL), 'upload');
+  // ...and a kept one stays on the CPU for a decode row, but not for a long prompt chunk.
+  assert.equal(m.chooseKept(1, MIXTRAL), 'cpu');
+  assert.equal(m.chooseKept(2048, MIXTRAL), 'upload');
+  assert.equal(new MissCostModel('upload').chooseKept(1, MIXTRAL), 'upload');
+});
