@@ -1,12 +1,13 @@
 // `moe-serve bench gpu`: the GPU path's figures in one run (README "The GPU path"):
 //   upload   host -> device upload rate through this binding (an Identity session with a gpu-buffer
-//            output is the only way in), by transfer size and by pieces per transfer (one upload per
-//            expert against three, chunking);
+//            output is the only way in), by transfer size, pieces per transfer (one packed tensor per
+//            expert against three, chunking) and runs (a run per piece, or all in one as expert loads do);
 //   decode   batch 1 and batch 16 decode tokens/s with every expert resident, session runs per token, and
 //            greedy agreement with the CPU provider at f32 (the output did not change);
 //   offload  the expert cache at --budget for: every miss uploaded (lru + prefetch), hybrid (the cost
-//            model places each miss), every miss on the CPU, 'none' and 'all'; decode tokens/s, where misses
-//            went, bytes moved per token, the load rate achieved, and the PCIe bound for that traffic.
+//            model places each miss, with and without prefetch), every miss on the CPU, 'none' and 'all';
+//            decode tokens/s, where misses went, CPU forms kept, session runs and bytes moved per token,
+//            the load rate achieved, and the PCIe bound for that traffic.
 import { BatchEngine } from '../engine/batch-engine.js';
 import { MoeModel, type ExpertCacheOptions, type ModelLoadOptions } from '../engine/moe-model.js';
 import type { MissPlacementMode } from '../engine/miss-placement.js';
@@ -167,7 +168,8 @@ async function greedyBatch(model: MoeModel, batch: number, tokens: number): Prom
 }
 
 function totalRuns(model: MoeModel): number {
-  return Object.values(model.runtime.tallySnapshot()).reduce((n, t) => n + t.runs, 0);
+  const { device, cpu } = runsBySide(model);
+  return device + cpu;
 }
 
 /** Session runs so far on the device and on the CPU provider of hybrid misses (whose tallies are prefixed 'cpu_'). */

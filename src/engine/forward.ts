@@ -133,8 +133,9 @@ export class ForwardPass {
       total += item.tokens.length;
     }
     items.forEach((item) => item.kv.begin(item.tokens.length));
-    // GPU providers: a step of decode tokens only runs each layer's attention once for the whole batch,
-    // between a KV pack and unpack run (decodeBatchAttentionGpu); the hidden rows stay joined throughout.
+    // GPU providers: a step of decode tokens only runs each layer's attention once for the whole batch, the
+    // run packing and unpacking the sequences' KV caches itself (decodeBatchAttentionGpu); the hidden rows
+    // stay joined throughout.
     const gpuDecode = runtime.onGpu && items.length > 1 && items.every((item) => item.tokens.length === 1);
     // GPU providers: the batch's joined rows (expert output, or a decode batch's embeddings and residual),
     // which several entries of `hidden` are row ranges of
@@ -463,8 +464,9 @@ export class ForwardPass {
    * after the first group is leased, so their loads overlap this layer's runs. With hybrid execution,
    * misses the cost model sends to the CPU are computed there after the device's runs are issued, and
    * their sum is added in one run. Takes ownership of `residual`: it is released even when a run fails.
-   * With `fuse`, experts that fit one run, all on the device, are leased and fed but not run: the pending
-   * application (which then owns `residual`, `moeInput` and the lease) is for the next layer's attention run.
+   * With `fuse`, when the device's experts fit one run, they are leased and fed but not run, and the CPU's
+   * sum is computed: the pending application (which then owns `residual`, `moeInput` and the lease) is
+   * for the next layer's attention run or the LM head's, which adds both.
    */
   private async applyExperts(
     layer: number,

@@ -49,6 +49,7 @@ export interface ExpertPlacement {
 
 /** A layer's CPU-computed experts before their run: the ones kept from earlier uses, and the others' host weights. */
 export interface CpuExperts {
+  readonly layer: number;
   readonly ids: readonly ExpertId[];
   readonly kept: readonly (ResidentExpert | undefined)[];
   readonly weights: readonly (HostExpert | undefined)[];
@@ -135,7 +136,7 @@ export class HybridExperts {
     const ids = assignments.map((a) => store.ids.id({ layer, expert: a.expert }));
     const kept = ids.map((id) => this.kept?.get(id));
     const weights = await store.hostWeights(layer, assignments.map((a) => a.expert), kept.map((e) => e !== undefined));
-    return { ids, kept, weights };
+    return { layer, ids, kept, weights };
   }
 
   /**
@@ -145,7 +146,6 @@ export class HybridExperts {
    */
   async compute(x: Float32Array, T: number, assignments: readonly ExpertAssignment[], work: CpuExperts, store: ExpertStore): Promise<Float32Array> {
     const H = this.o.hiddenSize;
-    const layer = store.ids.key(work.ids[0] as ExpertId).layer;
     const t0 = performance.now();
     work.kept.forEach((e) => e && this.inUse.add(e));
     const made = new Map<number, ResidentExpert>();
@@ -180,7 +180,7 @@ export class HybridExperts {
     // Memory-bound runs are timed per expert (each reads its own weights); compute-bound per row. Only runs
     // whose experts were all made here measure what the model's choose() predicts (chooseKept counts FLOPs).
     if (work.kept.every((e) => e === undefined)) this.costs.recordCpu(rows / assignments.length, hostBytes, flops, ms);
-    store.addCpuMs(layer, ms);
+    store.addCpuMs(work.layer, ms);
     return acc.data as Float32Array;
   }
 

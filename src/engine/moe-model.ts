@@ -257,11 +257,11 @@ export class MoeModel implements AsyncDisposable {
       const expertDtype = dtypeFor(sample.gate, 'experts', compute);
       const toCompute = (m: StoredMatrix, into?: Float32Array) => computeMatrix(m, 'experts', compute, into);
       const { plan, totalBytes } = await planExpertCache(dir, spec, expertBytes, memory.plan.deviceBudgetBytes, cache);
-      // Hybrid execution only where a miss can happen and the device is not the CPU itself.
       // On the CPU a run is cheap and every slot computes; on GPU providers each run costs 0.4-1.9 ms
       // (PLATFORM.md), so a batched step's experts go in as few runs as the graph allows.
       const cpuSlotsPerRun = 2 * spec.topK;
       const maxSlotsPerRun = Math.max(1, options.maxSlotsPerRun ?? (runtime.onGpu ? Math.min(spec.numExperts, GPU_SLOTS_PER_RUN) : cpuSlotsPerRun));
+      // Hybrid execution only where a miss can happen and the device is not the CPU itself.
       const placesMisses = runtime.onGpu && missPlacement !== 'upload' && plan.budgetBytes < totalBytes;
       const route = chooseExpertRoute({
         runtime,

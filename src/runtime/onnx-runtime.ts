@@ -212,11 +212,6 @@ function buildIdentities(types: readonly ElemType[]): Uint8Array {
   return g.toModelBytes();
 }
 
-function buildIdentity(type: ElemType): Uint8Array {
-  const g = new GraphBuilder('identity');
-  g.output(g.op('Identity', [g.input('x', type, null)]), 'y', type, null);
-  return g.toModelBytes();
-}
 
 export interface SessionCreation {
   /** Groups runs in the tallies (default: the session's name). */
@@ -281,7 +276,7 @@ export class Runtime {
       // The CUDA provider ships separately; creating a session fails later with an opaque message.
       const probe = new Runtime({ device: 'cuda', cpuThreads: options.cpuThreads ?? 0 });
       try {
-        await probe.createSession('cuda-probe', buildIdentity('float32'), []);
+        await probe.createSession('cuda-probe', buildIdentities(['float32']), []);
       } catch (err) {
         throw new DeviceUnavailableError(
           'cuda',
@@ -397,9 +392,9 @@ export class Runtime {
   /** Reads a float32 tensor back to host memory. Never getData() on a gpu-buffer tensor: it aborts. */
   async toHost(t: RtTensor): Promise<Float32Array> {
     if (t.location !== 'gpu-buffer') return t.data as Float32Array;
-    this.downloader ??= await this.createSession('download', buildIdentity('float32'), [], { kind: 'download' });
-    const out = await this.downloader.run({ x: t });
-    return (out.y as RtTensor).data as Float32Array;
+    this.downloader ??= await this.createSession('download', buildIdentities(['float32']), [], { kind: 'download' });
+    const out = await this.downloader.run({ x0: t });
+    return (out.y0 as RtTensor).data as Float32Array;
   }
 }
 
